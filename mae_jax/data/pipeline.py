@@ -1,0 +1,142 @@
+"""tf.data input pipeline over a converted dataset (see `mae_jax.data.convert`).
+
+Each process reads its own part of a split (`tfds.even_splits` by process
+index), so per-host batches are disjoint; `parallel.global_batch` turns them
+into global arrays. Training order is a pure function of (seed, step): the
+stream is repeat -> shuffle(seed) -> skip(start_step * local_batch), and the
+skip runs on still-encoded records, so resuming at step k re-reads k batches
+of compressed bytes but decodes none of them.
+
+Normalisations (config `data.normalization`), applied per channel:
+  none          x
+  div255        x / 255          (files stored pre-scaled to 0..255)
+  log1p         log(1 + max(x, 0)) * sign(x)  (sign kept for d0/dz)
+  zscore        (x - mean_c) / std_c          (train-split statistics)
+  log1p_zscore  (log1p(x) - log1p_mean_c) / log1p_std_c
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+tf.config.set_visible_devices([], "GPU")  # TF must never take the accelerator from JAX.
+
+META_FILE = "mae_jax_meta.json"
+NORMALIZATIONS = ("none", "div255", "log1p", "zscore", "log1p_zscore")
+
+
+def load_meta(data_dir: str) -> dict:
+  path = os.path.join(data_dir, META_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{data_dir} is not a converted mae_jax dataset ({META_FILE} missing); make one with "
+        "`python -m mae_jax.data.convert --input FILE.h5 --output DIR`.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _signed_log1p(x):
+  return tf.sign(x) * tf.math.log1p(tf.abs(x))
+
+
+def normalizer(mode: str, meta: dict):
+  """Returns a tf function image -> normalised image, and its numpy inverse."""
+  if mode not in NORMALIZATIONS:
+    raise ValueError(f"data.normalization={mode!r}; choose one of {NORMALIZATIONS}")
+  stats = meta.get("channel_stats", {})
+
+  def stat(name):
+    if name not in stats:
+      raise ValueError(f"normalization {mode!r} needs channel_stats[{name!r}] in the dataset "
+                       "metadata; reconvert the dataset")
+    v = np.asarray(stats[name], np.float32)
+    return v
+
+  if mode == "none":
+    return (lambda x: x), (lambda y: y)
+  if mode == "div255":
+    return (lambda x: x / 255.0), (lambda y: y * 255.0)
+  if mode == "log1p":
+    return _signed_log1p, (lambda y: np.sign(y) * np.expm1(np.abs(y)))
+  if mode == "zscore":
+    mean, std = stat("mean"), np.maximum(stat("std"), 1e-6)
+    return (lambda x: (x - mean) / std), (lambda y: y * std + mean)
+  mean, std = stat("log1p_mean"), np.maximum(stat("log1p_std"), 1e-6)
+  return ((lambda x: (_signed_log1p(x) - mean) / std),
+          (lambda y: np.sign(y * std + mean) * np.expm1(np.abs(y * std + mean))))
+
+
+def _process_split(split: str, process_index: int, process_count: int) -> str:
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+
+
+def split_size(data_dir: str, split: str) -> int:
+  meta = load_meta(data_dir)
+  if split not in meta["splits"]:
+    raise ValueError(f"split {split!r} not in {data_dir}; it has {sorted(meta['splits'])}")
+  return int(meta["splits"][split]["num_examples"])
+
+
+class Pipeline:
+  """Builds train and eval iterators of host-local numpy batches."""
+
+  def __init__(self, data_dir: str, normalization: str = "log1p",
+               process_index: int = 0, process_count: int = 1):
+    self.data_dir = data_dir
+    self.meta = load_meta(data_dir)
+    self.builder = tfds.builder_from_directory(data_dir)
+    self.image_shape = tuple(self.meta["image_shape"])
+    self.normalize, self.denormalize = normalizer(normalization, self.meta)
+    self.process_index, self.process_count = process_index, process_count
+
+  def _records(self, split):
+    if split not in self.meta["splits"]:
+      raise ValueError(f"split {split!r} not in {self.data_dir}; it has "
+                       f"{sorted(self.meta['splits'])}")
+    return self.builder.as_dataset(
+        split=_process_split(split, self.process_index, self.process_count),
+        decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False)
+
+  def _decode(self, ex):
+    image_feature = self.builder.info.features["image"]
+    image = image_feature.decode_example(ex["image"])
+    out = {"image": self.normalize(tf.cast(image, tf.float32)), "label": ex["label"]}
+    if "targets" in ex:
+      out["targets"] = ex["targets"]
+    return out
+
+  def train_iter(self, split: str, local_batch: int, seed: int, start_step: int = 0,
+                 shuffle_buffer: int = 10_000) -> Iterator[dict]:
+    """Endless shuffled batches; batch k is the same whatever `start_step` was."""
+    ds = self._records(split).repeat()
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.skip(start_step * local_batch)
+    ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).as_numpy_iterator()
+
+  def eval_iter(self, split: str, local_batch: int, global_batch: int) -> tuple[int, Iterator[dict]]:
+    """All of a split once, padded; each batch has `valid` (1 = real example).
+
+    Every process yields the same number of batches (collectives need it).
+    """
+    total = int(self.meta["splits"][split]["num_examples"])
+    num_batches = max(1, math.ceil(total / global_batch))
+    ds = self._records(split).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda ex: {**ex, "valid": tf.constant(1.0)})
+    element_spec = ds.element_spec
+    pad = tf.data.Dataset.from_tensors(
+        {k: tf.zeros(s.shape, s.dtype) for k, s in element_spec.items()}).repeat()
+    ds = ds.concatenate(pad).batch(local_batch).take(num_batches).prefetch(2)
+    return num_batches, ds.as_numpy_iterator()

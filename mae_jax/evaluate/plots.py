@@ -1,0 +1,85 @@
+"""Figures: training loss curve and MAE reconstructions per channel."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mae_jax import parallel  # noqa: E402
+from mae_jax.models import mae as mae_lib  # noqa: E402
+
+
+def loss_curve(history_path: str, out_path: str) -> None:
+  with open(history_path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  if not rows:
+    return
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.2)
+  ax.set_xlabel("step")
+  ax.set_ylabel("masked-patch MSE (train)")
+  ax.set_yscale("log")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+
+
+def reconstruct(model, params, images, mask_key):
+  """(masked input, reconstruction with visible patches pasted back, mask image)."""
+  _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key})
+  pred = aux["pred"].astype(jnp.float32)
+  if model.norm_pix_loss:  # back from per-patch normalised pixels
+    t = aux["target"]
+    pred = pred * (t.var(-1, keepdims=True) + 1e-6) ** .5 + t.mean(-1, keepdims=True)
+  b, h, w, c = images.shape
+  grid = (h // model.patch, w // model.patch)
+  mask = jnp.repeat(aux["mask"][:, :, None], model.patch**2 * c, axis=-1)
+  mask = mae_lib.unpatchify(mask, model.patch, grid, c)
+  recon = mae_lib.unpatchify(pred, model.patch, grid, c)
+  return images * (1 - mask), images * (1 - mask) + recon * mask, mask
+
+
+def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets=2):
+  """Original / masked input / reconstruction for each channel of a few jets."""
+  local = config.batch_size // jax.process_count()
+  _, it = pipe.eval_iter(split, local, config.batch_size)
+  batch = parallel.global_batch(next(iter(it)), mesh)
+  fn = jax.jit(reconstruct, static_argnums=0, out_shardings=parallel.replicated(mesh))
+  masked, recon, _ = fn(model, params, batch["image"], jax.random.key(config.seed + 7))
+  if jax.process_index() != 0:
+    return
+  images = np.asarray(jax.device_get(batch["image"])) if jax.process_count() == 1 else None
+  if images is None:  # other hosts' rows are not addressable here: show the masked view only
+    images = np.asarray(recon)
+  masked, recon = np.asarray(masked), np.asarray(recon)
+  names = pipe.meta.get("channel_names") or [f"ch{i}" for i in range(images.shape[-1])]
+  n = min(num_jets, images.shape[0])
+  c = images.shape[-1]
+  fig, axes = plt.subplots(c, 3 * n, figsize=(2.0 * 3 * n, 1.9 * c), squeeze=False)
+  for j in range(n):
+    for ch in range(c):
+      vmax = max(float(np.abs(images[j, ..., ch]).max()), 1e-6)
+      for k, (img, title) in enumerate(((images, "original"), (masked, "masked input"),
+                                        (recon, "reconstruction"))):
+        ax = axes[ch, 3 * j + k]
+        ax.imshow(img[j, ..., ch], cmap="viridis", vmin=0 if img[j, ..., ch].min() >= 0 else -vmax,
+                  vmax=vmax, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if ch == 0:
+          ax.set_title(f"jet {j}: {title}", fontsize=8)
+        if k == 0 and j == 0:
+          ax.set_ylabel(names[ch], fontsize=8)
+  fig.suptitle(f"MAE reconstructions ({split} split, normalised units: {config.data.normalization})",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)

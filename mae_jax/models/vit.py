@@ -1,0 +1,201 @@
+"""Vision Transformer building blocks and the variant table.
+
+Parameter names are stable (they are the export contract): an encoder holds
+`patch_embed`, `cls_token`, `block_00` ... `block_NN`, `norm`; a block holds
+`norm1`, `attn/qkv`, `attn/proj`, `norm2`, `mlp/fc1`, `mlp/fc2`.
+
+Attention uses one fused qkv `Dense` and `jax.nn.dot_product_attention` on a
+[batch, tokens, heads, head_dim] layout: on XLA:CPU this is about twice as fast
+as `nn.MultiHeadDotProductAttention` (see ../shared/REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Initialisers of the MAE reference (He et al. 2021): xavier-uniform linears,
+# zero biases, N(0, 0.02) tokens.
+dense_init = nn.initializers.xavier_uniform()
+token_init = nn.initializers.normal(stddev=0.02)
+LN_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class VitSize:
+  """Widths and depths of one encoder + decoder pair."""
+  width: int
+  depth: int
+  heads: int
+  mlp_ratio: float = 4.0
+  dec_width: int = 512
+  dec_depth: int = 8
+  dec_heads: int = 16
+
+
+# Sizes by variant name. `e2e-base` is the reference Base MAE for 125x125x8
+# (4,987,592 parameters with its two fixed position tables).
+VARIANTS: dict[str, VitSize] = {
+    "tiny": VitSize(width=64, depth=2, heads=4, dec_width=32, dec_depth=1, dec_heads=4),
+    "small-e2e": VitSize(width=96, depth=6, heads=4, dec_width=64, dec_depth=2, dec_heads=4),
+    "e2e-base": VitSize(width=128, depth=16, heads=8, dec_width=128, dec_depth=8, dec_heads=8),
+    "S": VitSize(width=384, depth=12, heads=6),
+    "B": VitSize(width=768, depth=12, heads=12),
+    "L": VitSize(width=1024, depth=24, heads=16),
+}
+
+
+def parse_variant(variant: str) -> tuple[VitSize, int | None]:
+  """'B' -> (size, None); 'B/5' -> (size, patch 5). Unknown names are an error."""
+  m = re.fullmatch(r"([A-Za-z0-9_-]+)(?:/(\d+))?", variant or "")
+  if not m or m.group(1) not in VARIANTS:
+    raise ValueError(
+        f"Unknown model variant {variant!r}; known variants: {sorted(VARIANTS)} "
+        "(optionally with a patch size, e.g. 'B/5').")
+  return VARIANTS[m.group(1)], (int(m.group(2)) if m.group(2) else None)
+
+
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+  """1-D sin-cos embedding of positions `pos` (float64), as in the MAE code."""
+  if dim % 2:
+    raise ValueError(f"sin-cos embedding needs an even width, got {dim}")
+  omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+  omega = 1.0 / 10000**omega
+  out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_hw: tuple[int, int], cls_token: bool = True) -> np.ndarray:
+  """Fixed 2-D sin-cos table [1 + h*w, dim] (first row zeros for CLS).
+
+  Follows MAE's `get_2d_sincos_pos_embed`: half the width encodes the column
+  (w) coordinate, half the row (h) coordinate; works for non-square grids.
+  """
+  if dim % 4:
+    raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+  gh, gw = grid_hw
+  grid_w, grid_h = np.meshgrid(np.arange(gw, dtype=np.float64),
+                               np.arange(gh, dtype=np.float64))
+  emb = np.concatenate([sincos_1d(dim // 2, grid_w), sincos_1d(dim // 2, grid_h)], axis=1)
+  if cls_token:
+    emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+  return emb.astype(np.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection."""
+  heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, d = x.shape
+    if d % self.heads:
+      raise ValueError(f"width {d} is not divisible by {self.heads} heads")
+    qkv = nn.Dense(3 * d, kernel_init=dense_init, dtype=self.dtype, name="qkv")(x)
+    q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, d // self.heads), 3, axis=2)
+    y = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+    return nn.Dense(d, kernel_init=dense_init, dtype=self.dtype, name="proj")(y.reshape(b, t, d))
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    x = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.Dense(d, kernel_init=dense_init, dtype=self.dtype, name="fc2")(x)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (identity when deterministic or rate 0)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block."""
+  heads: int
+  mlp_ratio: float = 4.0
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    d = x.shape[-1]
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
+    y = Attention(self.heads, dtype=self.dtype, name="attn")(y)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
+    y = Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+    return x + DropPath(self.drop_path)(y, deterministic)
+
+
+class PatchEmbed(nn.Module):
+  """Linear patch embedding as a stride-p convolution (kernel [p, p, C, D])."""
+  patch: int
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    # xavier-uniform over the flattened [p*p*C, D] view, as MAE does.
+    init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
+    x = nn.Conv(self.width, (self.patch, self.patch), strides=self.patch, padding="VALID",
+                kernel_init=init, dtype=self.dtype, name="proj")(images)
+    b, gh, gw, d = x.shape
+    return x.reshape(b, gh * gw, d)
+
+
+class Encoder(nn.Module):
+  """ViT encoder with CLS token and fixed sin-cos position embeddings.
+
+  `__call__(images, keep_fn)` embeds all patches, adds positions, lets
+  `keep_fn` (the MAE masking) select the visible tokens, prepends CLS and runs
+  the blocks: the encoder only ever sees visible tokens.
+  """
+  size: VitSize
+  patch: int
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    s = self.size
+    self.patch_embed = PatchEmbed(self.patch, s.width, dtype=self.dtype)
+    self.cls_token = self.param("cls_token", token_init, (1, 1, s.width))
+    rates = np.linspace(0.0, self.drop_path, s.depth) if s.depth > 1 else [self.drop_path]
+    self.blocks = [Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype, name=f"block_{i:02d}")
+                   for i, r in enumerate(rates)]
+    self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
+
+  def __call__(self, images, keep_fn=None, deterministic: bool = True):
+    h, w = images.shape[1] // self.patch, images.shape[2] // self.patch
+    x = self.patch_embed(images)
+    pos = jnp.asarray(sincos_2d(self.size.width, (h, w)))
+    x = x + pos[None, 1:].astype(x.dtype)
+    aux = {}
+    if keep_fn is not None:
+      x, aux = keep_fn(x)
+    cls = jnp.broadcast_to(self.cls_token + pos[None, :1], (x.shape[0], 1, x.shape[-1]))
+    x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
+    for blk in self.blocks:
+      x = blk(x, deterministic)
+    return self.norm(x), aux

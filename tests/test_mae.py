@@ -1,0 +1,179 @@
+"""MAE model: patchify, masking, loss, position tables, parameter counts, encode()."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mae_jax.models import mae as mae_lib
+from mae_jax.models import vit
+
+RNGS = {"params": jax.random.key(0), "masking": jax.random.key(1)}
+
+
+def numpy_patchify(images, p):
+  """Independent loop reference: patch (i, j) row-major, pixels (row, col, channel)."""
+  b, h, w, c = images.shape
+  out = np.zeros((b, (h // p) * (w // p), p * p * c), images.dtype)
+  for i in range(h // p):
+    for j in range(w // p):
+      out[:, i * (w // p) + j] = images[:, i * p:(i + 1) * p, j * p:(j + 1) * p, :].reshape(b, -1)
+  return out
+
+
+@pytest.mark.parametrize("shape,p", [((2, 125, 125, 8), 5), ((3, 20, 30, 3), 5), ((1, 32, 32, 2), 4)])
+def test_patchify_matches_reference_and_round_trips(shape, p):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  patches = mae_lib.patchify(jnp.asarray(x), p)
+  np.testing.assert_array_equal(np.asarray(patches), numpy_patchify(x, p))
+  back = mae_lib.unpatchify(patches, p, (shape[1] // p, shape[2] // p), shape[3])
+  np.testing.assert_array_equal(np.asarray(back), x)
+
+
+def test_patch_must_divide_image():
+  with pytest.raises(ValueError, match="patch size 4 does not divide the image size 125x125"):
+    mae_lib.patchify(jnp.zeros((1, 125, 125, 8)), 4)
+  with pytest.raises(ValueError, match="does not divide"):
+    mae_lib.MAE(variant="tiny", patch=7, channels=8).init(RNGS, jnp.zeros((1, 125, 125, 8)))
+
+
+def test_sincos_2d_matches_formula():
+  dim, gh, gw = 16, 3, 5
+  table = vit.sincos_2d(dim, (gh, gw))
+  assert table.shape == (1 + gh * gw, dim)
+  np.testing.assert_array_equal(table[0], 0.0)
+  omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+  for i in range(gh):
+    for j in range(gw):
+      want = np.concatenate([np.sin(j * omega), np.cos(j * omega), np.sin(i * omega), np.cos(i * omega)])
+      np.testing.assert_allclose(table[1 + i * gw + j], want, rtol=0, atol=1e-6)
+
+
+def test_random_masking_ratio_and_restore():
+  b, n, d = 4, 625, 3
+  x = jnp.arange(b * n * d, dtype=jnp.float32).reshape(b, n, d)
+  noise = jax.random.uniform(jax.random.key(0), (b, n))
+  vis, mask, ids_restore = mae_lib.random_masking(x, 0.75, noise)
+  keep = int(625 * 0.25)
+  assert vis.shape == (b, keep, d)
+  np.testing.assert_array_equal(np.asarray(mask.sum(1)), n - keep)
+  # the kept tokens are exactly the unmasked ones, those with the smallest noise
+  for i in range(b):
+    kept_ids = np.sort((np.asarray(vis[i, :, 0]) - i * n * d) // d).astype(int)
+    np.testing.assert_array_equal(kept_ids, np.flatnonzero(np.asarray(mask[i]) == 0))
+    np.testing.assert_array_equal(kept_ids, np.sort(np.argsort(np.asarray(noise[i]))[:keep]))
+  assert not np.array_equal(np.asarray(mask[0]), np.asarray(mask[1]))  # per-sample masks
+  ids = np.asarray(ids_restore)
+  np.testing.assert_array_equal(np.sort(ids, axis=1), np.tile(np.arange(n), (b, 1)))
+
+
+def test_masked_mse_matches_float64_and_ignores_visible_patches():
+  rng = np.random.default_rng(1)
+  pred = rng.normal(size=(2, 10, 12)).astype(np.float32)
+  target = rng.normal(size=(2, 10, 12)).astype(np.float32)
+  mask = (rng.random((2, 10)) < 0.7).astype(np.float32)
+  want = (((pred.astype(np.float64) - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+  got = float(mae_lib.masked_mse(pred, target, mask))
+  assert abs(got - want) <= 1e-6 * abs(want)  # float32 sum of 20 terms
+  changed = target.copy()
+  vis = np.argwhere(mask == 0)[0]
+  changed[vis[0], vis[1]] += 100.0
+  assert float(mae_lib.masked_mse(pred, changed, mask)) == got
+  masked = np.argwhere(mask == 1)[0]
+  changed[masked[0], masked[1]] += 1.0
+  assert float(mae_lib.masked_mse(pred, changed, mask)) != got
+
+
+def test_norm_pix_loss_reference():
+  rng = np.random.default_rng(2)
+  pred = rng.normal(size=(1, 4, 6)).astype(np.float32)
+  target = rng.normal(size=(1, 4, 6)).astype(np.float32) * 3 + 1
+  mask = np.array([[1, 0, 1, 1]], np.float32)
+  t = target.astype(np.float64)
+  t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-6)
+  want = (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum()
+  np.testing.assert_allclose(float(mae_lib.masked_mse(pred, target, mask, True)), want, rtol=1e-5)
+
+
+def test_model_loss_only_sees_masked_patches():
+  """The model's loss equals masked_mse of its prediction; visible targets do not enter it."""
+  model = mae_lib.MAE(variant="tiny", patch=5, channels=3)
+  x = jax.random.uniform(jax.random.key(3), (2, 25, 25, 3))
+  variables = model.init(RNGS, x)
+  noise = jax.random.uniform(jax.random.key(4), (2, 25))
+  loss, aux = model.apply(variables, x, noise=noise)
+  target = np.asarray(aux["target"]).copy()
+  np.testing.assert_allclose(float(mae_lib.masked_mse(aux["pred"], target, aux["mask"])),
+                             float(loss), rtol=1e-6)
+  visible = np.argwhere(np.asarray(aux["mask"]) == 0)
+  target[visible[:, 0], visible[:, 1]] = 1e3
+  np.testing.assert_allclose(float(mae_lib.masked_mse(aux["pred"], target, aux["mask"])),
+                             float(loss), rtol=1e-6)
+  assert aux["latent"].shape == (2, 1 + int(25 * 0.25), 64)
+  assert aux["pred"].shape == (2, 25, 75)
+
+
+def test_encoder_never_sees_masked_pixels():
+  """Changing masked patches of the input leaves the encoder latent unchanged."""
+  model = mae_lib.MAE(variant="tiny", patch=5, channels=2)
+  x = jax.random.uniform(jax.random.key(5), (1, 20, 20, 2))
+  variables = model.init(RNGS, x)
+  noise = jax.random.uniform(jax.random.key(6), (1, 16))
+  _, aux = model.apply(variables, x, noise=noise)
+  pixel_mask = mae_lib.unpatchify(jnp.repeat(aux["mask"][..., None], 50, -1), 5, (4, 4), 2)
+  x2 = x + pixel_mask * 7.0
+  _, aux2 = model.apply(variables, x2, noise=noise)
+  np.testing.assert_array_equal(np.asarray(aux["latent"]), np.asarray(aux2["latent"]))
+
+
+def count(tree):
+  return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def test_e2e_base_parameter_count_matches_reference():
+  model = mae_lib.MAE(variant="e2e-base", patch=5, channels=8)
+  shapes = jax.eval_shape(lambda: model.init(RNGS, jnp.zeros((1, 125, 125, 8))))["params"]
+  assert count(shapes) == 4_827_336  # trainable, as transformers' ViTMAEForPreTraining
+  assert count(shapes) + model.num_fixed_params((125, 125)) == 4_987_592  # reference table
+  blk = shapes["encoder"]["block_00"]
+  assert blk["attn"]["qkv"]["kernel"].shape == (128, 384)
+  assert len([k for k in shapes["encoder"] if k.startswith("block_")]) == 16
+  assert len([k for k in shapes["decoder"] if k.startswith("block_")]) == 8
+
+
+@pytest.mark.parametrize("variant,width", [("S", 384), ("B", 768), ("L", 1024), ("B/5", 768)])
+def test_standard_variants_build(variant, width):
+  model = mae_lib.MAE(variant=variant, patch=5, channels=8)
+  shapes = jax.eval_shape(lambda: model.init(RNGS, jnp.zeros((1, 125, 125, 8))))["params"]
+  assert shapes["encoder"]["cls_token"].shape == (1, 1, width)
+
+
+def test_unknown_variant_and_bad_channels():
+  with pytest.raises(ValueError, match="Unknown model variant 'huge'"):
+    mae_lib.MAE(variant="huge").init(RNGS, jnp.zeros((1, 25, 25, 8)))
+  with pytest.raises(ValueError, match=r"images must be \[batch, H, W, 8\].*\(1, 25, 25, 3\)"):
+    mae_lib.MAE(variant="tiny", channels=8).init(RNGS, jnp.zeros((1, 25, 25, 3)))
+
+
+def test_encode_features():
+  model = mae_lib.MAE(variant="tiny", patch=5, channels=3)
+  x = jax.random.uniform(jax.random.key(7), (2, 25, 25, 3))
+  variables = model.init(RNGS, x)
+  f = model.apply(variables, x, method=mae_lib.MAE.encode)
+  assert f["tokens"].shape == (2, 26, 64)
+  np.testing.assert_allclose(np.asarray(f["cls"]), np.asarray(f["tokens"][:, 0]))
+  np.testing.assert_allclose(np.asarray(f["mean"]), np.asarray(f["tokens"][:, 1:]).mean(1), rtol=1e-5,
+                             atol=1e-6)
+  # deterministic (no masking rng needed) and batch-independent
+  f1 = model.apply(variables, x[:1], method=mae_lib.MAE.encode)
+  np.testing.assert_allclose(np.asarray(f1["cls"]), np.asarray(f["cls"][:1]), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = mae_lib.MAE(variant="tiny", patch=5, channels=3, dtype=jnp.bfloat16)
+  x = jax.random.uniform(jax.random.key(8), (2, 25, 25, 3))
+  variables = model.init(RNGS, x)
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
+  loss, aux = model.apply(variables, x, rngs={"masking": jax.random.key(9)})
+  assert aux["pred"].dtype == jnp.bfloat16 and loss.dtype == jnp.float32
+  assert np.isfinite(float(loss))

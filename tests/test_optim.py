@@ -1,0 +1,59 @@
+"""Optimizer: lr scaling and schedule, weight-decay mask, frozen parameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mae_jax import optim
+from helpers import load_config
+
+
+def test_schedule_scaling_warmup_and_cosine():
+  c = load_config(lr=1.5e-4, batch_size=512, total_steps=100, warmup_steps=10, min_lr=0.0)
+  sched = optim.learning_rate(c)
+  peak = 1.5e-4 * 512 / 256
+  np.testing.assert_allclose(float(sched(0)), 0.0, atol=1e-12)
+  np.testing.assert_allclose(float(sched(5)), peak * 5 / 10, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(10)), peak, rtol=1e-5)
+  # half-cosine from the end of warm-up to total_steps
+  t = (55 - 10) / (100 - 10)
+  np.testing.assert_allclose(float(sched(55)), peak * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-4)
+  np.testing.assert_allclose(float(sched(100)), 0.0, atol=1e-9)
+
+
+def test_decay_mask_skips_biases_norms_and_tokens():
+  params = {"encoder": {"cls_token": jnp.zeros((1, 1, 4)), "norm": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+                        "block_00": {"attn": {"qkv": {"kernel": jnp.ones((4, 12)), "bias": jnp.zeros(12)}}}},
+            "decoder": {"mask_token": jnp.zeros((1, 1, 4)), "pred": {"kernel": jnp.ones((4, 3))}}}
+  mask = optim.decay_mask(params)
+  assert mask["encoder"]["block_00"]["attn"]["qkv"] == {"kernel": True, "bias": False}
+  assert mask["encoder"]["norm"] == {"scale": False, "bias": False}
+  assert mask["encoder"]["cls_token"] is False and mask["decoder"]["mask_token"] is False
+  assert mask["decoder"]["pred"]["kernel"] is True
+
+
+def test_weight_decay_value_on_kernels_only():
+  c = load_config(lr=1e-3, batch_size=256, total_steps=10, warmup_steps=0)
+  params = {"w": {"kernel": jnp.ones((2, 2))}, "b": {"bias": jnp.ones(2)}}
+  tx, sched = optim.make_optimizer(c, params)
+  state = tx.init(params)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, state, params)
+  lr0 = float(sched(0))
+  # zero gradient: Adam term is 0, decoupled decay gives -lr * wd * p on kernels only
+  np.testing.assert_allclose(np.asarray(updates["w"]["kernel"]), -lr0 * 0.05, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(updates["b"]["bias"]), 0.0)
+
+
+def test_frozen_parameters_get_no_update():
+  c = load_config(total_steps=10, warmup_steps=0, optim__frozen=r"encoder/.*")
+  params = {"encoder": {"k": jnp.ones((3, 3))}, "head": {"k": jnp.ones((3, 3))}}
+  tx, _ = optim.make_optimizer(c, params)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(np.asarray(params["encoder"]["k"]), 1.0)
+  assert not np.allclose(np.asarray(params["head"]["k"]), 1.0)
