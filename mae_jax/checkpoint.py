@@ -17,9 +17,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-def manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=max(int(save_every), 1), create=True)
+def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """The trainer decides when to save (every N steps and at the end)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
 
@@ -30,8 +30,8 @@ def abstract_like(tree, shardings):
                       tree, shardings)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
-  return mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+def save(mngr: ocp.CheckpointManager, step: int, state) -> bool:
+  return mngr.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):

@@ -128,10 +128,17 @@ def evaluate(eval_step, params, pipeline, split, config, mesh):
 
 
 class Progress:
-  """Readable progress lines: step, loss, lr, images/s and ETA."""
+  """Readable progress lines: step, loss, lr, images/s and ETA.
+
+  The clock starts after the first step, so compile time is not counted as throughput.
+  """
 
   def __init__(self, total_steps, batch_size, start_step):
-    self.total, self.batch, self.t0, self.s0 = total_steps, batch_size, time.time(), start_step
+    self.total, self.batch, self.t0, self.s0 = total_steps, batch_size, None, start_step + 1
+
+  def started(self):
+    if self.t0 is None:
+      self.t0 = time.time()
 
   def line(self, step, metrics):
     dt = time.time() - self.t0
@@ -182,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("model %s: %d trainable parameters (+%d fixed position-table entries)",
                config.model.variant, n_params, model.num_fixed_params(image_shape))
 
-  mngr = checkpoint.manager(workdir, config.ckpt_every, config.keep_ckpts)
+  mngr = checkpoint.manager(workdir, config.keep_ckpts)
   if config.get("overwrite", False) and mngr.latest_step() is not None:
     raise ValueError(f"--config.overwrite=True but {workdir} still has checkpoints; "
                      "delete them or use another workdir")
@@ -209,6 +216,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   metrics = {}
   for step in range(start + 1, config.total_steps + 1):
     state, metrics = train_step(state, parallel.global_batch(next(batches), mesh))
+    if step == start + 1:
+      jax.block_until_ready(metrics)
+      progress.started()
     if not bool(metrics["finite"]):
       skipped += 1
       if config.nan_policy == "stop":
@@ -218,7 +228,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"grad_norm={float(metrics['grad_norm'])}); last good checkpoint: step "
             f"{mngr.latest_step()} in {mngr.directory}. Lower the lr, enable "
             "optim.grad_clip_norm, or set nan_policy=skip.")
-    checkpoint.save(mngr, step, state, force=step == config.total_steps)
+    if step % config.ckpt_every == 0 or step == config.total_steps:
+      checkpoint.save(mngr, step, state)
     if step % config.log_every == 0 or step == config.total_steps:
       scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
       scalars["skipped_steps"] = skipped
@@ -235,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final = {}
   if config.data.eval_split and config.data.eval_split in pipe.meta["splits"]:
     final = evaluate(eval_step, state["params"], pipe, config.data.eval_split, config, mesh)
-    writer.write_scalars(config.total_steps, final)
+    writer.write_scalars(config.total_steps, dict(final))
     if jax.process_index() == 0:
       print(" ".join(f"{k} {v:.6g}" for k, v in final.items()), flush=True)
   if metrics:
