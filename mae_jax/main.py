@@ -33,7 +33,6 @@ def main(argv):
     parallel.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
   else:
     parallel.maybe_initialize_distributed()
-  logging.info("config:\n%s", config)
   logging.info("backend %s, %d devices", jax.default_backend(), jax.device_count())
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)

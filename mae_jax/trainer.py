@@ -108,9 +108,10 @@ def make_eval_step(config, model, mesh, param_shardings):
     if config.model.norm_pix_loss:
       target = (target - target.mean(-1, keepdims=True)) / (target.var(-1, keepdims=True) + 1e-6) ** .5
     per_patch = jnp.mean((aux["pred"].astype(jnp.float32) - target) ** 2, axis=-1)
+    zeros = jnp.mean(target**2, axis=-1)  # a model that predicts empty patches
     weight = aux["mask"] * batch["valid"][:, None]
-    return {"sq_err": jnp.sum(per_patch * weight), "count": jnp.sum(weight),
-            "examples": jnp.sum(batch["valid"])}
+    return {"sq_err": jnp.sum(per_patch * weight), "zero_sq_err": jnp.sum(zeros * weight),
+            "count": jnp.sum(weight), "examples": jnp.sum(batch["valid"])}
 
   return jax.jit(eval_step, in_shardings=(param_shardings, parallel.batch_sharding(mesh), None),
                  out_shardings=parallel.replicated(mesh))
@@ -119,11 +120,13 @@ def make_eval_step(config, model, mesh, param_shardings):
 def evaluate(eval_step, params, pipeline, split, config, mesh):
   local = config.batch_size // jax.process_count()
   num_batches, it = pipeline.eval_iter(split, local, config.batch_size)
-  sums = {"sq_err": 0.0, "count": 0.0, "examples": 0.0}
+  sums = {"sq_err": 0.0, "zero_sq_err": 0.0, "count": 0.0, "examples": 0.0}
   for i, batch in enumerate(it):
     out = eval_step(params, parallel.global_batch(batch, mesh), i)
     sums = {k: sums[k] + float(out[k]) for k in sums}
-  return {f"{split}/masked_mse": sums["sq_err"] / max(sums["count"], 1.0),
+  count = max(sums["count"], 1.0)
+  return {f"{split}/masked_mse": sums["sq_err"] / count,
+          f"{split}/masked_mse_predict_zeros": sums["zero_sq_err"] / count,
           f"{split}/examples": sums["examples"]}
 
 

@@ -66,12 +66,15 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets
   fig, axes = plt.subplots(c, 3 * n, figsize=(2.0 * 3 * n, 1.9 * c), squeeze=False)
   for j in range(n):
     for ch in range(c):
-      vmax = max(float(np.abs(images[j, ..., ch]).max()), 1e-6)
+      # one colour scale per channel, set by the original image, for all three panels
+      lo, hi = float(images[j, ..., ch].min()), float(images[j, ..., ch].max())
+      signed = lo < 0  # d0/dz: symmetric diverging scale, zero in the middle
+      vmax = max(abs(lo), abs(hi), 1e-6) if signed else max(hi, 1e-6)
+      vmin, cmap = (-vmax, "RdBu_r") if signed else (0.0, "viridis")
       for k, (img, title) in enumerate(((images, "original"), (masked, "masked input"),
                                         (recon, "reconstruction"))):
         ax = axes[ch, 3 * j + k]
-        ax.imshow(img[j, ..., ch], cmap="viridis", vmin=0 if img[j, ..., ch].min() >= 0 else -vmax,
-                  vmax=vmax, interpolation="nearest")
+        ax.imshow(img[j, ..., ch], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if ch == 0:
