@@ -13,13 +13,33 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+def interrupted_saves(workdir: str) -> list[str]:
+  """Step directories whose save never finished (Orbax renames them only when complete)."""
+  d = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(d):
+    return []
+  return sorted(n for n in os.listdir(d) if TMP_MARKER in n)
+
+
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """The trainer decides when to save (every N steps and at the end)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  """The trainer decides when to save (every N steps and at the end).
+
+  Interrupted saves are never listed as steps; they are reported and removed.
+  """
+  for name in interrupted_saves(workdir):
+    logging.warning("ignoring interrupted checkpoint %s (its save never finished)", name)
+    if jax.process_index() == 0:
+      print(f"warning: ignoring interrupted checkpoint {name} in {workdir}/checkpoints", flush=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
                                options=options)
 
@@ -40,7 +60,47 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
   logging.info("restoring checkpoint step %d from %s", step, mngr.directory)
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(
+        f"checkpoint step {step} in {mngr.directory} does not fit this model/optimizer "
+        f"(a checkpoint from a different model?): {str(e).splitlines()[0][:300]}") from e
+
+
+def checkpoint_dir(path: str) -> str:
+  """A run's workdir or its checkpoints/ directory -> the checkpoints/ directory."""
+  path = os.path.abspath(path)
+  return path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
+
+
+def read_arrays(path: str, step: int | None = None, item: dict | str | None = None):
+  """Reads a checkpoint (or a sub-tree of it) as host numpy arrays: (tree, step).
+
+  Works whatever topology wrote it (1 device, 8 devices, 2 processes): no
+  shardings are involved. `item` is an abstract sub-tree (e.g. {"params": ...})
+  or a top-level key ("params") to read only part of the state; None reads all.
+  """
+  directory = checkpoint_dir(path)
+  mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
+  try:
+    steps = mngr.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory}")
+    step = max(steps) if step is None else int(step)
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
+    if item is None or isinstance(item, str):
+      meta = mngr.item_metadata(step)
+      if isinstance(item, str):
+        meta = {item: meta[item]}
+      item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    tree = mngr.restore(step, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  finally:
+    mngr.close()
+  return tree, step
 
 
 def write_config(workdir: str, config) -> None:

@@ -24,3 +24,75 @@ def parse_arg(arg: str | None, **defaults) -> dict:
     else:
       out[key] = kind(value)
   return out
+
+
+def base_config(variant: str = "tiny", patch: int = 5):
+  """Fields every stage shares; each file in configs/ starts from this and changes a few."""
+  import ml_collections
+
+  c = ml_collections.ConfigDict()
+  c.stage = "pretrain"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # a directory written by `python -m mae_jax.data.convert`
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"  # selects the checkpoint ("" = none)
+  c.data.test_split = "test"  # evaluated once at the end ("" = never)
+  c.data.normalization = "log1p"  # none | div255 | log1p | zscore | log1p_zscore
+  c.data.shuffle_buffer = 10_000
+  c.data.host_split = "shard"  # shard | interleave (global batches independent of process count)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mae"  # mae | depthwise_mae | convstem_mae | convmae | classifier | resnet15 | resnet50
+  c.model.variant = variant
+  c.model.patch = patch
+  c.model.mask_ratio = 0.75
+  c.model.norm_pix_loss = False
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
+  c.model.drop_path = 0.0
+  c.model.backbone = "mae"  # classifier only: which MAE-family encoder
+  c.model.pool = "mean"  # classifier only: cls | mean | max
+  c.model.head_bn = False  # classifier only: BatchNorm (no affine) before the linear head
+  c.model.include_cls = False  # classifier only: mean/max pooling over CLS too
+
+  c.model_init = ""  # workdir of a run whose parameters initialise this one
+  c.model_load = ""  # "src:dst" sub-tree pairs, e.g. "encoder:backbone/encoder"
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "mae"  # mae | classify | regress
+  c.task.label_smoothing = 0.0
+  c.task.targets = "jet_mass"  # regress: comma-separated target names from the dataset
+  c.task.loss = "mse"  # regress: mse | huber
+  c.task.huber_delta = 1.0
+  c.task.bootstrap = 200  # resamples for the uncertainties of classification metrics
+
+  c.batch_size = 256  # global, over all devices and hosts
+  c.total_steps = 10_000
+  c.warmup_steps = 500
+  c.lr = 1.5e-4  # base lr; the peak is lr * batch_size / 256
+  c.min_lr = 0.0
+  c.optim = ml_collections.ConfigDict()
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.05
+  c.optim.grad_clip_norm = 0.0  # 0 = off
+  c.optim.layer_decay = 1.0  # < 1: layer-wise lr decay (finetuning)
+  c.optim.frozen = ""  # regex over "/"-joined parameter names
+
+  c.mesh = [("data", -1)]  # add ("fsdp", N) to split parameters over N devices
+
+  c.log_every = 10
+  c.eval_every = 0  # 0 = only at the end
+  c.ckpt_every = 500
+  c.keep_ckpts = 3
+  c.nan_policy = "stop"  # stop | skip (skipped steps are counted and logged)
+  c.figures = True
+  c.overwrite = False  # allow a different config in a workdir without checkpoints
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
+  return c

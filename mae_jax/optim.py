@@ -37,6 +37,29 @@ def frozen_mask(params, frozen_regex: str | None):
   return jax.tree.map(lambda name: bool(pattern.fullmatch(name)), path_names(params))
 
 
+def layer_id(name: str, depth: int) -> int:
+  """Depth of a parameter for layer-wise lr decay (BEiT/MAE convention).
+
+  Embeddings and CLS are layer 0, encoder block i is layer i + 1, everything
+  after the blocks (final norm, head) is layer depth + 1.
+  """
+  m = re.search(r"(?:^|/)encoder/block_(\d+)/", name)
+  if m:
+    return int(m.group(1)) + 1
+  if re.search(r"(?:^|/)encoder/(patch_embed|cls_token|pos_embed)", name):
+    return 0
+  return depth + 1
+
+
+def layer_decay_multipliers(params, decay: float):
+  """lr multiplier per parameter: decay ** (depth + 1 - layer_id)."""
+  names = path_names(params)
+  blocks = {int(m.group(1)) for n in jax.tree.leaves(names)
+            for m in [re.search(r"encoder/block_(\d+)/", n)] if m}
+  depth = max(blocks) + 1 if blocks else 0
+  return jax.tree.map(lambda n: decay ** (depth + 1 - layer_id(n, depth)), names)
+
+
 def learning_rate(config):
   """Peak lr scaled by batch, linear warmup from 0 then cosine to `min_lr`."""
   peak = config.lr * config.batch_size / 256.0
@@ -58,6 +81,15 @@ def make_optimizer(config, params):
     chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
   chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.get("eps", 1e-8),
                            weight_decay=opt.weight_decay, mask=decay_mask))
+  decay = opt.get("layer_decay", 1.0)
+  if decay != 1.0 and opt.get("frozen", ""):
+    raise ValueError("optim.layer_decay and optim.frozen cannot be combined; freeze or decay")
+  if decay != 1.0:  # scales AdamW's whole update (step and decay), as per-group lrs do
+    multipliers = layer_decay_multipliers(params, decay)
+    chain.append(optax.GradientTransformation(
+        lambda _: optax.EmptyState(),
+        lambda updates, state, params=None: (
+            jax.tree.map(lambda u, m: u * m, updates, multipliers), state)))
   tx = optax.chain(*chain)
   frozen = frozen_mask(params, opt.get("frozen", None))
   if any(jax.tree.leaves(frozen)):

@@ -92,3 +92,16 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)
+
+
+def to_host(tree):
+  """numpy copies of replicated (or fully addressable) arrays, on every process.
+
+  A replicated array of a multi-process mesh is not fully addressable, but each
+  process holds a complete copy: read the local one.
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

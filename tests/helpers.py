@@ -2,6 +2,11 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,3 +24,33 @@ def load_config(name="pretrain", arg="variant=tiny", **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def write_small_e2e(path, n=(48, 16, 16), hw=25, c=3, seed=0):
+  """Sparse images in the public `{split}_jet` / `{split}_meta` layout, small for speed.
+
+  Learnable toy physics: every jet has a blob at the centre plus sparse noise;
+  label-1 jets have a second blob in the top-left quadrant (a two-prong jet),
+  and the "jet mass" target grows with the second blob's energy.
+  """
+  rng = np.random.default_rng(seed)
+  with h5py.File(path, "w") as f:
+    for split, count in zip(("train", "validation", "test"), n):
+      x = np.zeros((count, hw, hw, c), np.float32)
+      x[:, hw // 2 - 2:hw // 2 + 3, hw // 2 - 2:hw // 2 + 3, :] = rng.exponential(5.0, (count, 5, 5, c))
+      label = (np.arange(count) % 2).astype(np.float32)
+      rng.shuffle(label)
+      prong = rng.exponential(5.0, (count, 5, 5, c)) * label[:, None, None, None]
+      x[:, 2:7, 2:7, :] += prong
+      noise = rng.random((count, hw, hw, c)) < 0.02
+      x[noise] += rng.exponential(1.0, int(noise.sum()))
+      mass = 50.0 + prong.sum((1, 2, 3)) + rng.normal(0, 5, count)
+      meta = np.stack([label, mass, rng.normal(80, 5, count)], 1).astype(np.float32)
+      f.create_dataset(f"{split}_jet", data=x)
+      f.create_dataset(f"{split}_meta", data=meta)
+
+
+def run_main(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "mae_jax.main", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)

@@ -90,7 +90,7 @@ def test_norm_pix_loss_reference():
   target = rng.normal(size=(1, 4, 6)).astype(np.float32) * 3 + 1
   mask = np.array([[1, 0, 1, 1]], np.float32)
   t = target.astype(np.float64)
-  t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-6)
+  t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True, ddof=1) + 1e-6)  # torch.var
   want = (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum()
   np.testing.assert_allclose(float(mae_lib.masked_mse(pred, target, mask, True)), want, rtol=1e-5)
 

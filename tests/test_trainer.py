@@ -2,34 +2,15 @@
 
 import json
 import os
-import subprocess
-import sys
 
-import h5py
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mae_jax import trainer
+from mae_jax import checkpoint, trainer
 from mae_jax.data import convert
-from helpers import ROOT, load_config
-
-
-def write_small_e2e(path, n=(48, 16, 16), hw=25, c=3, seed=0):
-  """Sparse images in the public `{split}_jet` / `{split}_meta` layout, small for speed."""
-  rng = np.random.default_rng(seed)
-  with h5py.File(path, "w") as f:
-    for split, count in zip(("train", "validation", "test"), n):
-      x = np.zeros((count, hw, hw, c), np.float32)
-      # a learnable structure: a blob around the centre plus sparse noise
-      x[:, hw // 2 - 2:hw // 2 + 3, hw // 2 - 2:hw // 2 + 3, :] = rng.exponential(5.0, (count, 5, 5, c))
-      noise = rng.random((count, hw, hw, c)) < 0.02
-      x[noise] += rng.exponential(1.0, int(noise.sum()))
-      meta = np.stack([rng.integers(0, 2, count), rng.normal(100, 10, count),
-                       rng.normal(80, 5, count)], 1).astype(np.float32)
-      f.create_dataset(f"{split}_jet", data=x)
-      f.create_dataset(f"{split}_meta", data=meta)
+from helpers import ROOT, load_config, run_main, write_small_e2e
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +32,7 @@ def config_for(dataset, **kw):
 
 
 def params_at(workdir, step):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  restored = mngr.restore(step, args=ocp.args.StandardRestore())
-  return jax.tree.map(np.asarray, restored["params"])
+  return checkpoint.read_arrays(workdir, step, "params")[0]["params"]
 
 
 def test_train_writes_logs_figures_checkpoints_and_resumes_exactly(dataset, tmp_path):
@@ -99,12 +78,6 @@ def test_nan_stops_with_step_and_last_checkpoint(dataset, tmp_path):
   c.data.eval_split = ""
   out = trainer.train_and_evaluate(c, str(tmp_path / "skip"))
   assert out["skipped_steps"] >= 1
-
-
-def run_main(*args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", "mae_jax.main", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_rejects_unknown_override_and_bad_variant(dataset, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -33,18 +34,18 @@ def loss_curve(history_path: str, out_path: str) -> None:
 
 
 def reconstruct(model, params, images, mask_key):
-  """(masked input, reconstruction with visible patches pasted back, mask image)."""
+  """(images, masked input, reconstruction with visible patches pasted back)."""
   _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key})
   pred = aux["pred"].astype(jnp.float32)
   if model.norm_pix_loss:  # back from per-patch normalised pixels
-    t = aux["target"]
-    pred = pred * (t.var(-1, keepdims=True) + 1e-6) ** .5 + t.mean(-1, keepdims=True)
+    mean, std = mae_lib.patch_stats(aux["target"])
+    pred = pred * std + mean
   b, h, w, c = images.shape
   grid = (h // model.patch, w // model.patch)
   mask = jnp.repeat(aux["mask"][:, :, None], model.patch**2 * c, axis=-1)
   mask = mae_lib.unpatchify(mask, model.patch, grid, c)
   recon = mae_lib.unpatchify(pred, model.patch, grid, c)
-  return images * (1 - mask), images * (1 - mask) + recon * mask, mask
+  return images, images * (1 - mask), images * (1 - mask) + recon * mask
 
 
 def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets=2):
@@ -53,13 +54,11 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets
   _, it = pipe.eval_iter(split, local, config.batch_size)
   batch = parallel.global_batch(next(iter(it)), mesh)
   fn = jax.jit(reconstruct, static_argnums=0, out_shardings=parallel.replicated(mesh))
-  masked, recon, _ = fn(model, params, batch["image"], jax.random.key(config.seed + 7))
+  # outputs are replicated, so every process can read them (to_host)
+  images, masked, recon = parallel.to_host(
+      fn(model, params, batch["image"], jax.random.key(config.seed + 7)))
   if jax.process_index() != 0:
     return
-  images = np.asarray(jax.device_get(batch["image"])) if jax.process_count() == 1 else None
-  if images is None:  # other hosts' rows are not addressable here: show the masked view only
-    images = np.asarray(recon)
-  masked, recon = np.asarray(masked), np.asarray(recon)
   names = pipe.meta.get("channel_names") or [f"ch{i}" for i in range(images.shape[-1])]
   n = min(num_jets, images.shape[0])
   c = images.shape[-1]
@@ -86,3 +85,56 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets
   fig.tight_layout()
   fig.savefig(out_path, dpi=100)
   plt.close(fig)
+
+
+def protocol_figures(root: str, seed) -> list[str]:
+  """Loss curves of every stage, ROC curves on the test split, the reconstruction figure."""
+  import shutil
+
+  from mae_jax.evaluate import metrics
+
+  base = os.path.join(root, f"seed{seed}")
+  stages = [s for s in ("pretrain", "probe", "finetune", "scratch", "resnet")
+            if os.path.exists(os.path.join(base, s, "metrics.jsonl"))]
+  out = []
+  fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
+  for ax, stage in zip(axes[0], stages):
+    with open(os.path.join(base, stage, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set_title(stage, fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("train loss")
+  fig.tight_layout()
+  out.append(os.path.join(root, "loss_curves.png"))
+  fig.savefig(out[-1], dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  for stage in ("probe", "finetune", "scratch", "resnet"):
+    path = os.path.join(base, stage, "test_scores.npz")
+    if not os.path.exists(path):
+      continue
+    d = np.load(path)
+    fpr, tpr, _ = metrics.roc_curve(d["label"], d["score"])
+    with np.errstate(divide="ignore"):
+      ax.plot(tpr, 1.0 / np.maximum(fpr, 1e-12), lw=1.2,
+              label=f"{stage} (AUC {metrics.roc_auc(d['label'], d['score']):.3f})")
+  ax.set_xlabel("signal efficiency (test split)")
+  ax.set_ylabel("background rejection 1/FPR")
+  ax.set_yscale("log")
+  ax.set_xlim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out.append(os.path.join(root, "roc_curves.png"))
+  fig.savefig(out[-1], dpi=110)
+  plt.close(fig)
+
+  rec = os.path.join(base, "pretrain", "reconstruction.png")
+  if os.path.exists(rec):
+    out.append(os.path.join(root, "reconstruction.png"))
+    shutil.copyfile(rec, out[-1])
+  return out

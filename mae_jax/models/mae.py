@@ -73,14 +73,29 @@ def random_masking(x: jax.Array, mask_ratio: float, noise: jax.Array):
   return x_visible, mask, ids_restore
 
 
+def patch_stats(target):
+  """Per-patch mean and std used by norm_pix_loss.
+
+  The variance is the unbiased one (ddof=1), as torch.var in the MAE reference
+  and transformers' ViTMAE, so losses agree with them.
+  """
+  target = target.astype(jnp.float32)
+  mean = target.mean(axis=-1, keepdims=True)
+  var = target.var(axis=-1, keepdims=True, ddof=1)
+  return mean, (var + 1.0e-6) ** 0.5
+
+
+def normalize_patches(target):
+  mean, std = patch_stats(target)
+  return (target.astype(jnp.float32) - mean) / std
+
+
 def masked_mse(pred, target, mask, norm_pix_loss: bool = False):
   """Mean per-pixel squared error over masked patches (mask 1 = masked)."""
   pred = pred.astype(jnp.float32)
   target = target.astype(jnp.float32)
   if norm_pix_loss:
-    mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True)
-    target = (target - mean) / (var + 1.0e-6) ** 0.5
+    target = normalize_patches(target)
   per_patch = jnp.mean((pred - target) ** 2, axis=-1)
   mask = mask.astype(jnp.float32)
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -119,13 +134,14 @@ class MAE(nn.Module):
   mask_ratio: float = 0.75
   norm_pix_loss: bool = False
   dtype: Dtype = jnp.float32
+  drop_path: float = 0.0  # stochastic depth in the encoder (finetuning)
 
   def setup(self):
     size, patch = vit.parse_variant(self.variant)
     if patch is not None and patch != self.patch:
       raise ValueError(f"variant {self.variant!r} fixes patch {patch} but patch={self.patch}")
     self.size = size
-    self.encoder = vit.Encoder(size, self.patch, dtype=self.dtype)
+    self.encoder = vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype)
     self.decoder = Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype)
 
   def _check(self, images):
@@ -156,10 +172,13 @@ class MAE(nn.Module):
            "ids_restore": masking["ids_restore"], "target": target}
     return loss, aux
 
-  def encode(self, images):
-    """Features of unmasked images: CLS and mean of patch tokens (after final norm)."""
+  def encode(self, images, train: bool = False):
+    """Features of unmasked images: CLS and mean of patch tokens (after final norm).
+
+    `train=True` only turns on drop path (finetuning); there is no masking here.
+    """
     self._check(images)
-    tokens, _ = self.encoder(images.astype(self.dtype), None, deterministic=True)
+    tokens, _ = self.encoder(images.astype(self.dtype), None, deterministic=not train)
     return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(axis=1), "tokens": tokens}
 
   def num_fixed_params(self, image_hw) -> int:

@@ -1,0 +1,30 @@
+r"""Finetune: the whole pretrained encoder trains, with layer-wise lr decay and drop path.
+
+  python -m mae_jax.main --config configs/finetune.py:variant=tiny --workdir workdirs/finetune \
+      --config.data.dir=data_cache/boosted_top_3000_tfds \
+      --config.model_init=workdirs/quickstart --config.total_steps=300
+
+Arguments: variant, patch, model (the MAE family of the pretrain run), pool.
+"""
+
+from mae_jax import config_util
+
+
+def get_config(arg=None):
+  arg = config_util.parse_arg(arg, variant="tiny", patch=5, model="mae", pool="mean")
+  c = config_util.base_config(arg["variant"], arg["patch"])
+  c.stage = "finetune"
+  c.task.name = "classify"
+  c.model.name = "classifier"
+  c.model.backbone = arg["model"]
+  c.model.pool = arg["pool"]
+  c.model.drop_path = 0.1
+  c.model_load = "encoder:backbone/encoder"
+  c.optim.layer_decay = 0.75
+  c.optim.b2 = 0.999
+  c.lr = 1e-3  # MAE finetune recipe base lr (batch 256)
+  c.warmup_steps = 100
+  c.total_steps = 1000
+  c.eval_every = 100
+  c.figures = False
+  return c

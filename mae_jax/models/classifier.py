@@ -1,0 +1,28 @@
+"""An MAE-family encoder with a head: the model of the probe, finetune and scratch stages.
+
+Parameters: {"backbone": {"encoder": ...}, "head": ...}. The backbone is the
+same module class as in pretraining, so `params["encoder"]` of a pretrain
+checkpoint drops into `params["backbone"]["encoder"]` unchanged; the decoder
+is never called here and so has no parameters.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from mae_jax.models import heads
+
+
+class EncoderClassifier(nn.Module):
+  backbone: nn.Module  # an MAE-family module (MAE, DepthwiseMAE, ConvStemMAE, ConvMAE)
+  num_outputs: int = 1
+  pool: str = "mean"
+  head_bn: bool = False
+  include_cls: bool = False
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    feats = self.backbone.encode(images, train=train)
+    head = heads.ClassifierHead(self.num_outputs, self.pool, self.head_bn, self.include_cls,
+                                name="head")
+    return head(feats["tokens"], train), {"cls": feats["cls"], "mean": feats["mean"]}

@@ -1,0 +1,45 @@
+"""Model from config: `config.model.name` picks the class, the rest sizes it.
+
+  mae, depthwise_mae, convstem_mae, convmae   masked autoencoders -> (loss, aux)
+  classifier                                  MAE-family encoder + head -> (outputs, aux)
+  resnet15, resnet50                          supervised baselines -> (outputs, aux)
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from mae_jax.models import classifier, hybrid, resnet
+from mae_jax.models import mae as mae_lib
+
+MAE_FAMILY = hybrid.MODELS  # name -> class, all with the MAE interface
+BASELINES = {"resnet15": resnet.ResNet15, "resnet50": resnet.ResNet50}
+
+
+def num_outputs(config) -> int:
+  if config.task.name == "regress":
+    return len([t for t in config.task.targets.split(",") if t.strip()])
+  return 1
+
+
+def mae_family_model(name, m, image_shape, drop_path=0.0):
+  if name not in MAE_FAMILY:
+    raise ValueError(f"model {name!r} is not a masked autoencoder; choose one of {sorted(MAE_FAMILY)}")
+  mae_lib.check_image_shape(image_shape, m.patch)
+  return MAE_FAMILY[name](variant=m.variant, patch=m.patch, channels=int(image_shape[-1]),
+                          mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss,
+                          dtype=jnp.dtype(m.dtype), drop_path=drop_path)
+
+
+def build_model(config, image_shape):
+  m = config.model
+  if m.name in MAE_FAMILY:
+    return mae_family_model(m.name, m, image_shape)
+  if m.name == "classifier":
+    backbone = mae_family_model(m.backbone, m, image_shape, m.drop_path)
+    return classifier.EncoderClassifier(backbone, num_outputs(config), m.pool, m.head_bn,
+                                        m.include_cls)
+  if m.name in BASELINES:
+    return BASELINES[m.name](num_outputs=num_outputs(config), dtype=jnp.dtype(m.dtype))
+  raise ValueError(f"model.name={m.name!r}; choose one of "
+                   f"{sorted(MAE_FAMILY) + ['classifier'] + sorted(BASELINES)}")

@@ -1,0 +1,291 @@
+r"""The downstream protocol in one command: pretrain -> reconstruction -> probe ->
+finetune -> scratch -> ResNet baseline, then report.md with figures.
+
+  python -m mae_jax.protocol --data data_cache/boosted_top_3000_tfds --root workdirs/protocol \
+      --variant tiny --seeds 0,1 --steps pretrain=300,probe=200,finetune=200,scratch=200,resnet=200 \
+      --config.batch_size=32
+
+Every stage is a config of the one trainer (configs/*.py); `--config.FIELD=VALUE`
+overrides go to every stage. Workdirs are ROOT/seed{S}/{stage}; a stage whose
+workdir already holds `final_metrics.json` is not rerun. Numbers in the report
+say which split they come from: classification metrics are on the test split,
+evaluated once with the validation-selected checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("pretrain", "probe", "finetune", "scratch", "resnet")
+CONFIG_FILE = {"pretrain": "pretrain", "probe": "probe", "finetune": "finetune",
+               "scratch": "scratch", "resnet": "resnet"}
+
+
+def load_stage_config(stage, variant, model, patch):
+  path = os.path.join(ROOT, "configs", f"{CONFIG_FILE[stage]}.py")
+  spec = importlib.util.spec_from_file_location(stage, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if stage == "resnet":
+    return module.get_config("arch=resnet15")
+  return module.get_config(f"variant={variant},patch={patch},model={model}")
+
+
+def apply_overrides(config, overrides):
+  """'--config.a.b=v' strings onto a ConfigDict, typed like the field they replace."""
+  for item in overrides:
+    key, value = item[len("--config."):].split("=", 1)
+    node, *path = [config] + key.split(".")
+    for p in path[:-1]:
+      node = node[p]
+    if path[-1] not in node:
+      raise ValueError(f"unknown config field {key!r} in {item!r}")
+    old = node[path[-1]]
+    try:
+      new = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      new = value
+    node[path[-1]] = type(old)(new) if isinstance(old, (int, float, str)) and \
+        not isinstance(old, bool) else new
+  return config
+
+
+def reconstruction_report(pretrain_dir, config, splits):
+  """Masked/all/occupied/empty MSE, per channel and energy errors on each split."""
+  import jax
+  from mae_jax import checkpoint, parallel, trainer
+  from mae_jax.data import pipeline as pipeline_lib
+  from mae_jax.evaluate import reconstruction as rec
+
+  mesh = parallel.make_mesh(config.mesh)
+  pipe = pipeline_lib.Pipeline(config.data.dir, config.data.normalization)
+  model = trainer.build_model(config, pipe.image_shape)
+  state, shardings, _, _ = trainer.create_state(config, model, mesh, pipe.image_shape)
+  mngr = checkpoint.manager(pretrain_dir, 1)
+  state = checkpoint.restore(mngr, checkpoint.abstract_like(state, shardings))
+  mngr.close()
+
+  @jax.jit
+  def forward(params, images, index):
+    mask_key, _ = trainer.step_keys(config.seed + 1, index)
+    _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key})
+    return aux["pred"], aux["mask"]
+
+  out = {}
+  for split in splits:
+    total = rec.init_sums(pipe.image_shape[-1])
+    _, it = pipe.eval_iter(split, config.batch_size, config.batch_size)
+    for i, batch in enumerate(it):
+      pred, mask = jax.device_get(forward(state["params"], parallel.global_batch(batch, mesh)["image"], i))
+      keep = batch["valid"] > 0
+      if config.model.norm_pix_loss:
+        pred = rec.denormalize_pred(pred, batch["image"], model.patch)
+      sums = rec.reconstruction_sums_jit(batch["image"][keep], np.asarray(pred)[keep],
+                                         np.asarray(mask)[keep], patch=model.patch)
+      total = rec.accumulate(total, jax.device_get(sums))
+    out[split] = rec.finalize(total)
+  feats = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=model.encode),
+                         state["params"], jax.ShapeDtypeStruct((1, *pipe.image_shape), np.float32))
+  out["feature_width"] = int(feats["mean"].shape[-1])
+  return out, pipe.meta
+
+
+def run_stage(stage, config, workdir):
+  from mae_jax import trainer
+  done = os.path.join(workdir, "final_metrics.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f), 0.0
+  t0 = time.time()
+  final = trainer.train_and_evaluate(config, workdir)
+  return final, time.time() - t0
+
+
+def count_params(workdir):
+  import jax
+  from mae_jax import checkpoint
+  params, _ = checkpoint.read_arrays(workdir, item="params")
+  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+
+
+def fmt(values, digits=4):
+  vals = [v for v in values if v is not None and np.isfinite(v)]
+  if not vals:
+    return "n/a"
+  if len(vals) == 1:
+    return f"{vals[0]:.{digits}f}"
+  return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def write_report(root, args, per_seed, recon, meta, timings):
+  from mae_jax.evaluate import plots
+  os.makedirs(root, exist_ok=True)
+  h, w, c = meta["image_shape"]
+  width = per_seed[0]["feature_width"]
+  raw = h * w * c * 4
+  split_bytes = meta.get("stored_bytes_per_jet")
+
+  def col(stage, key):
+    return [s[stage].get(key) for s in per_seed if stage in s]
+
+  table = [
+      "| model | params | mask ratio | LP acc | LP AUC | FT acc | FT AUC | scratch AUC | ResNet AUC "
+      "| recon MSE test | recon MSE train | compression ratio |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      f"| {args.model}/{args.variant} | {per_seed[0]['params']:,} | {per_seed[0]['mask_ratio']} "
+      f"| {fmt(col('probe', 'test/accuracy'))} | {fmt(col('probe', 'test/auc'))} "
+      f"| {fmt(col('finetune', 'test/accuracy'))} | {fmt(col('finetune', 'test/auc'))} "
+      f"| {fmt(col('scratch', 'test/auc'))} | {fmt(col('resnet', 'test/auc'))} "
+      f"| {fmt([r['test']['mse_masked'] for r in recon], 5)} "
+      f"| {fmt([r['train']['mse_masked'] for r in recon], 5)} | {raw / (width * 4):.0f}× |",
+  ]
+  lines = [f"# mae_jax protocol report", "",
+           f"Data: `{args.data}` ({meta.get('format')}, image {h}×{w}×{c}; splits "
+           + ", ".join(f"{k} {v['num_examples']}" for k, v in meta["splits"].items()) + ").",
+           f"Seeds: {args.seeds} (mean ± sample std over seeds where more than one). "
+           f"Command: `python -m mae_jax.protocol {' '.join(args.argv)}`.", "",
+           "Classification numbers (acc, AUC) are on the **test split**, evaluated once with the "
+           "checkpoint selected on the validation split; AUC is exact over the whole split. "
+           "Reconstruction MSE is over masked patches, in normalised units "
+           f"(`{per_seed[0]['normalization']}`).", "", *table, "",
+           "## Classification (test split)", "",
+           "| stage | acc | AUC | rejection @50% sig. eff. | rejection @30% | selected step |",
+           "|---|---|---|---|---|---|"]
+  for stage in ("probe", "finetune", "scratch", "resnet"):
+    lines.append(f"| {stage} | {fmt(col(stage, 'test/accuracy'))} | {fmt(col(stage, 'test/auc'))} "
+                 f"| {fmt(col(stage, 'test/rejection_50'), 1)} | {fmt(col(stage, 'test/rejection_30'), 1)} "
+                 f"| {', '.join(str(s) for s in col(stage, 'selected_step'))} |")
+  lines += ["", "Bootstrap uncertainties of the first seed (test split, 200 resamples unless "
+            "configured): " + ", ".join(
+                f"{st} AUC ± {per_seed[0][st].get('test/auc_std', float('nan')):.4f}"
+                for st in ("probe", "finetune", "scratch", "resnet") if st in per_seed[0]), ""]
+  lines += ["## Reconstruction (pretrained MAE, first seed)", "",
+            "| split | MSE masked | predict-zeros | skill | MSE all pixels | MSE occupied | "
+            "MSE empty | occupied fraction |", "|---|---|---|---|---|---|---|---|"]
+  for split, r in recon[0].items():
+    lines.append(f"| {split} | {r['mse_masked']:.5f} | {r['mse_masked_zeros']:.5f} | "
+                 f"{r['skill_masked']:.3f} | {r['mse_all']:.5f} | {r['mse_occupied']:.5f} | "
+                 f"{r['mse_empty']:.5f} | {r['occupied_fraction']:.4f} |")
+  names = meta.get("channel_names") or [f"ch{i}" for i in range(c)]
+  lines += ["", "Per channel (test split): MSE on masked patches; energy in masked patches, "
+            "reconstructed / true (sum over jets) and per-jet relative error mean ± std.", "",
+            "| channel | MSE masked | predict-zeros | energy ratio | per-jet rel. error |",
+            "|---|---|---|---|---|"]
+  r = recon[0]["test"]
+  for i, n in enumerate(names):
+    lines.append(f"| {n} | {r['mse_masked_per_channel'][i]:.5f} | "
+                 f"{r['mse_masked_zeros_per_channel'][i]:.5f} | {r['energy_ratio'][i]:.3f} | "
+                 f"{r['energy_rel_mean'][i]:+.3f} ± {r['energy_rel_std'][i]:.3f} |")
+  lines += ["", "## Compression", "",
+            "| representation | bytes per jet | ratio to raw | downstream score from it alone |",
+            "|---|---|---|---|",
+            f"| raw image float32 {h}×{w}×{c} | {raw:,} | 1× | ResNet AUC {fmt(col('resnet', 'test/auc'))} |"]
+  if split_bytes:
+    lines.append(f"| converted TFRecord (zlib) | {split_bytes:,.0f} | {raw / split_bytes:.0f}× | same |")
+  for dtype, nbytes in (("float32", 4), ("float16", 2)):
+    lines.append(f"| encoder {per_seed[0]['pool']}-pooled feature, {width} × {dtype} | "
+                 f"{width * nbytes} | {raw / (width * nbytes):.0f}× | linear probe AUC "
+                 f"{fmt(col('probe', 'test/auc'))} |")
+  lines += ["", "(float16 features: the probe was trained on float32 features; the float16 row "
+            "is storage only.)", "", "## Runtime of each stage (first seed, this machine)", "",
+            "| stage | seconds |", "|---|---|"]
+  for stage, sec in timings.items():
+    lines.append(f"| {stage} | {sec:.0f} |")
+  lines += ["", "## Figures", ""]
+  figs = plots.protocol_figures(root, args.seeds.split(',')[0])
+  lines += [f"![{os.path.basename(f)}]({os.path.relpath(f, root)})" for f in figs]
+  with open(os.path.join(root, "report.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(root, "results.json"), "w") as f:
+    json.dump({"per_seed": per_seed, "timings": timings}, f, indent=1, default=float)
+  return os.path.join(root, "report.md")
+
+
+def main(argv=None):
+  import sys
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a for a in argv if a.startswith("--config.")]
+  rest = [a for a in argv if not a.startswith("--config.")]
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data", required=True, help="converted dataset directory")
+  p.add_argument("--root", required=True, help="directory for all stages' workdirs and the report")
+  p.add_argument("--variant", default="tiny")
+  p.add_argument("--model", default="mae", help="MAE family: mae, depthwise_mae, convstem_mae, convmae")
+  p.add_argument("--patch", type=int, default=5)
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--steps", default="pretrain=300,probe=200,finetune=200,scratch=200,resnet=200")
+  p.add_argument("--stages", default=",".join(STAGES))
+  args = p.parse_args(rest)
+  args.argv = argv
+  steps = dict(kv.split("=") for kv in args.steps.split(","))
+  stages = [s for s in args.stages.split(",") if s]
+  unknown = set(stages) - set(STAGES)
+  if unknown:
+    raise SystemExit(f"unknown stages {sorted(unknown)}; known: {STAGES}")
+
+  per_seed, recon, timings = [], [], {}
+  meta = None
+  for seed in [int(s) for s in args.seeds.split(",")]:
+    results = {}
+    pre_dir = os.path.join(args.root, f"seed{seed}", "pretrain")
+    for stage in stages:
+      config = load_stage_config(stage, args.variant, args.model, args.patch)
+      config.data.dir = args.data
+      config.seed = seed
+      if stage in steps:
+        config.total_steps = int(steps[stage])
+        config.warmup_steps = min(config.warmup_steps, max(config.total_steps // 10, 1))
+        config.eval_every = max(config.total_steps // 5, 1) if stage != "pretrain" else 0
+      if stage in ("probe", "finetune"):
+        config.model_init = pre_dir
+      apply_overrides(config, overrides)
+      workdir = os.path.join(args.root, f"seed{seed}", stage)
+      print(f"[protocol] seed {seed}: {stage} -> {workdir}", flush=True)
+      final, seconds = run_stage(stage, config, workdir)
+      results[stage] = final
+      if seed == int(args.seeds.split(",")[0]):
+        timings[stage] = seconds
+      if stage == "pretrain":
+        results["params"] = count_params(workdir)
+        results["mask_ratio"] = config.model.mask_ratio
+        results["normalization"] = config.data.normalization
+        t0 = time.time()
+        r, meta = reconstruction_report(workdir, config, [s for s in ("train", "test")
+                                                          if s in _splits(args.data)])
+        results["feature_width"] = r.pop("feature_width")
+        recon.append(r)
+        if seed == int(args.seeds.split(",")[0]):
+          timings["reconstruction"] = time.time() - t0
+      if stage == "probe":
+        results["pool"] = config.model.pool
+    results.setdefault("pool", "mean")
+    per_seed.append(results)
+  meta = dict(meta or {})
+  meta["stored_bytes_per_jet"] = _stored_bytes_per_jet(args.data)
+  path = write_report(args.root, args, per_seed, recon, meta, timings)
+  print(f"[protocol] report: {path}")
+
+
+def _splits(data_dir):
+  from mae_jax.data import pipeline as pipeline_lib
+  return pipeline_lib.load_meta(data_dir)["splits"]
+
+
+def _stored_bytes_per_jet(data_dir):
+  info = json.load(open(os.path.join(data_dir, "dataset_info.json")))
+  n = sum(int(x) for s in info["splits"] for x in s["shardLengths"])
+  size = sum(os.path.getsize(os.path.join(data_dir, f)) for f in os.listdir(data_dir)
+             if ".tfrecord-" in f)
+  return size / max(n, 1)
+
+
+if __name__ == "__main__":
+  main()

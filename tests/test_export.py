@@ -1,0 +1,357 @@
+"""Encoder export and PyTorch (transformers ViTMAE) parity.
+
+Tolerance used for every float comparison between the two implementations
+(float32, eval mode, same weights, same images, same masking noise):
+
+    |jax - torch| <= RTOL * |torch| + ATOL * max(|torch|)     elementwise,
+    RTOL = 1e-5, ATOL = 1e-5
+
+i.e. 1e-5 relative, plus an absolute slack of 1e-5 of the array's largest
+magnitude: a strict elementwise 1e-5 relative bound is not attainable for
+elements that are near zero after cancellations (a LayerNorm output or a
+prediction close to 0 carries the absolute rounding error of its inputs,
+~1e-7 of the array's scale, which is far more than 1e-5 of its own size).
+Masks and restore indices must be equal exactly; parameter round trips
+through files must be bit-exact. The largest differences measured are printed
+(run with -s) and quoted in docs/export.md.
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch parity needs torch (test extra)")
+transformers = pytest.importorskip("transformers", reason="parity needs transformers (test extra)")
+pytest.importorskip("safetensors", reason="safetensors export needs safetensors (test extra)")
+
+from mae_jax import export  # noqa: E402
+from mae_jax.models import mae as mae_lib  # noqa: E402
+from mae_jax.models import vit  # noqa: E402
+
+RTOL = 1e-5
+ATOL = 1e-5  # times max |reference|
+
+SHAPES = {
+    # name: (variant, patch, image H=W, channels)
+    "tiny": ("tiny", 5, 25, 3),
+    "e2e-base": ("e2e-base", 5, 125, 8),
+}
+
+SHAPE_OF = {v[0]: k for k, v in SHAPES.items()}
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def close(name, got, want):
+  got = np.asarray(got, np.float64)
+  want = np.asarray(want, np.float64)
+  assert got.shape == want.shape, (name, got.shape, want.shape)
+  scale = float(np.max(np.abs(want)))
+  diff = np.abs(got - want)
+  bound = RTOL * np.abs(want) + ATOL * scale
+  print(f"{name}: max|diff| {diff.max():.3g} (scale {scale:.3g}, "
+        f"max rel-to-scale {diff.max() / max(scale, 1e-30):.3g})")
+  assert np.all(diff <= bound), (
+      f"{name}: {int(np.sum(diff > bound))} elements over tolerance, max |diff| {diff.max():.3g}, "
+      f"scale {scale:.3g}")
+  return float(diff.max())
+
+
+def randomize(params, seed):
+  """Init params plus noise, so that LayerNorm scales/biases and zero biases are all distinct."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda x: (np.asarray(x) + 0.05 * rng.standard_normal(x.shape)).astype(np.float32), params)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(shape, norm_pix_loss=False):
+  variant, patch, hw, c = SHAPES[shape]
+  model = mae_lib.MAE(variant=variant, patch=patch, channels=c, mask_ratio=0.75,
+                      norm_pix_loss=norm_pix_loss)
+  return model, (hw, hw, c)
+
+
+@functools.lru_cache(maxsize=None)
+def _init(shape):
+  model, image_shape = _model(shape)
+  init = jax.jit(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(1)},
+                                    jnp.zeros((1, *image_shape)), train=False)["params"])
+  return jax.tree.map(np.asarray, init())
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(shape, norm_pix_loss=False):
+  """Jitted `MAE.__call__` (eval mode) and `MAE.encode`: eager dispatch is slow on CPU."""
+  model, _ = _model(shape, norm_pix_loss)
+  fwd = jax.jit(lambda p, x, z: model.apply({"params": p}, x, noise=z, train=False))
+  enc = jax.jit(lambda p, x: model.apply({"params": p}, x, method=mae_lib.MAE.encode))
+  return fwd, enc
+
+
+def make(shape, seed=0, batch=2, norm_pix_loss=False):
+  """(model, randomised params, image shape, images, masking noise) for a test shape."""
+  model, image_shape = _model(shape, norm_pix_loss)
+  params = randomize(_init(shape), seed + 1)
+  rng = np.random.default_rng(seed)
+  images = (rng.exponential(1.0, (batch, *image_shape)) * (rng.random((batch, *image_shape)) < 0.2))
+  images = images.astype(np.float32)
+  n = (image_shape[0] // model.patch) ** 2
+  noise = rng.random((batch, n)).astype(np.float32)
+  return model, params, image_shape, images, noise
+
+
+def apply(model, params, images, noise):
+  fwd, _ = _jitted(SHAPE_OF[model.variant], model.norm_pix_loss)
+  return fwd(params, jnp.asarray(images), jnp.asarray(noise))
+
+
+def encode(model, params, images):
+  _, enc = _jitted(SHAPE_OF[model.variant], model.norm_pix_loss)
+  return enc(params, jnp.asarray(images))
+
+
+def hf_pretraining(model, image_shape, sd):
+  hf = transformers.ViTMAEForPreTraining(export.vitmae_config(model, image_shape)).eval()
+  hf.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+  return hf
+
+
+def run_hf(hf, images, noise):
+  pix = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  nz = torch.from_numpy(noise)
+  with torch.no_grad():
+    out = hf(pixel_values=pix, noise=nz)
+    latent = hf.vit(pix, noise=nz).last_hidden_state
+  return out, latent
+
+
+def hf_sincos(dim, grid):
+  """transformers' ViTMAE position table (its `initialize_weights`, with the h/w rotation)."""
+  from transformers.models.vit_mae import modeling_vit_mae
+  pe = modeling_vit_mae.build_2d_sinusoidal_position_embedding(grid, grid, dim, cls_token=True)
+  return torch.cat([pe[..., dim // 2:], pe[..., :dim // 2]], dim=-1)[None]
+
+
+def compare_pretraining(tag, model, params, images, noise, out, latent):
+  loss, aux = apply(model, params, images, noise)
+  np.testing.assert_array_equal(np.asarray(aux["mask"]), out.mask.numpy())
+  np.testing.assert_array_equal(np.asarray(aux["ids_restore"]), out.ids_restore.numpy())
+  return {"latent": close(f"{tag} latent", aux["latent"], latent.numpy()),
+          "pred": close(f"{tag} pred", aux["pred"], out.logits.numpy()),
+          "loss": close(f"{tag} loss", loss, out.loss.numpy())}
+
+
+@pytest.mark.parametrize("shape", ["tiny", "e2e-base"])
+def test_jax_to_hf_pretraining_parity(shape):
+  model, params, image_shape, images, noise = make(shape)
+  sd = export.to_torch_state_dict(params, (image_shape[0] // model.patch,) * 2, full=True)
+  hf = hf_pretraining(model, image_shape, sd)
+  if shape == "e2e-base":  # the reference model size (../shared/REFERENCE.md)
+    assert sum(p.numel() for p in hf.parameters() if p.requires_grad) == 4_827_336
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) == 4_827_336
+  out, latent = run_hf(hf, images, noise)
+  compare_pretraining(shape, model, params, images, noise, out, latent)
+
+
+def test_hf_to_jax_pretraining_parity():
+  """Reverse: random PyTorch weights -> mae_jax params -> same outputs."""
+  model, _, image_shape, images, noise = make("tiny", seed=3)
+  torch.manual_seed(0)
+  hf = transformers.ViTMAEForPreTraining(export.vitmae_config(model, image_shape)).eval()
+  with torch.no_grad():
+    for name, p in hf.named_parameters():
+      if "pos_embed" in name or "position_embeddings" in name:
+        # transformers 5 leaves these zero in a model built from a config (a real checkpoint
+        # holds them): fill them with transformers' own sin-cos formula, which must be
+        # bit-identical to mae_jax's table.
+        p.copy_(hf_sincos(p.shape[-1], 5))
+        np.testing.assert_array_equal(p.numpy()[0], vit.sincos_2d(p.shape[-1], (5, 5)))
+      else:
+        p.add_(0.05 * torch.randn_like(p))
+  params = export.from_torch_state_dict(hf.state_dict())
+  assert set(params) == {"encoder", "decoder"}
+  ref = _init("tiny")
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref)
+  out, latent = run_hf(hf, images, noise)
+  compare_pretraining("hf->jax", model, params, images, noise, out, latent)
+
+
+def test_norm_pix_loss_variance_convention():
+  """With norm_pix_loss, transformers (like the MAE reference) normalises targets with the
+  unbiased variance (torch.var); so does mae_jax (mae.patch_stats): losses agree to 1e-5."""
+  model, params, image_shape, images, noise = make("tiny", seed=5, norm_pix_loss=True)
+  sd = export.to_torch_state_dict(params, (5, 5), full=True)
+  hf = hf_pretraining(model, image_shape, sd)
+  out, latent = run_hf(hf, images, noise)
+  loss, aux = apply(model, params, images, noise)
+  close("norm_pix pred", aux["pred"], out.logits.numpy())
+  rel = abs(float(loss) - float(out.loss)) / float(out.loss)
+  print(f"norm_pix_loss: mae_jax {float(loss):.6f} vs transformers {float(out.loss):.6f} "
+        f"(rel {rel:.2e})")
+  assert rel < 1e-5
+
+
+@pytest.mark.parametrize("shape", ["tiny", "e2e-base"])
+def test_exported_encoder_features_in_torch(shape, tmp_path):
+  """safetensors export -> ViTMAEModel (mask ratio 0, ordered noise) == MAE.encode."""
+  from safetensors.torch import load_file
+  model, params, image_shape, images, _ = make(shape, seed=7)
+  spec = export.model_spec(model, image_shape)
+  path = str(tmp_path / "enc.safetensors")
+  sidecar = export.export_encoder(params, spec, "safetensors", path, step=0)
+  config = transformers.ViTMAEConfig(**sidecar["transformers"]["config"])
+  assert config.mask_ratio == 0.0
+  enc = transformers.ViTMAEModel(config).eval()
+  enc.load_state_dict(load_file(path), strict=True)
+  b, n = images.shape[0], spec["num_patches"]
+  with torch.no_grad():
+    out = enc(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+              noise=torch.arange(n, dtype=torch.float32).expand(b, n))
+  tokens = out.last_hidden_state.numpy()
+  feats = encode(model, params, images)
+  close(f"{shape} encode tokens", feats["tokens"], tokens)
+  close(f"{shape} encode cls", feats["cls"], tokens[:, 0])
+  close(f"{shape} encode mean", feats["mean"], tokens[:, 1:].mean(1))
+  if shape == "tiny":  # ViTModel: same names plus a pooler (left out), learned-style table
+    vit = transformers.ViTModel(export.vit_config(spec), add_pooling_layer=False).eval()
+    vit.load_state_dict(load_file(path), strict=True)
+    with torch.no_grad():
+      vt = vit(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).last_hidden_state.numpy()
+    close("tiny ViTModel tokens", feats["tokens"], vt)
+
+
+def test_legacy_and_timm_names_round_trip():
+  _, params, _, _, _ = make("tiny", seed=9)
+  for scheme in ("hf", "hf_legacy", "timm"):
+    sd = export.to_torch_state_dict(params, (5, 5), scheme=scheme, full=True)
+    assert export.detect_scheme(sd) == scheme
+    back = export.from_torch_state_dict(sd)
+    jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
+    names = export.name_map(2, 1, scheme)
+    assert set(names) == set(sd)
+  legacy = export.to_torch_state_dict(params, (5, 5), scheme="hf_legacy")
+  assert "encoder.layer.1.attention.attention.query.weight" in legacy
+  assert "encoder.layer.0.intermediate.dense.weight" in legacy
+  timm = export.to_torch_state_dict(params, (5, 5), scheme="timm")
+  assert timm["blocks.0.attn.qkv.weight"].shape == (192, 64)
+  assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"} <= set(timm)
+  # a learned (non sin-cos) position table cannot be carried over
+  bad = dict(timm, pos_embed=timm["pos_embed"] + 0.1)
+  with pytest.raises(ValueError, match="sin-cos"):
+    export.from_torch_state_dict(bad)
+
+
+def test_file_round_trips_bit_exact(tmp_path):
+  """JAX -> safetensors -> PyTorch model -> state dict -> file -> JAX, and npz / msgpack / torch."""
+  from safetensors.torch import load_file, save_file
+  model, params, image_shape, _, _ = make("tiny", seed=11)
+  spec = export.model_spec(model, image_shape)
+  want = jax.tree.map(np.asarray, params["encoder"])
+  p1 = str(tmp_path / "a.safetensors")
+  sidecar = export.export_encoder(params, spec, "safetensors", p1)
+  enc = transformers.ViTMAEModel(transformers.ViTMAEConfig(**sidecar["transformers"]["config"]))
+  enc.load_state_dict(load_file(p1), strict=True)
+  p2 = str(tmp_path / "b.safetensors")
+  save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, p2)
+  got, _ = export.load_encoder(p2, fmt="safetensors")
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert jax.tree.map(lambda x: x.dtype, got) == jax.tree.map(lambda x: x.dtype, want)
+  for fmt in ("npz", "msgpack", "torch", "safetensors"):
+    path = str(tmp_path / f"enc.{fmt}")
+    export.export_encoder(params, spec, fmt, path)
+    got, side = export.load_encoder(path)
+    assert side["format"] == fmt
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  with np.load(str(tmp_path / "enc.npz")) as z:
+    assert "encoder/block_01/attn/qkv/kernel" in z.files
+    assert z["encoder/pos_embed"].shape == (1, 26, 64)
+    assert all(z[k].dtype == np.float32 for k in z.files)
+
+
+# ----------------------------------------------------------------------------- CLI end to end
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  from helpers import load_config
+  from mae_jax import trainer
+  from mae_jax.data import convert
+  from test_trainer import write_small_e2e
+  d = tmp_path_factory.mktemp("export_run")
+  write_small_e2e(d / "small.h5", n=(16, 8, 8))
+  convert.convert([str(d / "small.h5")], str(d / "tfds"))
+  c = load_config(batch_size=8, total_steps=2, warmup_steps=1, ckpt_every=1, log_every=1,
+                  keep_ckpts=5, figures=False)
+  c.data.dir = str(d / "tfds")
+  c.data.shuffle_buffer = 16
+  c.data.eval_split = ""
+  if "test_split" in c.data:  # no end-of-run test evaluation: only the checkpoints matter here
+    c.data.test_split = ""
+  c.data.normalization = "log1p_zscore"
+  trainer.train_and_evaluate(c, str(d / "wd"))
+  return str(d / "wd"), str(d / "tfds")
+
+
+def test_cli_end_to_end(trained_workdir, tmp_path):
+  workdir, data_dir = trained_workdir
+  out = str(tmp_path / "enc.safetensors")
+  assert export.main(["--workdir", workdir, "--format", "safetensors", "--output", out]) == 0
+  with open(out + ".json") as f:
+    side = json.load(f)
+  with open(os.path.join(data_dir, "mae_jax_meta.json")) as f:
+    meta = json.load(f)
+  assert side["checkpoint_step"] == 2 and side["format"] == "safetensors"
+  assert side["mae_jax_version"] == __import__("mae_jax").__version__
+  m = side["model"]
+  assert (m["variant"], m["patch"], m["image_shape"], m["width"], m["depth"], m["heads"]) == \
+      ("tiny", 5, [25, 25, 3], 64, 2, 4)
+  assert m["layer_norm_eps"] == 1e-6 and m["mlp_ratio"] == 4.0
+  assert side["input"]["normalization"] == "log1p_zscore"
+  assert side["input"]["channel_stats"] == meta["channel_stats"]
+  assert not side["input"]["stats_missing"]
+  assert side["param_names"]["layers.0.attention.k_proj.weight"].startswith(
+      "params/encoder/block_00/attn/qkv/kernel[:, 1*D:2*D].T")
+
+  # the exported weights are those of the checkpoint, step 1 differs from step 2
+  from mae_jax.export import load_run, restore_params
+  run = load_run(workdir)
+  params, step = restore_params(workdir, run["model"], run["image_shape"])
+  got, _ = export.load_encoder(out)
+  jax.tree.map(np.testing.assert_array_equal, got, params["encoder"])
+  out1 = str(tmp_path / "enc1.npz")
+  assert export.main(["--workdir", workdir, "--step", "1", "--format", "npz", "--output", out1]) == 0
+  got1, side1 = export.load_encoder(out1)
+  assert side1["checkpoint_step"] == 1
+  assert not np.array_equal(got1["cls_token"], got["cls_token"])
+
+  # normalisation reproduced from the sidecar alone
+  x = np.random.default_rng(0).exponential(1.0, (2, 25, 25, 3)).astype(np.float32)
+  stats = meta["channel_stats"]
+  want = (np.log1p(x) - np.float32(stats["log1p_mean"])) / np.float32(stats["log1p_std"])
+  np.testing.assert_allclose(export.normalize_images(x, side["input"]), want, rtol=1e-6)
+
+
+def test_cli_without_dataset_needs_image_shape(trained_workdir, tmp_path):
+  workdir, _ = trained_workdir
+  moved = tmp_path / "wd"
+  import shutil
+  shutil.copytree(workdir, moved)
+  with open(moved / "config.json") as f:
+    cfg = json.load(f)
+  cfg["data"]["dir"] = str(tmp_path / "gone")
+  with open(moved / "config.json", "w") as f:
+    json.dump(cfg, f)
+  out = str(tmp_path / "enc.msgpack")
+  assert export.main(["--workdir", str(moved), "--format", "msgpack", "--output", out]) == 2
+  assert export.main(["--workdir", str(moved), "--format", "msgpack", "--output", out,
+                      "--image-shape", "25,25,3"]) == 0
+  got, side = export.load_encoder(out)
+  assert side["input"]["stats_missing"] and side["input"]["channel_stats"] is None
+  assert "missing" in side["input"]["note"]
+  assert got["patch_embed"]["proj"]["kernel"].shape == (5, 5, 3, 64)
