@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The main job on the embedded data, from nothing: set up .venv, generate boosted-top vs QCD
 # jets with Pythia 8 + FastJet (cached in data_cache/), convert them to TFDS, pretrain the tiny
-# ViT MAE, and write the loss curve and a reconstruction figure into the workdir.
-#   NUM=3000 STEPS=300 bash launch/quickstart.sh [--config.FIELD=VALUE ...]
-# Re-running resumes from the workdir's last checkpoint; delete the workdir to start over.
+# ViT MAE, then reconstruction, linear probe, finetune, scratch and ResNet-15, and write
+# WORKDIR/report.md with its figures.
+#   NUM=3000 STEPS=200 DOWN=100 SEEDS=0 bash launch/quickstart.sh [--config.FIELD=VALUE ...]
+# Re-running reuses finished stages (and resumes unfinished ones); delete the workdir to redo.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 NUM="${NUM:-3000}"
-STEPS="${STEPS:-300}"
+STEPS="${STEPS:-200}"   # pretraining steps
+DOWN="${DOWN:-100}"     # steps of each downstream stage
+SEEDS="${SEEDS:-0}"     # e.g. SEEDS=0,1,2 for mean +- std
 WORKDIR="${WORKDIR:-workdirs/quickstart}"
 H5="data_cache/boosted_top_${NUM}.h5"
 DATA="data_cache/boosted_top_${NUM}_tfds"
@@ -19,9 +22,9 @@ if [ ! -d "$DATA" ]; then
   python -m mae_jax.data.convert --input "$H5" --output "$DATA" > /dev/null
   python -m mae_jax.data.convert verify "$DATA" > /dev/null && echo "[quickstart] $DATA verified"
 fi
-JAX_PLATFORMS="${JAX_PLATFORMS:-}" python -m mae_jax.main \
-  --config configs/pretrain.py:variant=tiny --workdir "$WORKDIR" \
-  --config.data.dir="$DATA" --config.total_steps="$STEPS" --config.batch_size=32 \
-  --config.warmup_steps=30 --config.lr=5e-3 --config.log_every=20 --config.ckpt_every=100 \
-  --alsologtostderr=false --stderrthreshold=warning "$@"
-echo "[quickstart] done in $(( $(date +%s) - start )) s: $WORKDIR/loss_curve.png, $WORKDIR/reconstruction.png"
+# pretrain -> reconstruction -> linear probe -> finetune -> scratch -> ResNet-15, then report.md
+python -m mae_jax.protocol --data "$DATA" --root "$WORKDIR" --variant tiny --seeds "$SEEDS" \
+  --steps "pretrain=$STEPS,probe=$DOWN,finetune=$DOWN,scratch=$DOWN,resnet=$DOWN" \
+  --config.batch_size=32 --pretrain.lr=5e-3 --pretrain.warmup_steps=20 \
+  --finetune.lr=4e-3 --scratch.lr=4e-3 --resnet.lr=8e-3 "$@" 2>&1 | grep -v "^I[0-9]\{4\} \|^W[0-9]\{4\} "
+echo "[quickstart] done in $(( $(date +%s) - start )) s: $WORKDIR/report.md"

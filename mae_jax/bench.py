@@ -26,13 +26,61 @@ def sparse_batch(batch, hw=125, channels=8, seed=0):
   return x
 
 
+def torch_step_time(model, image_shape, batch, steps, images_nhwc):
+  """transformers' ViTMAEForPreTraining with the same sizes: median train-step seconds.
+
+  forward + backward + AdamW step at the same batch, float32, on the CPU threads
+  torch picks (all cores), same images and a fresh masking noise each step.
+  """
+  import torch
+  import transformers
+
+  from mae_jax import export
+  config = export.vitmae_config(model, image_shape)
+  net = transformers.ViTMAEForPreTraining(config).train()
+  opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+  x = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    out = net(pixel_values=x)
+    out.loss.backward()
+    opt.step()
+
+  step()  # warm-up
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), torch.get_num_threads()
+
+
+def matmul_ceiling(n=2048, dtype="float32", repeats=5):
+  """GFLOP/s of a large jitted matmul: the machine's practical ceiling for utilisation."""
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variants", default="tiny,e2e-base")
   p.add_argument("--batch", default="32", help="comma-separated batch sizes")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--torch", action="store_true",
+                 help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")
   args = p.parse_args(argv)
+  ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
+  print(f"matmul ceiling ({args.dtype}, 2048^3, jitted): {ceiling:.1f} GFLOP/s", flush=True)
 
   import importlib.util
   import os
@@ -71,17 +119,26 @@ def main(argv=None):
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
       med = statistics.median(times)
+      torch_s, threads = (float("nan"), 0)
+      if args.torch:
+        torch_s, threads = torch_step_time(model, image_shape, batch, args.steps,
+                                           sparse_batch(batch))
       rows.append((variant, batch, compile_s, med, batch / med, flops / batch / 1e9,
-                   flops / med / 1e9))
+                   flops / med / 1e9, 100 * flops / med / 1e9 / ceiling, torch_s,
+                   torch_s / med))
       print(f"{variant:10s} batch {batch:4d}: compile {compile_s:6.1f} s, step {med:7.3f} s, "
             f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img, "
-            f"{flops / med / 1e9:6.1f} GFLOP/s", flush=True)
+            f"{flops / med / 1e9:6.1f} GFLOP/s; PyTorch ViTMAE step {torch_s:.3f} s "
+            f"({threads} threads), speed ratio mae_jax/PyTorch {torch_s / med:.2f}", flush=True)
   print(f"\nbackend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"jax {jax.__version__}, dtype {args.dtype}, median of {args.steps} steps")
-  print("| variant | batch | compile s | step s | images/s | GFLOP/image | GFLOP/s |")
-  print("|---|---|---|---|---|---|---|")
+  print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
+  print("| variant | batch | compile s | step s | images/s | GFLOP/image | GFLOP/s | utilisation "
+        "| PyTorch step s | mae_jax / PyTorch speed |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.3f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.1f} |")
+    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.3f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.1f} "
+          f"| {r[7]:.0f}% | {r[8]:.3f} | {r[9]:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = -1,
                                  process_id: int = -1):
   """Starts jax.distributed when the environment describes a multi-process job.
 
-  SLURM (SLURM_NTASKS > 1) and TPU pod slices set enough variables for
-  `jax.distributed.initialize()` to find its peers on its own. Explicit
+  SLURM (SLURM_NTASKS > 1) and TPU pod slices (TPU_WORKER_HOSTNAMES, or
+  MAE_JAX_DISTRIBUTED=auto as launch/tpu_vm.sh sets) give
+  `jax.distributed.initialize()` enough to find its peers on its own. Explicit
   settings come from the arguments (config `distributed.*`) or from the
   MAE_JAX_COORDINATOR / MAE_JAX_NUM_PROCESSES / MAE_JAX_PROCESS_ID variables.
   On CPU the collectives use gloo.
@@ -34,8 +35,9 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = -1,
     if os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
-    jax.distributed.initialize()
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ
+        or os.environ.get("MAE_JAX_DISTRIBUTED") == "auto"):
+    jax.distributed.initialize()  # peers from SLURM / TPU VM metadata
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

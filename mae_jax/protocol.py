@@ -6,7 +6,7 @@ finetune -> scratch -> ResNet baseline, then report.md with figures.
       --config.batch_size=32
 
 Every stage is a config of the one trainer (configs/*.py); `--config.FIELD=VALUE`
-overrides go to every stage. Workdirs are ROOT/seed{S}/{stage}; a stage whose
+overrides go to every stage, `--STAGE.FIELD=VALUE` (e.g. `--pretrain.lr=5e-3`) to one. Workdirs are ROOT/seed{S}/{stage}; a stage whose
 workdir already holds `final_metrics.json` is not rerun. Numbers in the report
 say which split they come from: classification metrics are on the test split,
 evaluated once with the validation-selected checkpoint.
@@ -213,7 +213,10 @@ def main(argv=None):
   import sys
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith("--config.")]
-  rest = [a for a in argv if not a.startswith("--config.")]
+  per_stage = {st: ["--config." + a[len(f"--{st}."):] for a in argv if a.startswith(f"--{st}.")]
+               for st in STAGES}
+  rest = [a for a in argv if not a.startswith("--config.")
+          and not any(a.startswith(f"--{st}.") for st in STAGES)]
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data", required=True, help="converted dataset directory")
   p.add_argument("--root", required=True, help="directory for all stages' workdirs and the report")
@@ -246,7 +249,7 @@ def main(argv=None):
         config.eval_every = max(config.total_steps // 5, 1) if stage != "pretrain" else 0
       if stage in ("probe", "finetune"):
         config.model_init = pre_dir
-      apply_overrides(config, overrides)
+      apply_overrides(config, overrides + per_stage[stage])
       workdir = os.path.join(args.root, f"seed{seed}", stage)
       print(f"[protocol] seed {seed}: {stage} -> {workdir}", flush=True)
       final, seconds = run_stage(stage, config, workdir)
