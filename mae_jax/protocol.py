@@ -211,6 +211,9 @@ def write_report(root, args, per_seed, recon, meta, timings):
 
 def main(argv=None):
   import sys
+
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # progress lines are printed; TFDS chatter is not
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith("--config.")]
   per_stage = {st: ["--config." + a[len(f"--{st}."):] for a in argv if a.startswith(f"--{st}.")]
@@ -246,7 +249,7 @@ def main(argv=None):
       if stage in steps:
         config.total_steps = int(steps[stage])
         config.warmup_steps = min(config.warmup_steps, max(config.total_steps // 10, 1))
-        config.eval_every = max(config.total_steps // 5, 1) if stage != "pretrain" else 0
+        config.eval_every = max(config.total_steps // 2, 1) if stage != "pretrain" else 0
       if stage in ("probe", "finetune"):
         config.model_init = pre_dir
       apply_overrides(config, overrides + per_stage[stage])

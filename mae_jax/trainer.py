@@ -156,11 +156,16 @@ def create_state(config, model, mesh, image_shape):
 def make_train_step(config, model, tx, schedule, mesh, state_shardings, task=None):
   task = task or tasks.Task(config, {"splits": {}})
   skip_nonfinite = config.nan_policy == "skip"
+  frozen = optim.frozen_mask(state_shardings["params"],
+                             config.optim.get("frozen", ""))
 
   def train_step(state, batch):
     mask_key, drop_key = step_keys(config.seed, state["step"])
 
     def loss_fn(params):
+      # frozen parameters get no gradient at all, so XLA drops their backward pass
+      # (a linear probe then costs a forward through the encoder only)
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
       out, model_state = _apply(model, params, state["model_state"], batch["image"], True,
                                 mask_key, drop_key)
       return task.loss(out, batch), model_state
