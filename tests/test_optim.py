@@ -57,3 +57,31 @@ def test_frozen_parameters_get_no_update():
     params = optax.apply_updates(params, updates)
   np.testing.assert_array_equal(np.asarray(params["encoder"]["k"]), 1.0)
   assert not np.allclose(np.asarray(params["head"]["k"]), 1.0)
+
+
+def test_layer_decay_multipliers_follow_depth():
+  """decay ** (depth + 1 - layer): embeddings deepest in decay, head and final norm untouched."""
+  params = {"backbone": {"encoder": {
+      "patch_embed": {"proj": {"kernel": jnp.ones((2, 2, 1, 4))}}, "cls_token": jnp.ones((1, 1, 4)),
+      "block_00": {"mlp": {"fc1": {"kernel": jnp.ones((4, 4))}}},
+      "block_01": {"mlp": {"fc1": {"kernel": jnp.ones((4, 4))}}},
+      "block_02": {"mlp": {"fc1": {"kernel": jnp.ones((4, 4))}}},
+      "norm": {"scale": jnp.ones(4)}}}, "head": {"dense": {"kernel": jnp.ones((4, 1))}}}
+  m = optim.layer_decay_multipliers(params, 0.75)
+  enc = m["backbone"]["encoder"]
+  assert enc["patch_embed"]["proj"]["kernel"] == 0.75 ** 4 and enc["cls_token"] == 0.75 ** 4
+  assert [enc[f"block_0{i}"]["mlp"]["fc1"]["kernel"] for i in range(3)] == [0.75 ** 3, 0.75 ** 2, 0.75]
+  assert enc["norm"]["scale"] == 1.0 and m["head"]["dense"]["kernel"] == 1.0
+
+
+def test_layer_decay_scales_the_update():
+  c = load_config(lr=1e-3, batch_size=256, total_steps=10, warmup_steps=0, optim__layer_decay=0.5,
+                  optim__weight_decay=0.0)
+  params = {"encoder": {"block_00": {"k": jnp.ones((2, 2))}, "block_01": {"k": jnp.ones((2, 2))}},
+            "head": {"k": jnp.ones((2, 2))}}
+  tx, _ = optim.make_optimizer(c, params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  head = float(updates["head"]["k"][0, 0])
+  np.testing.assert_allclose(float(updates["encoder"]["block_01"]["k"][0, 0]), 0.5 * head, rtol=1e-6)
+  np.testing.assert_allclose(float(updates["encoder"]["block_00"]["k"][0, 0]), 0.25 * head, rtol=1e-6)

@@ -48,11 +48,13 @@ def reconstruct(model, params, images, mask_key):
   return images, images * (1 - mask), images * (1 - mask) + recon * mask
 
 
-def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets=2):
-  """Original / masked input / reconstruction for each channel of a few jets."""
+def reconstructions(model, params, pipe, split, mesh, config, out_path, per_class=2):
+  """Original / masked input / reconstruction for each channel, `per_class` jets of each class."""
   local = config.batch_size // jax.process_count()
   _, it = pipe.eval_iter(split, local, config.batch_size)
   batch = parallel.global_batch(next(iter(it)), mesh)
+  batch_labels = parallel.to_host(jax.jit(lambda x: x, out_shardings=parallel.replicated(mesh))(
+      batch["label"]))
   fn = jax.jit(reconstruct, static_argnums=0, out_shardings=parallel.replicated(mesh))
   # outputs are replicated, so every process can read them (to_host)
   images, masked, recon = parallel.to_host(
@@ -60,24 +62,31 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, num_jets
   if jax.process_index() != 0:
     return
   names = pipe.meta.get("channel_names") or [f"ch{i}" for i in range(images.shape[-1])]
-  n = min(num_jets, images.shape[0])
+  label_names = pipe.meta.get("label_names") or []
+  labels = np.asarray(batch_labels)
+  # jets of each class when the split is labelled (unlabelled data: -1), else the first ones
+  rows = [int(i) for k in (0, 1) for i in np.flatnonzero(labels == k)[:per_class]]
+  rows = rows or list(range(min(2 * per_class, len(labels))))
+  n = len(rows)
   c = images.shape[-1]
   fig, axes = plt.subplots(c, 3 * n, figsize=(2.0 * 3 * n, 1.9 * c), squeeze=False)
-  for j in range(n):
+  for j, row in enumerate(rows):
+    label = int(labels[row])
+    tag = label_names[label] if 0 <= label < len(label_names) else f"label {label}"
     for ch in range(c):
       # one colour scale per channel, set by the original image, for all three panels
-      lo, hi = float(images[j, ..., ch].min()), float(images[j, ..., ch].max())
+      lo, hi = float(images[row, ..., ch].min()), float(images[row, ..., ch].max())
       signed = lo < 0  # d0/dz: symmetric diverging scale, zero in the middle
       vmax = max(abs(lo), abs(hi), 1e-6) if signed else max(hi, 1e-6)
       vmin, cmap = (-vmax, "RdBu_r") if signed else (0.0, "viridis")
       for k, (img, title) in enumerate(((images, "original"), (masked, "masked input"),
                                         (recon, "reconstruction"))):
         ax = axes[ch, 3 * j + k]
-        ax.imshow(img[j, ..., ch], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.imshow(img[row, ..., ch], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if ch == 0:
-          ax.set_title(f"jet {j}: {title}", fontsize=8)
+          ax.set_title(f"{tag} jet: {title}", fontsize=8)
         if k == 0 and j == 0:
           ax.set_ylabel(names[ch], fontsize=8)
   fig.suptitle(f"MAE reconstructions ({split} split, normalised units: {config.data.normalization})",
