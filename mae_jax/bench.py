@@ -59,7 +59,7 @@ def torch_step_time(model, image_shape, batch, steps, images_nhwc):
 def matmul_ceiling(n=2048, dtype="float32", repeats=5):
   """GFLOP/s of a large jitted matmul: the machine's practical ceiling for utilisation."""
   import jax.numpy as jnp
-  a = jnp.ones((n, n), dtype)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   times = []
@@ -68,6 +68,32 @@ def matmul_ceiling(n=2048, dtype="float32", repeats=5):
     f(a).block_until_ready()
     times.append(time.perf_counter() - t0)
   return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def measure_train_step(config, image_shape, steps):
+  """(compile seconds, step times, FLOPs per step, model) of the trainer's own jitted step."""
+  from mae_jax import parallel, trainer
+  mesh = parallel.make_mesh(config.mesh)
+  model = trainer.build_model(config, image_shape)
+  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
+  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  images = parallel.global_batch(
+      {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, images).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  state, m = step(state, images)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = step(state, images)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  return compile_s, times, flops, model
 
 
 def main(argv=None):
@@ -84,7 +110,6 @@ def main(argv=None):
 
   import importlib.util
   import os
-  from mae_jax import parallel, trainer
 
   spec = importlib.util.spec_from_file_location(
       "pretrain", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -98,26 +123,8 @@ def main(argv=None):
       config = cfg_mod.get_config(f"variant={variant}")
       config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
       config.model.dtype = args.dtype
-      mesh = parallel.make_mesh(config.mesh)
       image_shape = (125, 125, 8)
-      model = trainer.build_model(config, image_shape)
-      state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
-      step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
-      images = parallel.global_batch({"image": sparse_batch(batch)}, mesh)
-      t0 = time.perf_counter()
-      compiled = step.lower(state, images).compile()
-      compile_s = time.perf_counter() - t0
-      cost = compiled.cost_analysis()
-      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-      flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-      state, m = step(state, images)
-      jax.block_until_ready(m)
-      times = []
-      for _ in range(args.steps):
-        t0 = time.perf_counter()
-        state, m = step(state, images)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+      compile_s, times, flops, model = measure_train_step(config, image_shape, args.steps)
       med = statistics.median(times)
       torch_s, threads = (float("nan"), 0)
       if args.torch:

@@ -268,6 +268,8 @@ def main(argv=None):
                                                           if s in _splits(args.data)])
         results["feature_width"] = r.pop("feature_width")
         recon.append(r)
+        results["recon"] = {split: {k: float(v) for k, v in d.items() if np.ndim(v) == 0}
+                            for split, d in r.items()}
         if seed == int(args.seeds.split(",")[0]):
           timings["reconstruction"] = time.time() - t0
       if stage == "probe":

@@ -128,9 +128,9 @@ def protocol_figures(root: str, seed) -> list[str]:
       continue
     d = np.load(path)
     fpr, tpr, _ = metrics.roc_curve(d["label"], d["score"])
-    with np.errstate(divide="ignore"):
-      ax.plot(tpr, 1.0 / np.maximum(fpr, 1e-12), lw=1.2,
-              label=f"{stage} (AUC {metrics.roc_auc(d['label'], d['score']):.3f})")
+    ok = fpr > 0  # rejection is unbounded where no background passes: not drawn
+    ax.plot(tpr[ok], 1.0 / fpr[ok], lw=1.2,
+            label=f"{stage} (AUC {metrics.roc_auc(d['label'], d['score']):.3f})")
   ax.set_xlabel("signal efficiency (test split)")
   ax.set_ylabel("background rejection 1/FPR")
   ax.set_yscale("log")

@@ -1,0 +1,17 @@
+"""The hybrid comparison command writes one table with every model's row."""
+
+from mae_jax import compare
+from mae_jax.data import convert
+from helpers import write_small_e2e
+
+
+def test_compare_two_models_table(tmp_path):
+  write_small_e2e(tmp_path / "small.h5", n=(32, 16, 16))
+  convert.convert([str(tmp_path / "small.h5")], str(tmp_path / "tfds"))
+  rows = compare.main(["--data", str(tmp_path / "tfds"), "--root", str(tmp_path / "cmp"),
+                       "--models", "mae,depthwise_mae", "--steps", "pretrain=2,probe=2,finetune=2",
+                       "--speed-batch", "8", "--config.batch_size=16", "--config.task.bootstrap=5"])
+  table = (tmp_path / "cmp" / "comparison.md").read_text()
+  assert "| mae |" in table and "| depthwise_mae |" in table
+  assert all(r["gflop"] > 0 and r["ips"] > 0 and 0 <= r["lp_auc"][0] <= 1 for r in rows)
+  assert rows[0]["params"] != rows[1]["params"]  # different embeddings, similar budgets
