@@ -58,7 +58,6 @@ def torch_step_time(model, image_shape, batch, steps, images_nhwc):
 
 def matmul_ceiling(n=2048, dtype="float32", repeats=5):
   """GFLOP/s of a large jitted matmul: the machine's practical ceiling for utilisation."""
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()

@@ -9,7 +9,6 @@ complete, so an interrupted save is never listed as a step.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax

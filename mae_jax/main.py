@@ -9,7 +9,6 @@ error (the config is locked). A workdir that holds checkpoints is resumed.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging

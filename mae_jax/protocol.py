@@ -147,7 +147,7 @@ def write_report(root, args, per_seed, recon, meta, timings):
       f"| {fmt([r['test']['mse_masked'] for r in recon], 5)} "
       f"| {fmt([r['train']['mse_masked'] for r in recon], 5)} | {raw / (width * 4):.0f}× |",
   ]
-  lines = [f"# mae_jax protocol report", "",
+  lines = ["# mae_jax protocol report", "",
            f"Data: `{args.data}` ({meta.get('format')}, image {h}×{w}×{c}; splits "
            + ", ".join(f"{k} {v['num_examples']}" for k, v in meta["splits"].items()) + ").",
            f"Seeds: {args.seeds} (mean ± sample std over seeds where more than one). "

@@ -15,7 +15,6 @@ accumulates them over the whole split (never per-batch averages).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

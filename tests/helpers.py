@@ -54,3 +54,11 @@ def run_main(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   return subprocess.run([sys.executable, "-m", "mae_jax.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def converted_dataset(directory, n=(48, 16, 16)):
+  """write_small_e2e + mae_jax.data.convert into directory/tfds; returns that path."""
+  from mae_jax.data import convert
+  write_small_e2e(directory / "small.h5", n=n)
+  convert.convert([str(directory / "small.h5")], str(directory / "tfds"))
+  return str(directory / "tfds")

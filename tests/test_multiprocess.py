@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from mae_jax import checkpoint
-from mae_jax.data import convert
-from helpers import ROOT, run_main, write_small_e2e
+from helpers import ROOT, converted_dataset, run_main
 
 
 def free_port():
@@ -34,10 +33,7 @@ def params(workdir, step):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  d = tmp_path_factory.mktemp("mp")
-  write_small_e2e(d / "small.h5", n=(32, 8, 8))
-  convert.convert([str(d / "small.h5")], str(d / "tfds"))
-  return str(d / "tfds")
+  return converted_dataset(tmp_path_factory.mktemp("mp"), n=(32, 8, 8))
 
 
 def test_two_processes_match_one_and_restore_into_one(dataset, tmp_path):

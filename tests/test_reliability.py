@@ -12,16 +12,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mae_jax import checkpoint, trainer
-from mae_jax.data import convert, pipeline
-from helpers import ROOT, load_config, run_main, write_small_e2e
+from mae_jax.data import pipeline
+from helpers import ROOT, converted_dataset, load_config, run_main
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  d = tmp_path_factory.mktemp("rel")
-  write_small_e2e(d / "small.h5", n=(32, 8, 8))
-  convert.convert([str(d / "small.h5")], str(d / "tfds"))
-  return str(d / "tfds")
+  return converted_dataset(tmp_path_factory.mktemp("rel"), n=(32, 8, 8))
 
 
 def main_args(workdir, dataset, steps, *extra):

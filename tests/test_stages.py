@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 
 from mae_jax import checkpoint, trainer
-from mae_jax.data import convert
-from helpers import load_config, write_small_e2e
+from helpers import converted_dataset, load_config
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  d = tmp_path_factory.mktemp("stages")
-  write_small_e2e(d / "small.h5", n=(64, 32, 32))
-  convert.convert([str(d / "small.h5")], str(d / "tfds"))
-  return str(d / "tfds")
+  return converted_dataset(tmp_path_factory.mktemp("stages"), n=(64, 32, 32))
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mae_jax import checkpoint, trainer
-from mae_jax.data import convert
-from helpers import ROOT, load_config, run_main, write_small_e2e
+from helpers import converted_dataset, load_config, run_main
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  d = tmp_path_factory.mktemp("data")
-  write_small_e2e(d / "small.h5")
-  convert.convert([str(d / "small.h5")], str(d / "tfds"))
-  return str(d / "tfds")
+  return converted_dataset(tmp_path_factory.mktemp("data"))
 
 
 def config_for(dataset, **kw):

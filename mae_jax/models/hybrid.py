@@ -187,6 +187,35 @@ class ConvStemEncoder(_EmbedEncoder):
     return ConvStem(self.patch, self.size.width, tuple(self.stem), self.stem_out, dtype=self.dtype)
 
 
+def masked_inputs(model, images, noise):
+  """Shared start of the hybrids' forward pass: draw the mask, zero masked pixels.
+
+  Returns (grid, mask [B, N], ids_restore, images with masked patches zeroed,
+  keep(x) selecting the visible tokens with the same noise).
+  """
+  model._check(images)
+  b, h, w, _ = images.shape
+  grid = (h // model.patch, w // model.patch)
+  if noise is None:
+    noise = jax.random.uniform(model.make_rng("masking"), (b, grid[0] * grid[1]))
+  mask, ids_restore = draw_mask(model.mask_ratio, noise)
+  visible = zero_masked_pixels(images.astype(model.dtype), mask, model.patch)
+
+  def keep(x):  # the same selection as draw_mask (same noise)
+    return mae_lib.random_masking(x, model.mask_ratio, noise)[0]
+
+  return grid, mask, ids_restore, visible, keep
+
+
+def loss_and_aux(model, images, latent, pred, mask, ids_restore):
+  """Masked-patch loss and the aux dict of the MAE interface."""
+  target = mae_lib.patchify(images, model.patch)
+  mask = mask.astype(images.dtype)
+  loss = mae_lib.masked_mse(pred, target, mask, model.norm_pix_loss)
+  return loss, {"pred": pred, "mask": mask, "latent": latent, "ids_restore": ids_restore,
+                "target": target}
+
+
 class _ZeroMaskedMAE(mae_lib.MAE):
   """MAE whose encoder gets the image with masked patches' pixels set to 0.
 
@@ -200,25 +229,10 @@ class _ZeroMaskedMAE(mae_lib.MAE):
       raise ValueError(f"variant {self.variant!r} fixes patch {fixed} but patch={self.patch}")
 
   def __call__(self, images, noise=None, train: bool = True):
-    self._check(images)
-    b, h, w, _ = images.shape
-    grid = (h // self.patch, w // self.patch)
-    if noise is None:
-      noise = jax.random.uniform(self.make_rng("masking"), (b, grid[0] * grid[1]))
-    mask, ids_restore = draw_mask(self.mask_ratio, noise)
-    visible = zero_masked_pixels(images.astype(self.dtype), mask, self.patch)
-
-    def keep_fn(x):  # the same selection as draw_mask (same noise)
-      return mae_lib.random_masking(x, self.mask_ratio, noise)[0], {}
-
-    latent, _ = self.encoder(visible, keep_fn, deterministic=not train)
-    pred = self.decoder(latent, ids_restore, grid)
-    target = mae_lib.patchify(images, self.patch)
-    mask = mask.astype(images.dtype)
-    loss = mae_lib.masked_mse(pred, target, mask, self.norm_pix_loss)
-    aux = {"pred": pred, "mask": mask, "latent": latent, "ids_restore": ids_restore,
-           "target": target}
-    return loss, aux
+    grid, mask, ids_restore, visible, keep = masked_inputs(self, images, noise)
+    latent, _ = self.encoder(visible, lambda x: (keep(x), {}), deterministic=not train)
+    return loss_and_aux(self, images, latent, self.decoder(latent, ids_restore, grid), mask,
+                        ids_restore)
 
   def num_fixed_params(self, image_hw) -> int:
     n = 1 + (image_hw[0] // self.patch) * (image_hw[1] // self.patch)
@@ -439,21 +453,10 @@ class ConvMAE(mae_lib.MAE):
                                    dtype=self.dtype)
 
   def __call__(self, images, noise=None, train: bool = True):
-    self._check(images)
-    b, h, w, _ = images.shape
-    grid = (h // self.patch, w // self.patch)
-    if noise is None:
-      noise = jax.random.uniform(self.make_rng("masking"), (b, grid[0] * grid[1]))
-    mask, ids_restore = draw_mask(self.mask_ratio, noise)
-    visible = zero_masked_pixels(images.astype(self.dtype), mask, self.patch)
-    keep_fn = lambda x: mae_lib.random_masking(x, self.mask_ratio, noise)[0]  # noqa: E731
-    latent = self.encoder(visible, mask, keep_fn, deterministic=not train)
-    pred = self.decoder(latent, ids_restore, grid)
-    target = mae_lib.patchify(images, self.patch)
-    mask = mask.astype(images.dtype)
-    loss = mae_lib.masked_mse(pred, target, mask, self.norm_pix_loss)
-    return loss, {"pred": pred, "mask": mask, "latent": latent, "ids_restore": ids_restore,
-                  "target": target}
+    grid, mask, ids_restore, visible, keep = masked_inputs(self, images, noise)
+    latent = self.encoder(visible, mask, keep, deterministic=not train)
+    return loss_and_aux(self, images, latent, self.decoder(latent, ids_restore, grid), mask,
+                        ids_restore)
 
   def encode(self, images, train: bool = False):
     """Unmasked features: "tokens" [B, 1+N, D] (token 0 = mean), "cls" = "mean" = mean pool.
