@@ -279,23 +279,20 @@ def test_file_round_trips_bit_exact(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
-  from helpers import load_config
+  from helpers import converted_dataset, load_config
   from mae_jax import trainer
-  from mae_jax.data import convert
-  from test_trainer import write_small_e2e
   d = tmp_path_factory.mktemp("export_run")
-  write_small_e2e(d / "small.h5", n=(16, 8, 8))
-  convert.convert([str(d / "small.h5")], str(d / "tfds"))
+  dataset = converted_dataset(d, n=(16, 8, 8))
   c = load_config(batch_size=8, total_steps=2, warmup_steps=1, ckpt_every=1, log_every=1,
                   keep_ckpts=5, figures=False)
-  c.data.dir = str(d / "tfds")
+  c.data.dir = dataset
   c.data.shuffle_buffer = 16
   c.data.eval_split = ""
   if "test_split" in c.data:  # no end-of-run test evaluation: only the checkpoints matter here
     c.data.test_split = ""
   c.data.normalization = "log1p_zscore"
   trainer.train_and_evaluate(c, str(d / "wd"))
-  return str(d / "wd"), str(d / "tfds")
+  return str(d / "wd"), dataset
 
 
 def test_cli_end_to_end(trained_workdir, tmp_path):
