@@ -68,3 +68,29 @@ def test_one_vs_eight_devices_equal(one_device_run, axes):
       a, b = np.delete(a, np.arange(width, 2 * width)), np.delete(b, np.arange(width, 2 * width))
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=name)
   assert losses1[1] != losses1[0]  # the step did update something
+
+
+def state_bytes_per_device(fsdp):
+  """Bytes of the train state held by one device, from the shardings of the created state."""
+  config = load_config("pretrain", "variant=small-e2e", batch_size=8)
+  config.mesh = [("data", -1), ("fsdp", fsdp)]
+  mesh = parallel.make_mesh(config.mesh)
+  model = trainer.build_model(config, (25, 25, 3))
+  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, (25, 25, 3))
+  device = jax.devices()[0]
+  per_device = sum(s.data.nbytes for leaf in jax.tree.leaves(state)
+                   for s in leaf.addressable_shards if s.device == device)
+  # XLA's own accounting of the step's inputs on one device agrees with the shard sizes
+  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  batch = parallel.global_batch({"image": np.zeros((8, 25, 25, 3), np.float32)}, mesh)
+  mem = step.lower(state, batch).compile().memory_analysis()
+  return per_device, getattr(mem, "argument_size_in_bytes", None)
+
+
+def test_fsdp_memory_per_device_falls_with_devices():
+  sizes = {n: state_bytes_per_device(n) for n in (1, 2, 8)}
+  shards = [sizes[n][0] for n in (1, 2, 8)]
+  assert shards[0] > shards[1] > shards[2], sizes
+  assert shards[2] < 0.3 * shards[0], sizes  # most of the state is in large, split matrices
+  if sizes[1][1] is not None:  # XLA memory analysis: parameters + optimizer state + batch
+    assert sizes[1][1] > sizes[2][1] > sizes[8][1], sizes
