@@ -95,6 +95,18 @@ def measure_train_step(config, image_shape, steps):
   return compile_s, times, flops, model
 
 
+def pipeline_rate(data_dir, batch, batches=20, normalization="log1p"):
+  """Images/s of the tf.data input pipeline alone (decode + normalise + batch), no model."""
+  from mae_jax.data import pipeline as pipeline_lib
+  pipe = pipeline_lib.Pipeline(data_dir, normalization)
+  it = pipe.train_iter("train", batch, seed=0, shuffle_buffer=1000)
+  next(it)  # warm-up: opens files, fills the shuffle buffer
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * batch / (time.perf_counter() - t0)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variants", default="tiny,e2e-base")
@@ -103,6 +115,7 @@ def main(argv=None):
   p.add_argument("--dtype", default="float32")
   p.add_argument("--torch", action="store_true",
                  help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")
+  p.add_argument("--data", default="", help="converted dataset: also time the input pipeline")
   args = p.parse_args(argv)
   ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
   print(f"matmul ceiling ({args.dtype}, 2048^3, jitted): {ceiling:.1f} GFLOP/s", flush=True)
@@ -136,6 +149,12 @@ def main(argv=None):
             f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img, "
             f"{flops / med / 1e9:6.1f} GFLOP/s; PyTorch ViTMAE step {torch_s:.3f} s "
             f"({threads} threads), speed ratio mae_jax/PyTorch {torch_s / med:.2f}", flush=True)
+  if args.data:
+    for batch in sorted({r[1] for r in rows}):
+      rate = pipeline_rate(args.data, batch)
+      need = max(r[4] for r in rows if r[1] == batch)
+      print(f"input pipeline {args.data}, batch {batch}: {rate:.0f} images/s, "
+            f"{rate / need:.1f}x what the fastest step above consumes ({need:.1f} images/s)")
   print(f"\nbackend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"jax {jax.__version__}, dtype {args.dtype}, median of {args.steps} steps")
   print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
