@@ -11,20 +11,12 @@ from mae_jax import config_util
 
 
 def get_config(arg=None):
-  arg = config_util.parse_arg(arg, variant="tiny", patch=5, model="mae", pool="mean")
-  c = config_util.base_config(arg["variant"], arg["patch"])
-  c.stage = "finetune"
-  c.task.name = "classify"
-  c.model.name = "classifier"
-  c.model.backbone = arg["model"]
-  c.model.pool = arg["pool"]
+  c = config_util.classifier_config("finetune", arg)
   c.model.drop_path = 0.1
-  c.model_load = "encoder:backbone/encoder"
   c.optim.layer_decay = 0.75
   c.optim.b2 = 0.999
   c.lr = 1e-3  # MAE finetune recipe base lr (batch 256)
   c.warmup_steps = 100
   c.total_steps = 1000
   c.eval_every = 100
-  c.figures = False
   return c

@@ -13,20 +13,12 @@ from mae_jax import config_util
 
 
 def get_config(arg=None):
-  arg = config_util.parse_arg(arg, variant="tiny", patch=5, model="mae", pool="mean")
-  c = config_util.base_config(arg["variant"], arg["patch"])
-  c.stage = "probe"
-  c.task.name = "classify"
-  c.model.name = "classifier"
-  c.model.backbone = arg["model"]
-  c.model.pool = arg["pool"]
+  c = config_util.classifier_config("probe", arg)
   c.model.head_bn = True
-  c.model_load = "encoder:backbone/encoder"
   c.optim.frozen = r"backbone/.*"
   c.optim.weight_decay = 0.0
   c.lr = 0.1  # MAE probe recipe (LARS there; AdamW here), base lr for batch 256
   c.warmup_steps = 50
   c.total_steps = 1000
   c.eval_every = 100
-  c.figures = False
   return c

@@ -96,3 +96,20 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.distributed.num_processes = -1
   c.distributed.process_id = -1
   return c
+
+
+def classifier_config(stage: str, arg):
+  """Probe and finetune: a classifier on an MAE-family encoder loaded from a pretrain run.
+
+  Arguments: variant, patch, model (the MAE family of the pretrain run), pool.
+  """
+  arg = parse_arg(arg, variant="tiny", patch=5, model="mae", pool="mean")
+  c = base_config(arg["variant"], arg["patch"])
+  c.stage = stage
+  c.task.name = "classify"
+  c.model.name = "classifier"
+  c.model.backbone = arg["model"]
+  c.model.pool = arg["pool"]
+  c.model_load = "encoder:backbone/encoder"
+  c.figures = False
+  return c

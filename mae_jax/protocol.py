@@ -68,10 +68,8 @@ def reconstruction_report(pretrain_dir, config, splits):
   mesh = parallel.make_mesh(config.mesh)
   pipe = pipeline_lib.Pipeline(config.data.dir, config.data.normalization)
   model = trainer.build_model(config, pipe.image_shape)
-  state, shardings, _, _ = trainer.create_state(config, model, mesh, pipe.image_shape)
-  mngr = checkpoint.manager(pretrain_dir, 1)
-  state = checkpoint.restore(mngr, checkpoint.abstract_like(state, shardings))
-  mngr.close()
+  # parameters only (no optimizer state, no manager that could prune the pretrain run)
+  params = checkpoint.read_arrays(pretrain_dir, item="params")[0]["params"]
 
   @jax.jit
   def forward(params, images, index):
@@ -84,7 +82,7 @@ def reconstruction_report(pretrain_dir, config, splits):
     total = rec.init_sums(pipe.image_shape[-1])
     _, it = pipe.eval_iter(split, config.batch_size, config.batch_size)
     for i, batch in enumerate(it):
-      pred, mask = jax.device_get(forward(state["params"], parallel.global_batch(batch, mesh)["image"], i))
+      pred, mask = jax.device_get(forward(params, parallel.global_batch(batch, mesh)["image"], i))
       keep = batch["valid"] > 0
       if config.model.norm_pix_loss:
         pred = rec.denormalize_pred(pred, batch["image"], model.patch)
@@ -93,7 +91,7 @@ def reconstruction_report(pretrain_dir, config, splits):
       total = rec.accumulate(total, jax.device_get(sums))
     out[split] = rec.finalize(total)
   feats = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=model.encode),
-                         state["params"], jax.ShapeDtypeStruct((1, *pipe.image_shape), np.float32))
+                         params, jax.ShapeDtypeStruct((1, *pipe.image_shape), np.float32))
   out["feature_width"] = int(feats["mean"].shape[-1])
   return out, pipe.meta
 

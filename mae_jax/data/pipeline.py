@@ -106,13 +106,6 @@ def _process_split(split: str, process_index: int, process_count: int) -> str:
   return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
 
 
-def split_size(data_dir: str, split: str) -> int:
-  meta = load_meta(data_dir)
-  if split not in meta["splits"]:
-    raise ValueError(f"split {split!r} not in {data_dir}; it has {sorted(meta['splits'])}")
-  return int(meta["splits"][split]["num_examples"])
-
-
 class Pipeline:
   """Builds train and eval iterators of host-local numpy batches."""
 
