@@ -1,17 +1,31 @@
-r"""Train-step benchmark: compile time, median step time, images/s, FLOPs.
+r"""Train-step benchmark: compile time, median step time, images/s, FLOPs, PyTorch side by side.
 
-  python -m mae_jax.bench --variants tiny,e2e-base --batch 32 --steps 5
+  python -m mae_jax.bench --variants tiny,e2e-base --batch 32 --steps 5 --torch \
+      [--attention] [--compile-cache] [--data DIR]
 
 Uses the trainer's own state creation and jitted step on synthetic sparse
 125x125x8 images (no input pipeline), one process, all local devices in a
 ("data",) mesh. Prints one table; numbers are medians over `--steps` timed
 steps after one warm-up (compile) step.
+
+FLOPs per image come from XLA's cost analysis of the same step lowered with
+`model.attention="xla"` (XLA cannot count the FLOPs inside the fused CPU
+attention kernel's custom call), so they are the model's FLOPs whatever kernel
+ran. `--attention` times softmax attention alone at the e2e-base decoder shape
+(XLA, the CPU kernel, PyTorch's SDPA); `--compile-cache` measures the first
+step's compile time in fresh processes with an empty and a filled persistent
+compilation cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -59,18 +73,27 @@ def torch_step_time(model, image_shape, batch, steps, images_nhwc):
 def matmul_ceiling(n=2048, dtype="float32", repeats=5):
   """GFLOP/s of a large jitted matmul: the machine's practical ceiling for utilisation."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return 2 * n**3 / statistics.median(times) / 1e9
+  return 2 * n**3 / time_fn(jax.jit(lambda x: x @ x), a, repeats=repeats) / 1e9
+
+
+def model_flops(config, image_shape):
+  """FLOPs of one train step from XLA's cost analysis, attention lowered as XLA ops."""
+  from mae_jax import parallel, trainer
+  config = config.copy_and_resolve_references()
+  config.model.attention = "xla"
+  mesh = parallel.make_mesh(config.mesh)
+  model = trainer.build_model(config, image_shape)
+  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
+  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  images = parallel.global_batch(
+      {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
+  cost = step.lower(state, images).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def measure_train_step(config, image_shape, steps):
-  """(compile seconds, step times, FLOPs per step, model) of the trainer's own jitted step."""
+  """(compile seconds, step times, model) of the trainer's own jitted step."""
   from mae_jax import parallel, trainer
   mesh = parallel.make_mesh(config.mesh)
   model = trainer.build_model(config, image_shape)
@@ -79,11 +102,8 @@ def measure_train_step(config, image_shape, steps):
   images = parallel.global_batch(
       {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
   t0 = time.perf_counter()
-  compiled = step.lower(state, images).compile()
+  step.lower(state, images).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   state, m = step(state, images)
   jax.block_until_ready(m)
   times = []
@@ -92,7 +112,74 @@ def measure_train_step(config, image_shape, steps):
     state, m = step(state, images)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  return compile_s, times, flops, model
+  return compile_s, times, model
+
+
+def compile_seconds_with_cache(variant, batch, attention):
+  """First-step compile seconds in fresh processes: (empty cache, filled cache)."""
+  with tempfile.TemporaryDirectory() as cache:
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    out = []
+    for _ in range(2):
+      proc = subprocess.run(
+          [sys.executable, "-m", "mae_jax.bench", "--compile-only", "--variants", variant,
+           "--batch", str(batch), "--attention-impl", attention],
+          env=env, capture_output=True, text=True, check=True)
+      out.append(float(re.search(r"compile_s=([0-9.]+)", proc.stdout).group(1)))
+    return tuple(out)
+
+
+def time_fn(fn, *args, repeats=5):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def attention_times(shape=(32, 626, 8, 16), with_torch=False):
+  """Median seconds of softmax attention forward + backward per implementation."""
+  from mae_jax.models import attention
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v, do = (jax.random.normal(key, shape) for key in keys)
+  out = {}
+  impls = ["xla"] + (["cpu_kernel"] if jax.default_backend() == "cpu" else [])
+  for impl in impls:
+    def fwd_bwd(q, k, v, do, impl=impl):
+      o, vjp = jax.vjp(lambda *a: attention.dot_product_attention(*a, impl=impl), q, k, v)
+      return vjp(do)
+    fwd = jax.jit(lambda q, k, v, impl=impl: attention.dot_product_attention(q, k, v, impl=impl))
+    out[impl] = (time_fn(fwd, q, k, v), time_fn(jax.jit(fwd_bwd), q, k, v, do))
+  if with_torch:
+    import torch
+    tq, tk, tv, tdo = (torch.from_numpy(np.asarray(x).transpose(0, 2, 1, 3).copy())
+                       for x in (q, k, v, do))
+    for t in (tq, tk, tv):
+      t.requires_grad_(True)
+
+    def torch_time(fn, repeats=5):
+      fn()
+      times = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+      return statistics.median(times)
+
+    def t_fwd():
+      with torch.no_grad():
+        torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+
+    def t_fwd_bwd():
+      o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
+      torch.autograd.grad(o, (tq, tk, tv), tdo)
+
+    out["torch_sdpa"] = (torch_time(t_fwd), torch_time(t_fwd_bwd))
+  return out
 
 
 def pipeline_rate(data_dir, batch, batches=20, normalization="log1p"):
@@ -107,48 +194,74 @@ def pipeline_rate(data_dir, batch, batches=20, normalization="log1p"):
   return batches * batch / (time.perf_counter() - t0)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--variants", default="tiny,e2e-base")
-  p.add_argument("--batch", default="32", help="comma-separated batch sizes")
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--dtype", default="float32")
-  p.add_argument("--torch", action="store_true",
-                 help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")
-  p.add_argument("--data", default="", help="converted dataset: also time the input pipeline")
-  args = p.parse_args(argv)
-  ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
-  print(f"matmul ceiling ({args.dtype}, 2048^3, jitted): {ceiling:.1f} GFLOP/s", flush=True)
-
+def _pretrain_config(variant, batch, dtype, attention):
   import importlib.util
-  import os
-
   spec = importlib.util.spec_from_file_location(
       "pretrain", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "pretrain.py"))
   cfg_mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(cfg_mod)
+  config = cfg_mod.get_config(f"variant={variant}")
+  config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
+  config.model.dtype, config.model.attention = dtype, attention
+  return config
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--variants", default="tiny,e2e-base")
+  p.add_argument("--batch", default="32", help="comma-separated batch sizes (a sweep)")
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--attention-impl", default="auto",
+                 help="model.attention for the mae_jax step: auto | xla | cudnn | cpu_kernel")
+  p.add_argument("--torch", action="store_true",
+                 help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")
+  p.add_argument("--attention", action="store_true",
+                 help="also time attention alone at the e2e-base decoder shape")
+  p.add_argument("--compile-cache", action="store_true",
+                 help="also measure compile time with an empty and a filled persistent cache")
+  p.add_argument("--data", default="", help="converted dataset: also time the input pipeline")
+  p.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  image_shape = (125, 125, 8)
+  if args.compile_only:  # child of --compile-cache: one compile, one line
+    config = _pretrain_config(args.variants, int(args.batch), args.dtype, args.attention_impl)
+    compile_s, _, _ = measure_train_step(config, image_shape, 0)
+    print(f"compile_s={compile_s:.3f}")
+    return
+
+  from mae_jax.models import attention
+  ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
+  print(f"matmul ceiling ({args.dtype}, 2048^3, jitted): {ceiling:.1f} GFLOP/s", flush=True)
+  print(f"attention kernel: model.attention={args.attention_impl!r} -> "
+        f"{attention.resolve(args.attention_impl, args.dtype)}", flush=True)
 
   rows = []
   for variant in args.variants.split(","):
     for batch in [int(b) for b in args.batch.split(",")]:
-      config = cfg_mod.get_config(f"variant={variant}")
-      config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
-      config.model.dtype = args.dtype
-      image_shape = (125, 125, 8)
-      compile_s, times, flops, model = measure_train_step(config, image_shape, args.steps)
+      config = _pretrain_config(variant, batch, args.dtype, args.attention_impl)
+      compile_s, times, model = measure_train_step(config, image_shape, args.steps)
+      flops = model_flops(config, image_shape)
       med = statistics.median(times)
       torch_s, threads = (float("nan"), 0)
       if args.torch:
         torch_s, threads = torch_step_time(model, image_shape, batch, args.steps,
                                            sparse_batch(batch))
+      cold = warm = float("nan")
+      if args.compile_cache:
+        cold, warm = compile_seconds_with_cache(variant, batch, args.attention_impl)
       rows.append((variant, batch, compile_s, med, batch / med, flops / batch / 1e9,
                    flops / med / 1e9, 100 * flops / med / 1e9 / ceiling, torch_s,
-                   torch_s / med))
+                   torch_s / med, cold, warm))
       print(f"{variant:10s} batch {batch:4d}: compile {compile_s:6.1f} s, step {med:7.3f} s, "
             f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img, "
             f"{flops / med / 1e9:6.1f} GFLOP/s; PyTorch ViTMAE step {torch_s:.3f} s "
             f"({threads} threads), speed ratio mae_jax/PyTorch {torch_s / med:.2f}", flush=True)
+  if args.attention:
+    print("\nattention forward / forward+backward, [32, 626, 8, 16] float32 (e2e-base decoder):")
+    for impl, (f, fb) in attention_times(with_torch=args.torch).items():
+      print(f"  {impl:11s} {f:7.3f} s / {fb:7.3f} s")
   if args.data:
     for batch in sorted({r[1] for r in rows}):
       rate = pipeline_rate(args.data, batch)
@@ -156,14 +269,15 @@ def main(argv=None):
       print(f"input pipeline {args.data}, batch {batch}: {rate:.0f} images/s, "
             f"{rate / need:.1f}x what the fastest step above consumes ({need:.1f} images/s)")
   print(f"\nbackend {jax.default_backend()}, {jax.device_count()} device(s), "
-        f"jax {jax.__version__}, dtype {args.dtype}, median of {args.steps} steps")
+        f"jax {jax.__version__}, dtype {args.dtype}, attention {args.attention_impl}, "
+        f"median of {args.steps} steps")
   print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
-  print("| variant | batch | compile s | step s | images/s | GFLOP/image | GFLOP/s | utilisation "
-        "| PyTorch step s | mae_jax / PyTorch speed |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("| variant | batch | compile s | compile s, empty / filled cache | step s | images/s "
+        "| GFLOP/image | GFLOP/s | utilisation | PyTorch step s | mae_jax / PyTorch speed |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.3f} | {r[4]:.1f} | {r[5]:.2f} | {r[6]:.1f} "
-          f"| {r[7]:.0f}% | {r[8]:.3f} | {r[9]:.2f}× |")
+    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[10]:.1f} / {r[11]:.1f} | {r[3]:.3f} | {r[4]:.1f} "
+          f"| {r[5]:.2f} | {r[6]:.1f} | {r[7]:.0f}% | {r[8]:.3f} | {r[9]:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.model.norm_pix_loss = False
   c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
   c.model.drop_path = 0.0
+  # Softmax-attention kernel: auto | xla | cudnn | cpu_kernel (models/attention.py).
+  c.model.attention = "auto"
   c.model.backbone = "mae"  # classifier only: which MAE-family encoder
   c.model.pool = "mean"  # classifier only: cls | mean | max
   c.model.head_bn = False  # classifier only: BatchNorm (no affine) before the linear head

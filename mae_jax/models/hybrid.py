@@ -167,7 +167,8 @@ class _EmbedEncoder(vit.Encoder):
     self.patch_embed = self.make_patch_embed()
     self.cls_token = self.param("cls_token", vit.token_init, (1, 1, s.width))
     rates = np.linspace(0.0, self.drop_path, s.depth) if s.depth > 1 else [self.drop_path]
-    self.blocks = [vit.Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype, name=f"block_{i:02d}")
+    self.blocks = [vit.Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype,
+                             attention=self.attention, name=f"block_{i:02d}")
                    for i, r in enumerate(rates)]
     self.norm = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype)
 
@@ -259,8 +260,10 @@ class DepthwiseMAE(_ZeroMaskedMAE):
     self._variant_patch(fixed)
     self.size = size
     self.encoder = DepthwiseEncoder(size, self.patch, drop_path=self.drop_path,
-                                    filters_per_channel=k, dtype=self.dtype)
-    self.decoder = mae_lib.Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype)
+                                    filters_per_channel=k, dtype=self.dtype,
+                                    attention=self.attention)
+    self.decoder = mae_lib.Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype,
+                                   attention=self.attention)
 
 
 # name -> (ViT sizes, stride-1 stem widths, width of the strided stem convs).
@@ -285,8 +288,9 @@ class ConvStemMAE(_ZeroMaskedMAE):
     self._variant_patch(fixed)
     self.size = size
     self.encoder = ConvStemEncoder(size, self.patch, drop_path=self.drop_path, stem=stem,
-                                   stem_out=stem_out, dtype=self.dtype)
-    self.decoder = mae_lib.Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype)
+                                   stem_out=stem_out, dtype=self.dtype, attention=self.attention)
+    self.decoder = mae_lib.Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype,
+                                   attention=self.attention)
 
 
 # --------------------------------------------------------------------------- ConvMAE
@@ -388,6 +392,7 @@ class ConvMAEEncoder(nn.Module):
   strides: tuple
   drop_path: float = 0.0  # stochastic depth, rising linearly over all blocks of all stages
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, images, mask=None, keep_fn=None, deterministic: bool = True):
@@ -424,7 +429,7 @@ class ConvMAEEncoder(nn.Module):
       x, f1, f2 = keep_fn(x), keep_fn(f1), keep_fn(f2)
     for i in range(s.depths[2]):
       x = vit.Block(s.heads, s.mlp_ratio, next(rates), dtype=self.dtype,
-                    name=f"block_{i:02d}")(x, deterministic)
+                    attention=self.attention, name=f"block_{i:02d}")(x, deterministic)
     x = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x + f1 + f2)
     return jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
 
@@ -448,9 +453,9 @@ class ConvMAE(mae_lib.MAE):
       raise ValueError(f"variant {self.variant!r} fixes patch {fixed} but patch={self.patch}")
     self.size = size
     self.encoder = ConvMAEEncoder(size, convmae_strides(self.patch), drop_path=self.drop_path,
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, attention=self.attention)
     self.decoder = mae_lib.Decoder(size.decoder_size(), self.patch * self.patch * self.channels,
-                                   dtype=self.dtype)
+                                   dtype=self.dtype, attention=self.attention)
 
   def __call__(self, images, noise=None, train: bool = True):
     grid, mask, ids_restore, visible, keep = masked_inputs(self, images, noise)

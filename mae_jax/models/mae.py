@@ -106,6 +106,7 @@ class Decoder(nn.Module):
   size: vit.VitSize
   out_dim: int
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, latent, ids_restore, grid_hw):
@@ -120,7 +121,8 @@ class Decoder(nn.Module):
     x = jnp.concatenate([x[:, :1], tokens], axis=1)
     x = x + jnp.asarray(vit.sincos_2d(s.dec_width, grid_hw))[None].astype(x.dtype)
     for i in range(s.dec_depth):
-      x = vit.Block(s.dec_heads, s.mlp_ratio, dtype=self.dtype, name=f"block_{i:02d}")(x)
+      x = vit.Block(s.dec_heads, s.mlp_ratio, dtype=self.dtype, attention=self.attention,
+                    name=f"block_{i:02d}")(x)
     x = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x)
     x = nn.Dense(self.out_dim, kernel_init=vit.dense_init, dtype=self.dtype, name="pred")(x)
     return x[:, 1:]
@@ -135,14 +137,17 @@ class MAE(nn.Module):
   norm_pix_loss: bool = False
   dtype: Dtype = jnp.float32
   drop_path: float = 0.0  # stochastic depth in the encoder (finetuning)
+  attention: str = "auto"  # softmax-attention kernel, see models/attention.py
 
   def setup(self):
     size, patch = vit.parse_variant(self.variant)
     if patch is not None and patch != self.patch:
       raise ValueError(f"variant {self.variant!r} fixes patch {patch} but patch={self.patch}")
     self.size = size
-    self.encoder = vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype)
-    self.decoder = Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype)
+    self.encoder = vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
+                               attention=self.attention)
+    self.decoder = Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype,
+                           attention=self.attention)
 
   def _check(self, images):
     if images.ndim != 4 or images.shape[-1] != self.channels:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mae_jax.models import classifier, hybrid, resnet
+from mae_jax.models import attention, classifier, hybrid, resnet
 from mae_jax.models import mae as mae_lib
 
 MAE_FAMILY = hybrid.MODELS  # name -> class, all with the MAE interface
@@ -28,7 +28,8 @@ def mae_family_model(name, m, image_shape, drop_path=0.0):
   mae_lib.check_image_shape(image_shape, m.patch)
   return MAE_FAMILY[name](variant=m.variant, patch=m.patch, channels=int(image_shape[-1]),
                           mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss,
-                          dtype=jnp.dtype(m.dtype), drop_path=drop_path)
+                          dtype=jnp.dtype(m.dtype), drop_path=drop_path,
+                          attention=attention.check_impl(m.get("attention", "auto")))
 
 
 def build_model(config, image_shape):

@@ -4,9 +4,10 @@ Parameter names are stable (they are the export contract): an encoder holds
 `patch_embed`, `cls_token`, `block_00` ... `block_NN`, `norm`; a block holds
 `norm1`, `attn/qkv`, `attn/proj`, `norm2`, `mlp/fc1`, `mlp/fc2`.
 
-Attention uses one fused qkv `Dense` and `jax.nn.dot_product_attention` on a
-[batch, tokens, heads, head_dim] layout: on XLA:CPU this is about twice as fast
-as `nn.MultiHeadDotProductAttention` (see ../shared/REFERENCE.md).
+Attention uses one fused qkv `Dense` and a [batch, tokens, heads, head_dim]
+layout (on XLA:CPU about twice as fast as `nn.MultiHeadDotProductAttention`);
+the softmax attention itself is `models.attention.dot_product_attention`,
+which picks a fused kernel per backend.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mae_jax.models import attention as attention_lib
 
 Dtype = Any
 
@@ -91,9 +94,14 @@ def sincos_2d(dim: int, grid_hw: tuple[int, int], cls_token: bool = True) -> np.
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection."""
+  """Multi-head self-attention with a fused qkv projection.
+
+  `impl` picks the softmax-attention kernel (see `models.attention`); it does not
+  change parameters or results beyond float round-off.
+  """
   heads: int
   dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -102,7 +110,7 @@ class Attention(nn.Module):
       raise ValueError(f"width {d} is not divisible by {self.heads} heads")
     qkv = nn.Dense(3 * d, kernel_init=dense_init, dtype=self.dtype, name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, d // self.heads), 3, axis=2)
-    y = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+    y = attention_lib.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], impl=self.impl)
     return nn.Dense(d, kernel_init=dense_init, dtype=self.dtype, name="proj")(y.reshape(b, t, d))
 
 
@@ -137,12 +145,13 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     d = x.shape[-1]
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    y = Attention(self.heads, dtype=self.dtype, name="attn")(y)
+    y = Attention(self.heads, dtype=self.dtype, impl=self.attention, name="attn")(y)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
@@ -176,13 +185,15 @@ class Encoder(nn.Module):
   patch: int
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   def setup(self):
     s = self.size
     self.patch_embed = PatchEmbed(self.patch, s.width, dtype=self.dtype)
     self.cls_token = self.param("cls_token", token_init, (1, 1, s.width))
     rates = np.linspace(0.0, self.drop_path, s.depth) if s.depth > 1 else [self.drop_path]
-    self.blocks = [Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype, name=f"block_{i:02d}")
+    self.blocks = [Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype,
+                         attention=self.attention, name=f"block_{i:02d}")
                    for i, r in enumerate(rates)]
     self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
 

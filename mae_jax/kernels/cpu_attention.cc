@@ -1,0 +1,426 @@
+// Multi-head softmax attention for XLA:CPU, forward and backward, as XLA FFI
+// handlers (see cpu_attention.py for the JAX side and why this exists).
+//
+// Layout as jax.nn.dot_product_attention: q [B, Tq, H, D], k and v [B, Tk, H, D],
+// float32. Work is split over the B*H (batch, head) pairs; each pair is copied
+// into contiguous, cache-sized buffers and processed in blocks of kRows query
+// rows, so the [Tq, Tk] score matrix is never written to memory. The forward
+// saves the log-sum-exp per query row; the backward recomputes the
+// probabilities from it (FlashAttention's scheme, Dao et al. 2022).
+//
+// Threads: XLA's own intra-op thread pool (ffi::ThreadPool), plus the calling
+// thread, so the kernel does not oversubscribe the cores XLA already uses.
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kRows = 4;    // query rows processed together (register blocking)
+constexpr int kLanes = 16;  // key columns per inner block (one AVX-512 vector)
+
+// exp(x) for float32 that compilers vectorise: Cody-Waite range reduction and
+// the Cephes expf polynomial (relative error ~1e-7 on the clamped range).
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38: no denormals
+  x = x > 88.0f ? 88.0f : x;
+  const float t = x * 1.44269504088896341f;
+  const float r = t + 12582912.0f;  // round to nearest integer (1.5 * 2^23 trick)
+  const float n = r - 12582912.0f;
+  int32_t ni;
+  std::memcpy(&ni, &r, sizeof(ni));
+  ni -= 0x4B400000;
+  const float f = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  const float y = p * f * f + f + 1.0f;
+  const int32_t bits = (ni + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+// Runs fn(item, scratch_index) for item in [0, n) on the XLA thread pool and
+// the calling thread; returns when all items are done.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t max_workers, F&& fn) {
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto shared = std::make_shared<Shared>();
+  const int64_t n_total = n;
+  auto work = [shared, n_total, &fn](int worker) {
+    for (int64_t i; (i = shared->next.fetch_add(1)) < n_total;) {
+      fn(i, worker);
+      if (shared->done.fetch_add(1) + 1 == n_total) {
+        std::lock_guard<std::mutex> lock(shared->mu);
+        shared->cv.notify_all();
+      }
+    }
+  };
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(max_workers, n));
+  for (int64_t w = 1; w < workers; ++w) {
+    // A task that starts after all items are done touches only `shared`.
+    pool.Schedule([work, w]() { work(static_cast<int>(w)); });
+  }
+  work(0);
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait(lock, [&] { return shared->done.load() == n_total; });
+}
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// 16 floats as one value (GCC/Clang vector extension): one AVX-512 register,
+// two AVX2 or four NEON registers; unaligned, may alias the float buffers.
+typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
+
+inline V16 Load(const float* p) { return *reinterpret_cast<const V16*>(p); }
+inline void Store(float* p, V16 v) { *reinterpret_cast<V16*>(p) = v; }
+
+// s[r][j] = sum_d q[r][d] * kt[d][j] for kRows rows and j < tk_pad (a multiple of
+// 2 * kLanes): 2 x kRows independent accumulators keep both FMA ports busy.
+template <int DT>
+inline void RowsTimesKt(const float* q, const float* kt, float* s, int64_t tk_pad, int64_t d_rt) {
+  const int64_t D = DT > 0 ? DT : d_rt;
+  for (int64_t j0 = 0; j0 < tk_pad; j0 += 2 * kLanes) {
+    V16 a[2][kRows] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const V16 k0 = Load(kt + d * tk_pad + j0), k1 = Load(kt + d * tk_pad + j0 + kLanes);
+      for (int r = 0; r < kRows; ++r) {
+        const float qv = q[r * D + d];
+        a[0][r] += qv * k0;
+        a[1][r] += qv * k1;
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      Store(s + r * tk_pad + j0, a[0][r]);
+      Store(s + r * tk_pad + j0 + kLanes, a[1][r]);
+    }
+  }
+}
+
+// out[r][:] = sum_{j < tk} p[r][j] * m[j][:]  (m is [tk, D] row-major).
+template <int DT>
+inline void RowsTimesM(const float* p, const float* m, float* out, int64_t tk, int64_t tk_pad,
+                       int64_t d_rt) {
+  if constexpr (DT > 0 && DT % kLanes == 0) {
+    constexpr int kV = DT / kLanes;
+    constexpr int kSplit = kV == 1 ? 2 : 1;  // two partial sums when D = 16
+    V16 a[kSplit][kRows][kV] = {};
+    int64_t j = 0;
+    for (; j + kSplit <= tk; j += kSplit)
+      for (int u = 0; u < kSplit; ++u)
+        for (int v = 0; v < kV; ++v) {
+          const V16 mv = Load(m + (j + u) * DT + v * kLanes);
+          for (int r = 0; r < kRows; ++r) a[u][r][v] += p[r * tk_pad + j + u] * mv;
+        }
+    for (; j < tk; ++j)
+      for (int v = 0; v < kV; ++v) {
+        const V16 mv = Load(m + j * DT + v * kLanes);
+        for (int r = 0; r < kRows; ++r) a[0][r][v] += p[r * tk_pad + j] * mv;
+      }
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kV; ++v) {
+        V16 t = a[0][r][v];
+        for (int u = 1; u < kSplit; ++u) t += a[u][r][v];
+        Store(out + r * DT + v * kLanes, t);
+      }
+  } else {  // any head size: plain loops
+    const int64_t D = DT > 0 ? DT : d_rt;
+    for (int r = 0; r < kRows; ++r)
+      for (int64_t d = 0; d < D; ++d) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < tk; ++j) acc += p[r * tk_pad + j] * m[j * D + d];
+        out[r * D + d] = acc;
+      }
+  }
+}
+
+// acc[j][:] += sum_r p[r][j] * x[r][:] for j < tk (rank-kRows update).
+template <int DT>
+inline void AccumulateOuter(const float* p, const float* x, float* acc, int64_t tk, int64_t tk_pad,
+                            int64_t d_rt) {
+  if constexpr (DT > 0 && DT % kLanes == 0) {
+    constexpr int kV = DT / kLanes;
+    V16 xv[kRows][kV];
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kV; ++v) xv[r][v] = Load(x + r * DT + v * kLanes);
+    for (int64_t j = 0; j < tk; ++j)
+      for (int v = 0; v < kV; ++v) {
+        float* a = acc + j * DT + v * kLanes;
+        Store(a, Load(a) + p[j] * xv[0][v] + p[tk_pad + j] * xv[1][v] +
+                     p[2 * tk_pad + j] * xv[2][v] + p[3 * tk_pad + j] * xv[3][v]);
+      }
+  } else {
+    const int64_t D = DT > 0 ? DT : d_rt;
+    for (int64_t j = 0; j < tk; ++j) {
+      float* a = acc + j * D;
+      const float p0 = p[j], p1 = p[tk_pad + j], p2 = p[2 * tk_pad + j], p3 = p[3 * tk_pad + j];
+      for (int64_t d = 0; d < D; ++d)
+        a[d] += p0 * x[d] + p1 * x[D + d] + p2 * x[2 * D + d] + p3 * x[3 * D + d];
+    }
+  }
+}
+static_assert(kRows == 4, "AccumulateOuter is written for 4 rows");
+
+struct Dims {
+  int64_t b, tq, tk, h, d;
+};
+
+// Copies rows [t, t + n) of head `hh` in batch `bb` from x [B, T, H, D] to dst [n, D].
+inline void Gather(const float* x, const Dims& s, int64_t t_len, int64_t bb, int64_t hh,
+                   float* dst, float scale = 1.0f) {
+  for (int64_t t = 0; t < t_len; ++t) {
+    const float* src = x + ((bb * t_len + t) * s.h + hh) * s.d;
+    for (int64_t d = 0; d < s.d; ++d) dst[t * s.d + d] = src[d] * scale;
+  }
+}
+
+inline void Scatter(const float* src, const Dims& s, int64_t t_len, int64_t bb, int64_t hh,
+                    float* x, float scale = 1.0f) {
+  for (int64_t t = 0; t < t_len; ++t) {
+    float* dst = x + ((bb * t_len + t) * s.h + hh) * s.d;
+    for (int64_t d = 0; d < s.d; ++d) dst[d] = src[t * s.d + d] * scale;
+  }
+}
+
+// Transposes m [t_len, D] into mt [D, t_pad] (zero padded columns).
+inline void Transpose(const float* m, int64_t t_len, int64_t t_pad, int64_t D, float* mt) {
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t t = 0; t < t_len; ++t) mt[d * t_pad + t] = m[t * D + d];
+    for (int64_t t = t_len; t < t_pad; ++t) mt[d * t_pad + t] = 0.0f;
+  }
+}
+
+// Softmax of the kRows score rows in place over j < tk (columns >= tk set to 0);
+// writes the log-sum-exp of each row. `s` holds scaled scores.
+inline void SoftmaxRows(float* s, int64_t tk, int64_t tk_pad, float* lse) {
+  for (int r = 0; r < kRows; ++r) {
+    float* row = s + r * tk_pad;
+    // Lane-wise partial max and sum so the loops vectorise without fast-math.
+    float part[kLanes];
+    for (int l = 0; l < kLanes; ++l) part[l] = row[0];
+    int64_t j = 0;
+    for (; j + kLanes <= tk; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) part[l] = row[j + l] > part[l] ? row[j + l] : part[l];
+    float mx = part[0];
+    for (int l = 1; l < kLanes; ++l) mx = part[l] > mx ? part[l] : mx;
+    for (; j < tk; ++j) mx = row[j] > mx ? row[j] : mx;
+    for (j = 0; j < tk; ++j) row[j] = exp_approx(row[j] - mx);
+    for (j = tk; j < tk_pad; ++j) row[j] = 0.0f;
+    for (int l = 0; l < kLanes; ++l) part[l] = 0.0f;
+    for (j = 0; j < tk_pad; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) part[l] += row[j + l];
+    float sum = 0.0f;
+    for (int l = 0; l < kLanes; ++l) sum += part[l];
+    const float inv = 1.0f / sum;
+    for (j = 0; j < tk; ++j) row[j] *= inv;
+    lse[r] = mx + std::log(sum);
+  }
+}
+
+template <int DT>
+void ForwardPair(const float* q, const float* k, const float* v, float* o, float* lse,
+                 const Dims& s, float scale, int64_t pair, float* scratch) {
+  const int64_t bb = pair / s.h, hh = pair % s.h, D = s.d;
+  const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
+  float* qs = scratch;                  // [tq_pad, D] scaled queries
+  float* km = qs + tq_pad * D;          // [tk, D]
+  float* kt = km + tk_pad * D;          // [D, tk_pad]
+  float* vm = kt + D * tk_pad;          // [tk, D]
+  float* sc = vm + tk_pad * D;          // [kRows, tk_pad] scores / probabilities
+  float* ob = sc + kRows * tk_pad;      // [tq_pad, D]
+  float* lb = ob + tq_pad * D;          // [tq_pad]
+  Gather(q, s, s.tq, bb, hh, qs, scale);
+  std::fill(qs + s.tq * D, qs + tq_pad * D, 0.0f);
+  Gather(k, s, s.tk, bb, hh, km);
+  Gather(v, s, s.tk, bb, hh, vm);
+  Transpose(km, s.tk, tk_pad, D, kt);
+  for (int64_t i = 0; i < tq_pad; i += kRows) {
+    RowsTimesKt<DT>(qs + i * D, kt, sc, tk_pad, D);
+    SoftmaxRows(sc, s.tk, tk_pad, lb + i);
+    RowsTimesM<DT>(sc, vm, ob + i * D, s.tk, tk_pad, D);
+  }
+  Scatter(ob, s, s.tq, bb, hh, o);
+  for (int64_t t = 0; t < s.tq; ++t) lse[(bb * s.h + hh) * s.tq + t] = lb[t];
+}
+
+template <int DT>
+void BackwardPair(const float* q, const float* k, const float* v, const float* o,
+                  const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                  const Dims& s, float scale, int64_t pair, float* scratch) {
+  const int64_t bb = pair / s.h, hh = pair % s.h, D = s.d;
+  const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
+  float* qs = scratch;                // [tq_pad, D] scaled queries
+  float* dob = qs + tq_pad * D;       // [tq_pad, D] output gradient
+  float* km = dob + tq_pad * D;       // [tk, D]
+  float* kt = km + tk_pad * D;        // [D, tk_pad]
+  float* vt = kt + D * tk_pad;        // [D, tk_pad]
+  float* dkb = vt + D * tk_pad;       // [tk, D]
+  float* dvb = dkb + tk_pad * D;      // [tk, D]
+  float* pb = dvb + tk_pad * D;       // [kRows, tk_pad] probabilities
+  float* dsb = pb + kRows * tk_pad;   // [kRows, tk_pad] dP, then dS
+  float* dqb = dsb + kRows * tk_pad;  // [tq_pad, D]
+  float* lb = dqb + tq_pad * D;       // [tq_pad]
+  float* delta = lb + tq_pad;         // [tq_pad]
+  Gather(q, s, s.tq, bb, hh, qs, scale);
+  Gather(dout, s, s.tq, bb, hh, dob);
+  std::fill(qs + s.tq * D, qs + tq_pad * D, 0.0f);
+  std::fill(dob + s.tq * D, dob + tq_pad * D, 0.0f);
+  Gather(k, s, s.tk, bb, hh, km);
+  Transpose(km, s.tk, tk_pad, D, kt);
+  Gather(v, s, s.tk, bb, hh, dvb);  // borrow dvb to transpose v
+  Transpose(dvb, s.tk, tk_pad, D, vt);
+  std::fill(dkb, dkb + tk_pad * D, 0.0f);
+  std::fill(dvb, dvb + tk_pad * D, 0.0f);
+  for (int64_t t = 0; t < tq_pad; ++t) {
+    const bool real = t < s.tq;
+    lb[t] = real ? lse[(bb * s.h + hh) * s.tq + t] : 0.0f;
+    float acc = 0.0f;
+    if (real) {
+      const float* orow = o + ((bb * s.tq + t) * s.h + hh) * D;
+      for (int64_t d = 0; d < D; ++d) acc += orow[d] * dob[t * D + d];
+    }
+    delta[t] = acc;
+  }
+  for (int64_t i = 0; i < tq_pad; i += kRows) {
+    RowsTimesKt<DT>(qs + i * D, kt, pb, tk_pad, D);  // scores
+    for (int r = 0; r < kRows; ++r) {
+      float* row = pb + r * tk_pad;
+      if (i + r < s.tq) {
+        const float l = lb[i + r];
+        for (int64_t j = 0; j < s.tk; ++j) row[j] = exp_approx(row[j] - l);
+        for (int64_t j = s.tk; j < tk_pad; ++j) row[j] = 0.0f;
+      } else {
+        std::fill(row, row + tk_pad, 0.0f);  // padded query rows contribute nothing
+      }
+    }
+    AccumulateOuter<DT>(pb, dob + i * D, dvb, s.tk, tk_pad, D);  // dV += P^T dO
+    RowsTimesKt<DT>(dob + i * D, vt, dsb, tk_pad, D);            // dP = dO V^T
+    for (int r = 0; r < kRows; ++r) {
+      float* ds = dsb + r * tk_pad;
+      const float* p = pb + r * tk_pad;
+      const float dl = delta[i + r];
+      for (int64_t j = 0; j < tk_pad; ++j) ds[j] = p[j] * (ds[j] - dl);  // dS
+    }
+    RowsTimesM<DT>(dsb, km, dqb + i * D, s.tk, tk_pad, D);       // dQ = dS K (x scale below)
+    AccumulateOuter<DT>(dsb, qs + i * D, dkb, s.tk, tk_pad, D);  // dK += dS^T (scale Q)
+  }
+  Scatter(dqb, s, s.tq, bb, hh, dq, scale);
+  Scatter(dkb, s, s.tk, bb, hh, dk);
+  Scatter(dvb, s, s.tk, bb, hh, dv);
+}
+
+ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
+                     const ffi::Buffer<ffi::F32>& v, Dims* s) {
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return ffi::Error::InvalidArgument("mae_jax cpu attention: q, k, v must be rank 4 [B, T, H, D]");
+  for (int i = 0; i < 4; ++i)
+    if (kd[i] != vd[i])
+      return ffi::Error::InvalidArgument("mae_jax cpu attention: k and v shapes differ");
+  if (qd[0] != kd[0] || qd[2] != kd[2] || qd[3] != kd[3])
+    return ffi::Error::InvalidArgument(
+        "mae_jax cpu attention: q and k must agree in batch, heads and head_dim");
+  *s = Dims{qd[0], qd[1], kd[1], qd[2], qd[3]};
+  if (s->tk < 1) return ffi::Error::InvalidArgument("mae_jax cpu attention: no keys");
+  return ffi::Error::Success();
+}
+
+template <typename F>
+void DispatchD(int64_t d, F&& f) {
+  switch (d) {
+    case 16: f(std::integral_constant<int, 16>()); break;
+    case 32: f(std::integral_constant<int, 32>()); break;
+    case 64: f(std::integral_constant<int, 64>()); break;
+    default: f(std::integral_constant<int, 0>()); break;
+  }
+}
+
+ffi::Error AttentionForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                            ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                            ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse,
+                            float scale) {
+  Dims s;
+  if (ffi::Error err = CheckDims(q, k, v, &s); err.failure()) return err;
+  const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
+  const int64_t per = 2 * tq_pad * s.d + 3 * tk_pad * s.d + kRows * tk_pad + tq_pad + 64;
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  std::vector<std::vector<float>> scratch(workers + 1, std::vector<float>(per));
+  DispatchD(s.d, [&](auto dt) {
+    constexpr int DT = decltype(dt)::value;
+    ParallelFor(pool, s.b * s.h, workers, [&](int64_t pair, int worker) {
+      ForwardPair<DT>(q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(),
+                      lse->typed_data(), s, scale, pair, scratch[worker].data());
+    });
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                             ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                             ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse,
+                             ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
+                             ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
+                             float scale) {
+  Dims s;
+  if (ffi::Error err = CheckDims(q, k, v, &s); err.failure()) return err;
+  const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
+  const int64_t per = 3 * tq_pad * s.d + 5 * tk_pad * s.d + 2 * kRows * tk_pad + 2 * tq_pad + 64;
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  std::vector<std::vector<float>> scratch(workers + 1, std::vector<float>(per));
+  DispatchD(s.d, [&](auto dt) {
+    constexpr int DT = decltype(dt)::value;
+    ParallelFor(pool, s.b * s.h, workers, [&](int64_t pair, int worker) {
+      BackwardPair<DT>(q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(),
+                       lse.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(),
+                       dv->typed_data(), s, scale, pair, scratch[worker].data());
+    });
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MaeAttentionForward, AttentionForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MaeAttentionBackward, AttentionBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));

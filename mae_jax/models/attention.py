@@ -1,0 +1,58 @@
+"""Softmax attention with a kernel chosen per backend (`model.attention` in configs).
+
+  auto        CPU: the fused C++ kernel (kernels/cpu_attention.py) when it builds,
+              else XLA. GPU: cuDNN's fused attention for bfloat16/float16 inputs
+              when cuDNN accepts the shape, else XLA. Other backends: XLA.
+  xla         `jax.nn.dot_product_attention(implementation="xla")` everywhere.
+  cudnn       `jax.nn.dot_product_attention(implementation="cudnn")` (GPU only).
+  cpu_kernel  the C++ kernel; an error if it cannot be built.
+
+All compute softmax(q k^T / sqrt(head_dim)) v with the same parameters; they
+differ by float round-off only (tests/test_attention.py states the tolerance).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from mae_jax.kernels import cpu_attention
+
+IMPLS = ("auto", "xla", "cudnn", "cpu_kernel")
+
+
+def check_impl(impl: str) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f"model.attention={impl!r}; choose one of {IMPLS}")
+  return impl
+
+
+def resolve(impl: str, dtype) -> str:
+  """The concrete implementation `impl` means for this backend and dtype."""
+  check_impl(impl)
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if backend == "cpu" and cpu_attention.available():
+    return "cpu_kernel"
+  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return "xla"
+
+
+def dot_product_attention(q, k, v, impl: str = "auto"):
+  """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D], no mask or bias."""
+  choice = resolve(impl, q.dtype)
+  if choice == "cpu_kernel":
+    return cpu_attention.attention(q, k, v)
+  if choice == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+      if impl == "cudnn":
+        raise
+      logging.warning("cuDNN attention refused %s %s (%s); using XLA attention", q.shape,
+                      q.dtype, e)
+  return jax.nn.dot_product_attention(q, k, v, implementation="xla")

@@ -1,0 +1,179 @@
+"""The CPU attention kernel (kernels/cpu_attention.*) and the attention dispatcher.
+
+Reference: softmax attention and its backward written out in float64 numpy.
+Tolerance: float32 kernel vs float64 reference within 2e-5 of the largest
+magnitude of each compared array (the kernel's exp has ~1e-7 relative error and
+sums over up to 157 keys here).
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mae_jax.kernels import cpu_attention
+from mae_jax.models import attention, mae
+
+TOL = 2e-5
+
+
+def reference(q, k, v, do, scale):
+  """float64 forward and backward of softmax(q k^T * scale) v per (batch, head)."""
+  q, k, v, do = (np.asarray(x, np.float64) for x in (q, k, v, do))
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  o = np.einsum("bhqk,bkhd->bqhd", p, v)
+  dv = np.einsum("bhqk,bqhd->bkhd", p, do)
+  dp = np.einsum("bqhd,bkhd->bhqk", do, v)
+  ds = p * (dp - np.sum(dp * p, -1, keepdims=True))
+  dq = np.einsum("bhqk,bkhd->bqhd", ds, k) * scale
+  dk = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+  return o, (dq, dk, dv)
+
+
+def close(got, want, tol=TOL):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  err = np.max(np.abs(got - want))
+  assert err <= tol * np.max(np.abs(want)), (err, np.max(np.abs(want)))
+
+
+def inputs(b, tq, tk, h, d, seed=0, amplitude=1.0):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  q = amplitude * jax.random.normal(keys[0], (b, tq, h, d))
+  k = amplitude * jax.random.normal(keys[1], (b, tk, h, d))
+  v = jax.random.normal(keys[2], (b, tk, h, d))
+  do = jax.random.normal(keys[3], (b, tq, h, d))
+  return q, k, v, do
+
+
+def kernel_and_grads(q, k, v, do):
+  out, vjp = jax.vjp(jax.jit(cpu_attention.attention), q, k, v)
+  return out, vjp(do)
+
+
+@pytest.mark.parametrize("b,tq,tk,h,d", [
+    (2, 37, 37, 3, 16),   # tokens not a multiple of the 4-row / 32-column blocks
+    (1, 1, 1, 1, 16),     # a single token
+    (2, 21, 21, 2, 8),    # generic head size (no vector fast path)
+    (2, 19, 19, 2, 12),
+    (3, 19, 19, 2, 32),
+    (1, 40, 40, 2, 64),
+    (2, 157, 157, 2, 16),  # the e2e-base encoder's token count
+    (2, 9, 50, 2, 16),    # cross-attention: fewer queries than keys
+])
+def test_forward_and_backward_match_float64_reference(b, tq, tk, h, d):
+  q, k, v, do = inputs(b, tq, tk, h, d)
+  out, grads = kernel_and_grads(q, k, v, do)
+  ref_out, ref_grads = reference(q, k, v, do, d**-0.5)
+  close(out, ref_out)
+  for g, r in zip(grads, ref_grads):
+    close(g, r)
+
+
+def test_large_logits_stay_finite_and_exact():
+  # Scores up to ~1e3: a naive exp overflows; the max-shifted kernel must not.
+  q, k, v, do = inputs(2, 33, 33, 2, 16, seed=1, amplitude=8.0)
+  out, grads = kernel_and_grads(q, k, v, do)
+  assert np.isfinite(np.asarray(out)).all()
+  ref_out, ref_grads = reference(q, k, v, do, 16**-0.5)
+  close(out, ref_out)
+  for g, r in zip(grads, ref_grads):
+    close(g, r, tol=1e-4)  # near one-hot softmax: larger relative round-off in dS
+
+
+def test_matches_xla_attention_and_custom_scale():
+  q, k, v, _ = inputs(2, 30, 30, 4, 16, seed=2)
+  close(cpu_attention.attention(q, k, v), jax.nn.dot_product_attention(q, k, v))
+  close(cpu_attention.attention(q, k, v, scale=0.3), jax.nn.dot_product_attention(q, k, v, scale=0.3))
+
+
+def test_bfloat16_inputs_compute_in_float32_and_keep_dtype():
+  q, k, v, _ = inputs(2, 20, 20, 2, 16, seed=3)
+  qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  out = cpu_attention.attention(qb, kb, vb)
+  assert out.dtype == jnp.bfloat16
+  ref, _ = reference(qb.astype(jnp.float32), kb.astype(jnp.float32), vb.astype(jnp.float32),
+                     np.zeros(q.shape), 16**-0.5)
+  close(out, ref, tol=1e-2)  # bfloat16 output rounding
+
+
+def test_bad_shapes_are_clear_errors():
+  q, k, v, _ = inputs(1, 4, 4, 2, 16)
+  with pytest.raises(ValueError, match=r"q \[B, Tq, H, D\]"):
+    cpu_attention.attention(q[0], k[0], v[0])
+  with pytest.raises(ValueError, match="attention expects"):
+    cpu_attention.attention(q, k[..., :8], v)
+  with pytest.raises(ValueError, match="model.attention='flash'"):
+    attention.dot_product_attention(q, k, v, impl="flash")
+
+
+def test_batch_sharded_inputs_run_per_device_without_gathering():
+  """Over 8 devices each device runs the kernel on its batch shard: no collectives."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+  q, k, v, do = inputs(8, 20, 20, 2, 16, seed=5)
+  spec = NamedSharding(mesh, P("data"))
+  sq, sk, sv, sdo = (jax.device_put(x, spec) for x in (q, k, v, do))
+
+  def loss(q, k, v, do):
+    return jnp.sum(cpu_attention.attention(q, k, v) * do)
+
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  hlo = fn.lower(sq, sk, sv, sdo).compile().as_text()
+  for collective in ("all-gather", "all-to-all", "collective-permute"):
+    assert collective not in hlo, collective
+  value, grads = fn(sq, sk, sv, sdo)
+  ref_out, ref_grads = reference(q, k, v, do, 16**-0.5)
+  np.testing.assert_allclose(float(value), np.sum(ref_out * np.asarray(do)), rtol=1e-5)
+  for g, r in zip(grads, ref_grads):
+    assert g.sharding.spec[0] == "data"
+    close(g, r)
+
+
+def test_mae_loss_and_gradients_agree_between_kernel_and_xla():
+  images = jax.random.uniform(jax.random.key(0), (4, 25, 25, 3))
+  noise = jax.random.uniform(jax.random.key(1), (4, 25))
+  results = {}
+  for impl in ("xla", "cpu_kernel"):
+    model = mae.MAE(variant="tiny", patch=5, channels=3, attention=impl)
+    params = model.init(jax.random.key(2), images, noise)["params"]  # same key: same weights
+    loss_fn = lambda p: model.apply({"params": p}, images, noise)[0]  # noqa: E731
+    results[impl] = jax.value_and_grad(loss_fn)(params)
+  (l_xla, g_xla), (l_k, g_k) = results["xla"], results["cpu_kernel"]
+  np.testing.assert_allclose(float(l_k), float(l_xla), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_k), jax.tree.leaves(g_xla)):
+    close(a, b, tol=1e-4)  # gradients through 3 blocks of float32 round-off
+
+
+def test_auto_picks_the_kernel_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert attention.resolve("auto", jnp.float32) == "cpu_kernel"
+  assert attention.resolve("xla", jnp.float32) == "xla"
+
+
+def test_missing_compiler_falls_back_to_xla_with_a_reason(tmp_path):
+  # Fresh process, empty kernel cache and no usable compiler.
+  code = (
+      "import jax, jax.numpy as jnp\n"
+      "from mae_jax.kernels import cpu_attention\n"
+      "from mae_jax.models import attention\n"
+      "assert not cpu_attention.available()\n"
+      "assert attention.resolve('auto', jnp.float32) == 'xla'\n"
+      "q = jnp.ones((1, 3, 1, 16))\n"
+      "print(attention.dot_product_attention(q, q, q).shape)\n"
+      "try:\n"
+      "  cpu_attention.attention(q, q, q)\n"
+      "except cpu_attention.KernelUnavailable as e:\n"
+      "  print('ERROR', e)\n")
+  env = dict(os.environ, MAE_JAX_KERNEL_CACHE=str(tmp_path), CXX="/bin/false",
+             PATH=str(tmp_path))  # nothing on PATH: no g++/c++/clang++
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert "(1, 3, 1, 16)" in out.stdout
+  assert "ERROR" in out.stdout and "compil" in out.stdout
+  assert "using XLA attention" in out.stderr
