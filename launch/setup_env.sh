@@ -20,5 +20,13 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+# glibc malloc: one arena, no mmap, no trimming, so XLA:CPU reuses its step temporaries
+# instead of page-faulting them every step (25% faster on CPU; mae_jax/cpu_env.py).
+# Set MAE_JAX_MALLOC_TUNING=0 to keep glibc's defaults.
+if [ "${MAE_JAX_MALLOC_TUNING:-1}" != "0" ]; then
+  export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-1}"
+  export MALLOC_MMAP_MAX_="${MALLOC_MMAP_MAX_:-0}"
+  export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-100000000000}"
+fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 cd "$ROOT"

@@ -234,6 +234,8 @@ def main(argv=None):
   from mae_jax.models import attention
   ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
   print(f"matmul ceiling ({args.dtype}, 2048^3, jitted): {ceiling:.1f} GFLOP/s", flush=True)
+  from mae_jax import cpu_env
+  print(f"glibc malloc: {cpu_env.describe()}", flush=True)
   print(f"attention kernel: model.attention={args.attention_impl!r} -> "
         f"{attention.resolve(args.attention_impl, args.dtype)}", flush=True)
 
@@ -270,6 +272,7 @@ def main(argv=None):
             f"{rate / need:.1f}x what the fastest step above consumes ({need:.1f} images/s)")
   print(f"\nbackend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"jax {jax.__version__}, dtype {args.dtype}, attention {args.attention_impl}, "
+        f"malloc {cpu_env.describe()}, "
         f"median of {args.steps} steps")
   print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
   print("| variant | batch | compile s | compile s, empty / filled cache | step s | images/s "

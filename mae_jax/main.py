@@ -33,6 +33,8 @@ def main(argv):
   else:
     parallel.maybe_initialize_distributed()
   logging.info("backend %s, %d devices", jax.default_backend(), jax.device_count())
+  from mae_jax import cpu_env
+  cpu_env.warn_if_untuned(jax.default_backend())
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
   except (ValueError, FileNotFoundError, trainer.NonFiniteError) as e:
