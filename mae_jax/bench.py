@@ -20,8 +20,10 @@ compilation cache.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -194,6 +196,23 @@ def pipeline_rate(data_dir, batch, batches=20, normalization="log1p"):
   return batches * batch / (time.perf_counter() - t0)
 
 
+def measure_row(args, variant, batch, image_shape):
+  """Everything one table row needs, measured in this process."""
+  config = _pretrain_config(variant, batch, args.dtype, args.attention_impl)
+  compile_s, times, model = measure_train_step(config, image_shape, args.steps)
+  row = {"compile_s": compile_s, "step_s": statistics.median(times),
+         "flops": model_flops(config, image_shape), "torch_s": float("nan"), "threads": 0,
+         "cache_cold_s": float("nan"), "cache_warm_s": float("nan")}
+  if args.torch:
+    row["torch_s"], row["threads"] = torch_step_time(model, image_shape, batch, args.steps,
+                                                     sparse_batch(batch))
+  if args.compile_cache:
+    row["cache_cold_s"], row["cache_warm_s"] = compile_seconds_with_cache(
+        variant, batch, args.attention_impl)
+  row["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  return row
+
+
 def _pretrain_config(variant, batch, dtype, attention):
   import importlib.util
   spec = importlib.util.spec_from_file_location(
@@ -223,12 +242,16 @@ def main(argv=None):
                  help="also measure compile time with an empty and a filled persistent cache")
   p.add_argument("--data", default="", help="converted dataset: also time the input pipeline")
   p.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   image_shape = (125, 125, 8)
   if args.compile_only:  # child of --compile-cache: one compile, one line
     config = _pretrain_config(args.variants, int(args.batch), args.dtype, args.attention_impl)
     compile_s, _, _ = measure_train_step(config, image_shape, 0)
     print(f"compile_s={compile_s:.3f}")
+    return
+  if args.one_row:  # child of a sweep: one (variant, batch) row as JSON
+    print("ROW " + json.dumps(measure_row(args, args.variants, int(args.batch), image_shape)))
     return
 
   from mae_jax.models import attention
@@ -239,27 +262,33 @@ def main(argv=None):
   print(f"attention kernel: model.attention={args.attention_impl!r} -> "
         f"{attention.resolve(args.attention_impl, args.dtype)}", flush=True)
 
+  grid = [(v, int(b)) for v in args.variants.split(",") for b in args.batch.split(",")]
   rows = []
-  for variant in args.variants.split(","):
-    for batch in [int(b) for b in args.batch.split(",")]:
-      config = _pretrain_config(variant, batch, args.dtype, args.attention_impl)
-      compile_s, times, model = measure_train_step(config, image_shape, args.steps)
-      flops = model_flops(config, image_shape)
-      med = statistics.median(times)
-      torch_s, threads = (float("nan"), 0)
-      if args.torch:
-        torch_s, threads = torch_step_time(model, image_shape, batch, args.steps,
-                                           sparse_batch(batch))
-      cold = warm = float("nan")
-      if args.compile_cache:
-        cold, warm = compile_seconds_with_cache(variant, batch, args.attention_impl)
-      rows.append((variant, batch, compile_s, med, batch / med, flops / batch / 1e9,
-                   flops / med / 1e9, 100 * flops / med / 1e9 / ceiling, torch_s,
-                   torch_s / med, cold, warm))
-      print(f"{variant:10s} batch {batch:4d}: compile {compile_s:6.1f} s, step {med:7.3f} s, "
-            f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img, "
-            f"{flops / med / 1e9:6.1f} GFLOP/s; PyTorch ViTMAE step {torch_s:.3f} s "
-            f"({threads} threads), speed ratio mae_jax/PyTorch {torch_s / med:.2f}", flush=True)
+  for variant, batch in grid:
+    if len(grid) == 1:
+      r = measure_row(args, variant, batch, image_shape)
+    else:
+      # One process per row: memory one row's models leave behind (held by the allocator)
+      # cannot push a later, larger row out of memory, and rows do not perturb each other.
+      child = [sys.executable, "-m", "mae_jax.bench", "--one-row", "--variants", variant,
+               "--batch", str(batch), "--steps", str(args.steps), "--dtype", args.dtype,
+               "--attention-impl", args.attention_impl] + [
+               f for f, on in (("--torch", args.torch), ("--compile-cache", args.compile_cache))
+               if on]
+      proc = subprocess.run(child, capture_output=True, text=True)
+      if proc.returncode:
+        raise RuntimeError(f"benchmark row {variant} batch {batch} failed "
+                           f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+      r = json.loads(proc.stdout.split("ROW ", 1)[1])
+    med, flops = r["step_s"], r["flops"]
+    rows.append((variant, batch, r["compile_s"], med, batch / med, flops / batch / 1e9,
+                 flops / med / 1e9, 100 * flops / med / 1e9 / ceiling, r["torch_s"],
+                 r["torch_s"] / med, r["cache_cold_s"], r["cache_warm_s"], r["peak_gib"]))
+    print(f"{variant:10s} batch {batch:4d}: compile {r['compile_s']:6.1f} s, step {med:7.3f} s, "
+          f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img, "
+          f"{flops / med / 1e9:6.1f} GFLOP/s; PyTorch ViTMAE step {r['torch_s']:.3f} s "
+          f"({r['threads']} threads), speed ratio mae_jax/PyTorch {r['torch_s'] / med:.2f}; "
+          f"peak memory {r['peak_gib']:.1f} GiB", flush=True)
   if args.attention:
     print("\nattention forward / forward+backward, [32, 626, 8, 16] float32 (e2e-base decoder):")
     for impl, (f, fb) in attention_times(with_torch=args.torch).items():
@@ -276,11 +305,12 @@ def main(argv=None):
         f"median of {args.steps} steps")
   print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
   print("| variant | batch | compile s | compile s, empty / filled cache | step s | images/s "
-        "| GFLOP/image | GFLOP/s | utilisation | PyTorch step s | mae_jax / PyTorch speed |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| GFLOP/image | GFLOP/s | utilisation | PyTorch step s | mae_jax / PyTorch speed "
+        "| peak host GiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[10]:.1f} / {r[11]:.1f} | {r[3]:.3f} | {r[4]:.1f} "
-          f"| {r[5]:.2f} | {r[6]:.1f} | {r[7]:.0f}% | {r[8]:.3f} | {r[9]:.2f}× |")
+          f"| {r[5]:.2f} | {r[6]:.1f} | {r[7]:.0f}% | {r[8]:.3f} | {r[9]:.2f}× | {r[12]:.1f} |")
 
 
 if __name__ == "__main__":

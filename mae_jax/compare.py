@@ -5,11 +5,13 @@ r"""ViT MAE vs hybrid Conv+ViT MAEs on equal terms: one table.
       --steps pretrain=200,probe=50,finetune=50 --config.batch_size=32 --pretrain.lr=5e-3
 
 Every model runs the same protocol stages (pretrain -> reconstruction -> probe -> finetune) on
-the same dataset and splits, with the same budget in steps and batch. Sizes: each family's
-variant of the same name; at `e2e-base` they are matched to the ViT's parameter count within
-0.5% (docs/models.md), at `tiny` they differ (the table shows each count). FLOPs per image come from XLA's cost analysis of the jitted train step,
-images/s from timing it (median of a few steps, synthetic sparse batch). Writes
-ROOT/comparison.md.
+the same dataset and splits, with the same budget in steps and batch, for every seed. Sizes:
+each family's variant of the same name; at `tiny` and `e2e-base` every family has the ViT's
+trainable parameter count within 0.5% (matched parameters, not matched compute: the FLOPs
+column shows what each spends; docs/models.md). FLOPs per image come from XLA's cost analysis
+of the jitted train step (attention lowered as XLA ops), images/s from timing it (median of a
+few steps, synthetic sparse batch). Scores are mean ± std over seeds. Writes
+ROOT/comparison.md and ROOT/comparison.png. `launch/compare.sh` runs it on the quickstart data.
 """
 
 from __future__ import annotations
@@ -26,8 +28,40 @@ from mae_jax import bench, protocol
 def train_speed(model_name, variant, patch, image_shape, batch, steps=3):
   config = protocol.load_stage_config("pretrain", variant, model_name, patch)
   config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
-  _, times, flops, _ = bench.measure_train_step(config, image_shape, steps)
-  return flops / batch / 1e9, batch / statistics.median(times)
+  _, times, _ = bench.measure_train_step(config, image_shape, steps)
+  return bench.model_flops(config, image_shape) / batch / 1e9, batch / statistics.median(times)
+
+
+def figure(rows, out_path):
+  """Probe / finetune AUC and reconstruction skill per model, seed mean with std error bars."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  def stats(values):
+    v = [x for x in values if x is not None]
+    return (np.mean(v), np.std(v, ddof=1) if len(v) > 1 else 0.0) if v else (np.nan, 0.0)
+
+  names = [r["model"] for r in rows]
+  x = np.arange(len(rows))
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+  for offset, key, label in ((-0.18, "lp_auc", "linear probe"), (0.18, "ft_auc", "finetune")):
+    m, s = zip(*(stats(r[key]) for r in rows))
+    axes[0].bar(x + offset, m, 0.36, yerr=s, capsize=3, label=label)
+  axes[0].set_ylabel("test AUC")
+  axes[0].set_ylim(0.5, 1.0)
+  axes[0].legend(fontsize=8)
+  skill = [stats([1 - a / b for a, b in zip(r["recon"], r["recon_zero"])]) for r in rows]
+  axes[1].bar(x, [m for m, _ in skill], 0.5, yerr=[s for _, s in skill], capsize=3)
+  axes[1].axhline(0, color="k", lw=0.8)
+  axes[1].set_ylabel("recon skill, 1 - MSE / MSE(predict zeros)")
+  for ax in axes:
+    ax.set_xticks(x, names, rotation=15, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
 
 
 def main(argv=None):
@@ -69,8 +103,9 @@ def main(argv=None):
                  "recon_zero": [s["recon"]["test"]["mse_masked_zeros"] for s in seeds if "recon" in s]})
 
   lines = ["# ViT MAE vs hybrid MAEs", "",
-           f"Data `{args.data}`, variant `{args.variant}` of each family (parameter counts in "
-           f"the table), patch {args.patch}, steps {args.steps}, seeds {args.seeds}. Command: "
+           f"Data `{args.data}`, variant `{args.variant}` of each family (trainable parameters "
+           f"in the table), patch {args.patch}, steps {args.steps}, seeds {args.seeds} "
+           "(mean ± std over seeds). Command: "
            f"`python -m mae_jax.compare {' '.join(argv)}`. Classification on the test split "
            "(checkpoint selected on validation); reconstruction MSE over masked patches of the "
            "test split, next to predicting empty patches. Speed: jitted train step, batch "
@@ -83,6 +118,8 @@ def main(argv=None):
                  f"| {protocol.fmt(r['lp_acc'])} | {protocol.fmt(r['lp_auc'])} "
                  f"| {protocol.fmt(r['ft_acc'])} | {protocol.fmt(r['ft_auc'])} |")
   os.makedirs(args.root, exist_ok=True)
+  figure(rows, os.path.join(args.root, "comparison.png"))
+  lines += ["", "![probe, finetune, reconstruction](comparison.png)"]
   with open(os.path.join(args.root, "comparison.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -6,7 +6,10 @@ come from fresh mmap pages or from per-thread arenas that are trimmed again, so
 each step took ~1M minor page faults and ~1.8 s of kernel time on the 2-core
 development machine (3.7 s per step). With one arena, no mmap for large blocks
 and no trimming, the memory is reused: 0 page faults and 2.8 s per step, same
-peak RSS (5.1 GB). `launch/setup_env.sh` exports these for every launch script;
+peak RSS (5.1 GB) in a JAX-only process. The cost: memory freed is kept, not
+returned to the system; in the benchmark process, which also runs PyTorch, the
+peak at e2e-base batch 64 rose from 8.6 to 15.8 GiB. Set MAE_JAX_MALLOC_TUNING=0
+(launch scripts) if host memory is tight. `launch/setup_env.sh` exports these for every launch script;
 the variables must be set before Python starts (glibc reads them once), so the
 trainer only warns when they are missing on a CPU backend.
 """

@@ -3,15 +3,28 @@
 from mae_jax import bench
 
 
+def rows_of(out, prefix):
+  row = next(line for line in out.splitlines() if line.startswith(prefix))
+  return [c.strip() for c in row.strip("|").split("|")]
+
+
 def test_bench_prints_table_with_pytorch_ratio(capsys):
   bench.main(["--variants", "tiny", "--batch", "8", "--steps", "1", "--torch"])
   out = capsys.readouterr().out
   assert "matmul ceiling" in out and "| tiny | 8 |" in out
   assert "-> cpu_kernel" in out  # the CPU default is the fused attention kernel
-  row = next(line for line in out.splitlines() if line.startswith("| tiny | 8 |"))
-  cells = [c.strip() for c in row.strip("|").split("|")]
+  cells = rows_of(out, "| tiny | 8 |")
   assert float(cells[4]) > 0 and float(cells[6]) > 0  # step seconds, GFLOP per image
   assert float(cells[9]) > 0 and cells[10].endswith("×")  # PyTorch step and the ratio
+  assert float(cells[11]) > 0  # peak host memory
+
+
+def test_batch_sweep_measures_each_row_in_its_own_process(capsys):
+  bench.main(["--variants", "tiny", "--batch", "8,16", "--steps", "1"])
+  out = capsys.readouterr().out
+  small, large = rows_of(out, "| tiny | 8 |"), rows_of(out, "| tiny | 16 |")
+  assert float(small[6]) > 0 and abs(float(small[6]) - float(large[6])) < 0.02  # GFLOP/image
+  assert small[9] == "nan"  # no --torch
 
 
 def kernel_lowering_flops(config, image_shape):

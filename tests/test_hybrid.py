@@ -179,11 +179,11 @@ def test_full_size_125_patch_5(cls):
 # Trainable parameters on 125x125x8, patch 5 (listed in docs/models.md) and fixed
 # sin-cos table entries.
 COUNTS = {
-    (hybrid.DepthwiseMAE, "tiny"): (124_584, 60_096),
+    (hybrid.DepthwiseMAE, "tiny"): (134_664, 60_096),
     (hybrid.DepthwiseMAE, "e2e-base"): (4_821_448, 160_256),
-    (hybrid.ConvStemMAE, "tiny"): (137_800, 60_096),
+    (hybrid.ConvStemMAE, "tiny"): (134_664, 60_096),
     (hybrid.ConvStemMAE, "e2e-base"): (4_845_832, 160_256),
-    (hybrid.ConvMAE, "tiny"): (179_240, 60_032),
+    (hybrid.ConvMAE, "tiny"): (134_872, 60_032),
     (hybrid.ConvMAE, "e2e-base"): (4_824_264, 160_128),
 }
 
@@ -194,6 +194,17 @@ def test_parameter_counts(cls, variant):
   shapes = param_shapes(model, (1, 125, 125, 8))
   assert (count(shapes), model.num_fixed_params((125, 125))) == COUNTS[(cls, variant)]
   assert set(shapes) == {"encoder", "decoder"}
+
+
+VIT_TRAINABLE = {"tiny": 134_504, "e2e-base": 4_827_336}  # tests/test_mae.py asserts these
+
+
+@pytest.mark.parametrize("cls,variant", list(COUNTS), ids=[f"{c.__name__}-{v}" for c, v in COUNTS])
+def test_every_family_matches_the_vit_parameter_count_within_half_a_percent(cls, variant):
+  trainable = count(param_shapes(cls(variant=variant, patch=5, channels=8), (1, 125, 125, 8)))
+  vit_count = count(param_shapes(mae_lib.MAE(variant=variant, patch=5, channels=8), (1, 125, 125, 8)))
+  assert vit_count == VIT_TRAINABLE[variant]
+  assert abs(trainable / vit_count - 1) <= 0.005, (trainable, vit_count)
 
 
 def test_depthwise_embedding_is_grouped_per_channel():
