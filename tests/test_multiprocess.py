@@ -57,9 +57,13 @@ def test_two_processes_match_one_and_restore_into_one(dataset, tmp_path):
   a, b = params(one, 4), params(two, 4)
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
     name = jax.tree_util.keystr(path)
-    if name.endswith("['qkv']['bias']"):  # key bias: exact gradient 0, see test_parallel.py
+    if name.endswith("['qkv']['bias']"):
+      # Key bias: exact gradient 0 (softmax ignores q.b_k), so its float gradient is round-off
+      # that differs with the batch split, and Adam rescales it to steps of up to ~lr each.
+      # Bound: 2 x 4 steps x peak lr (1e-3 x 8/256); every other parameter is compared tightly.
       w = x.shape[0] // 3
-      np.testing.assert_allclose(y[w:2 * w], x[w:2 * w], rtol=0, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(y[w:2 * w], x[w:2 * w], rtol=0, atol=2 * 4 * 1e-3 * 8 / 256,
+                                 err_msg=name)
       x, y = np.delete(x, np.arange(w, 2 * w)), np.delete(y, np.arange(w, 2 * w))
     np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7, err_msg=name)
 
