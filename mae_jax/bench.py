@@ -63,13 +63,7 @@ def torch_step_time(model, image_shape, batch, steps, images_nhwc):
     out.loss.backward()
     opt.step()
 
-  step()  # warm-up
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), torch.get_num_threads()
+  return time_fn(step, repeats=steps), torch.get_num_threads()
 
 
 def matmul_ceiling(n=2048, dtype="float32", repeats=5):
@@ -78,17 +72,23 @@ def matmul_ceiling(n=2048, dtype="float32", repeats=5):
   return 2 * n**3 / time_fn(jax.jit(lambda x: x @ x), a, repeats=repeats) / 1e9
 
 
-def model_flops(config, image_shape):
-  """FLOPs of one train step from XLA's cost analysis, attention lowered as XLA ops."""
+def train_step_setup(config, image_shape):
+  """(model, state, jitted step, synthetic global batch) exactly as the trainer builds them."""
   from mae_jax import parallel, trainer
-  config = config.copy_and_resolve_references()
-  config.model.attention = "xla"
   mesh = parallel.make_mesh(config.mesh)
   model = trainer.build_model(config, image_shape)
   state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
   step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
   images = parallel.global_batch(
       {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
+  return model, state, step, images
+
+
+def model_flops(config, image_shape):
+  """FLOPs of one train step from XLA's cost analysis, attention lowered as XLA ops."""
+  config = config.copy_and_resolve_references()
+  config.model.attention = "xla"
+  _, state, step, images = train_step_setup(config, image_shape)
   cost = step.lower(state, images).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -96,13 +96,7 @@ def model_flops(config, image_shape):
 
 def measure_train_step(config, image_shape, steps):
   """(compile seconds, step times, model) of the trainer's own jitted step."""
-  from mae_jax import parallel, trainer
-  mesh = parallel.make_mesh(config.mesh)
-  model = trainer.build_model(config, image_shape)
-  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
-  images = parallel.global_batch(
-      {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
+  model, state, step, images = train_step_setup(config, image_shape)
   t0 = time.perf_counter()
   step.lower(state, images).compile()
   compile_s = time.perf_counter() - t0
@@ -134,6 +128,7 @@ def compile_seconds_with_cache(variant, batch, attention):
 
 
 def time_fn(fn, *args, repeats=5):
+  """Median seconds of fn(*args) after one warm-up call (JAX results waited for)."""
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -163,15 +158,6 @@ def attention_times(shape=(32, 626, 8, 16), with_torch=False):
     for t in (tq, tk, tv):
       t.requires_grad_(True)
 
-    def torch_time(fn, repeats=5):
-      fn()
-      times = []
-      for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-      return statistics.median(times)
-
     def t_fwd():
       with torch.no_grad():
         torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
@@ -180,7 +166,7 @@ def attention_times(shape=(32, 626, 8, 16), with_torch=False):
       o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)
       torch.autograd.grad(o, (tq, tk, tv), tdo)
 
-    out["torch_sdpa"] = (torch_time(t_fwd), torch_time(t_fwd_bwd))
+    out["torch_sdpa"] = (time_fn(t_fwd), time_fn(t_fwd_bwd))
   return out
 
 
@@ -233,6 +219,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--attention-impl", default="auto",
+                 choices=("auto", "xla", "cudnn", "cpu_kernel"),
                  help="model.attention for the mae_jax step: auto | xla | cudnn | cpu_kernel")
   p.add_argument("--torch", action="store_true",
                  help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")

@@ -28,12 +28,7 @@ def test_batch_sweep_measures_each_row_in_its_own_process(capsys):
 
 
 def kernel_lowering_flops(config, image_shape):
-  from mae_jax import parallel, trainer
-  mesh = parallel.make_mesh(config.mesh)
-  model = trainer.build_model(config, image_shape)
-  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
-  images = parallel.global_batch({"image": bench.sparse_batch(config.batch_size)}, mesh)
+  _, state, step, images = bench.train_step_setup(config, image_shape)
   return step.lower(state, images).cost_analysis()["flops"]
 
 

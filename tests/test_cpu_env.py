@@ -12,13 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Minor page faults per train step of the tiny MAE (batch 32), steps 2-8.
 PROBE = """
 import resource, jax
-from mae_jax import bench, parallel, trainer
+from mae_jax import bench
 cfg = bench._pretrain_config("tiny", 32, "float32", "auto")
-mesh = parallel.make_mesh(cfg.mesh)
-model = trainer.build_model(cfg, (125, 125, 8))
-state, shardings, tx, schedule = trainer.create_state(cfg, model, mesh, (125, 125, 8))
-step = trainer.make_train_step(cfg, model, tx, schedule, mesh, shardings)
-images = parallel.global_batch({"image": bench.sparse_batch(32)}, mesh)
+_, state, step, images = bench.train_step_setup(cfg, (125, 125, 8))
 faults = []
 for _ in range(8):
   r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -356,6 +356,19 @@ void DispatchD(int64_t d, F&& f) {
   }
 }
 
+// Runs pair_fn(DT constant, pair, scratch) for every (batch, head) pair on the
+// thread pool, each worker with its own `floats_per_worker` of scratch.
+template <typename F>
+void ForEachPair(ffi::ThreadPool& pool, const Dims& s, int64_t floats_per_worker, F&& pair_fn) {
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  std::vector<std::vector<float>> scratch(workers, std::vector<float>(floats_per_worker));
+  DispatchD(s.d, [&](auto dt) {
+    ParallelFor(pool, s.b * s.h, workers, [&](int64_t pair, int worker) {
+      pair_fn(dt, pair, scratch[worker].data());
+    });
+  });
+}
+
 ffi::Error AttentionForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                             ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                             ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse,
@@ -364,14 +377,9 @@ ffi::Error AttentionForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   if (ffi::Error err = CheckDims(q, k, v, &s); err.failure()) return err;
   const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
   const int64_t per = 2 * tq_pad * s.d + 3 * tk_pad * s.d + kRows * tk_pad + tq_pad + 64;
-  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  std::vector<std::vector<float>> scratch(workers + 1, std::vector<float>(per));
-  DispatchD(s.d, [&](auto dt) {
-    constexpr int DT = decltype(dt)::value;
-    ParallelFor(pool, s.b * s.h, workers, [&](int64_t pair, int worker) {
-      ForwardPair<DT>(q.typed_data(), k.typed_data(), v.typed_data(), o->typed_data(),
-                      lse->typed_data(), s, scale, pair, scratch[worker].data());
-    });
+  ForEachPair(pool, s, per, [&](auto dt, int64_t pair, float* scratch) {
+    ForwardPair<decltype(dt)::value>(q.typed_data(), k.typed_data(), v.typed_data(),
+                                     o->typed_data(), lse->typed_data(), s, scale, pair, scratch);
   });
   return ffi::Error::Success();
 }
@@ -386,15 +394,11 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   if (ffi::Error err = CheckDims(q, k, v, &s); err.failure()) return err;
   const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
   const int64_t per = 3 * tq_pad * s.d + 5 * tk_pad * s.d + 2 * kRows * tk_pad + 2 * tq_pad + 64;
-  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  std::vector<std::vector<float>> scratch(workers + 1, std::vector<float>(per));
-  DispatchD(s.d, [&](auto dt) {
-    constexpr int DT = decltype(dt)::value;
-    ParallelFor(pool, s.b * s.h, workers, [&](int64_t pair, int worker) {
-      BackwardPair<DT>(q.typed_data(), k.typed_data(), v.typed_data(), o.typed_data(),
-                       lse.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(),
-                       dv->typed_data(), s, scale, pair, scratch[worker].data());
-    });
+  ForEachPair(pool, s, per, [&](auto dt, int64_t pair, float* scratch) {
+    BackwardPair<decltype(dt)::value>(q.typed_data(), k.typed_data(), v.typed_data(),
+                                      o.typed_data(), lse.typed_data(), dout.typed_data(),
+                                      dq->typed_data(), dk->typed_data(), dv->typed_data(), s,
+                                      scale, pair, scratch);
   });
   return ffi::Error::Success();
 }
