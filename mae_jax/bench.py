@@ -213,13 +213,14 @@ def _pretrain_config(variant, batch, dtype, attention):
 
 
 def main(argv=None):
+  from mae_jax.models import attention
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variants", default="tiny,e2e-base")
   p.add_argument("--batch", default="32", help="comma-separated batch sizes (a sweep)")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--attention-impl", default="auto",
-                 choices=("auto", "xla", "cudnn", "cpu_kernel"),
+                 choices=attention.IMPLS,
                  help="model.attention for the mae_jax step: auto | xla | cudnn | cpu_kernel")
   p.add_argument("--torch", action="store_true",
                  help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")
@@ -241,7 +242,6 @@ def main(argv=None):
     print("ROW " + json.dumps(measure_row(args, args.variants, int(args.batch), image_shape)))
     return
 
-  from mae_jax.models import attention
   ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
   print(f"matmul ceiling ({args.dtype}, 2048^3, jitted): {ceiling:.1f} GFLOP/s", flush=True)
   from mae_jax import cpu_env
