@@ -10,7 +10,7 @@ Reference Base MAE on 125x125x8 boosted-top images (accelerators):
       --workdir workdirs/pretrain_base --config.data.dir=/data/boosted_top_tfds
 
 Arguments after ':' (comma separated): variant (tiny, small-e2e, e2e-base, S, B, L),
-patch (default 5), model (mae, depthwise_mae, convstem_mae, convmae). Every field of
+patch (default 5), model (mae, depthwise_mae, convstem_mae, convmae, channel_mae). Every field of
 mae_jax.config_util.base_config can be overridden with --config.FIELD=VALUE; unknown
 fields are an error.
 """
@@ -22,6 +22,6 @@ def get_config(arg=None):
   arg = config_util.parse_arg(arg, variant="tiny", patch=5, model="mae")
   c = config_util.base_config(arg["variant"], arg["patch"])
   c.stage = "pretrain"
-  c.model.name = arg["model"]  # mae | depthwise_mae | convstem_mae | convmae
+  c.model.name = arg["model"]  # mae | depthwise_mae | convstem_mae | convmae | channel_mae
   c.task.name = "mae"
   return c

@@ -44,7 +44,7 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.data.host_split = "shard"  # shard | interleave (global batches independent of process count)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "mae"  # mae | depthwise_mae | convstem_mae | convmae | classifier | resnet15 | resnet50
+  c.model.name = "mae"  # mae | depthwise_mae | convstem_mae | convmae | channel_mae | classifier | resnet15 | resnet50
   c.model.variant = variant
   c.model.patch = patch
   c.model.mask_ratio = 0.75

@@ -18,6 +18,13 @@ Formats:
                `transformers.ViTMAEModel(config).load_state_dict(...)` of transformers 5).
   torch        `torch.save` of the same state dict.
 
+Hybrid encoders (model.name depthwise_mae, convstem_mae, convmae, channel_mae) have no
+transformers/timm counterpart: every format writes their flax parameter names and layouts
+(`--names flax`, their default; safetensors/torch keys "encoder/stage1_embed/proj/kernel",
+arrays as flax stores them), the sidecar records the model name and variant, and
+`load_encoder` + the registry class rebuild the encoder. The hybrids' fixed sin-cos
+tables are not written (the model code recomputes them).
+
 Name schemes for PyTorch state dicts:
   hf         transformers >= 5 (`layers.{i}.attention.q_proj`, `mlp.fc1`, ...), the
              installed and pinned version; ViTMAEModel / ViTModel / ViTMAEForPreTraining.
@@ -56,7 +63,8 @@ from mae_jax.models import vit
 log = logging.getLogger(__name__)
 
 FORMATS = ("npz", "safetensors", "msgpack", "torch")
-SCHEMES = ("hf", "hf_legacy", "timm")
+SCHEMES = ("hf", "hf_legacy", "timm")  # PyTorch names (ViT MAE only)
+FLAX_SCHEME = "flax"  # flax names and layouts, any MAE-family model
 META_FILE = "mae_jax_meta.json"  # = mae_jax.data.pipeline.META_FILE (not imported: TF)
 
 # How pixel values were normalised before entering the model (mae_jax.data.pipeline).
@@ -124,10 +132,23 @@ def _count_blocks(tree: Mapping) -> int:
 
 def model_spec(model, image_shape) -> dict:
   """Everything needed to rebuild the encoder (and decoder) without config files."""
-  size, _ = vit.parse_variant(model.variant)
   h, w, c = (int(s) for s in image_shape)
   grid = (h // model.patch, w // model.patch)
+  name = model_name(model)
+  if name != "mae":  # hybrids: rebuilt from the registry class, not from sizes
+    return {
+        "model": name, "variant": model.variant, "patch": int(model.patch),
+        "image_shape": [h, w, c], "channels": c, "grid": list(grid),
+        "num_patches": grid[0] * grid[1], "mask_ratio": float(model.mask_ratio),
+        "norm_pix_loss": bool(model.norm_pix_loss),
+        "rebuild": f"mae_jax.models.registry.MAE_FAMILY[{name!r}](variant={model.variant!r}, "
+                   f"patch={int(model.patch)}, channels={c}); its params['encoder'] = the file",
+        "layouts": "flax: Dense kernels [in, out], conv kernels [kh, kw, in/groups, out], "
+                   "LayerNorm scale/bias",
+    }
+  size, _ = vit.parse_variant(model.variant)
   return {
+      "model": "mae",
       "variant": model.variant, "patch": int(model.patch), "image_shape": [h, w, c],
       "channels": c, "grid": list(grid), "num_patches": grid[0] * grid[1],
       "width": size.width, "depth": size.depth, "heads": size.heads,
@@ -143,6 +164,16 @@ def model_spec(model, image_shape) -> dict:
       "patch_pixel_order": "(row, col, channel) inside a patch",
       "mask_ratio": float(model.mask_ratio), "norm_pix_loss": bool(model.norm_pix_loss),
   }
+
+
+def model_name(model) -> str:
+  """The registry name (config model.name) of an MAE-family model instance."""
+  from mae_jax.models import registry
+  for name, cls in registry.MAE_FAMILY.items():
+    if type(model) is cls:
+      return name
+  raise ValueError(f"{type(model).__name__} is not an MAE-family model "
+                   f"({sorted(registry.MAE_FAMILY)})")
 
 
 def hf_config_kwargs(spec: Mapping, mask_ratio: float | None = None) -> dict:
@@ -336,10 +367,11 @@ def _split_params(params: Mapping) -> tuple[Mapping, Mapping | None]:
   """(encoder tree, decoder tree or None) from full MAE params or an encoder tree."""
   if "encoder" in params:
     return params["encoder"], params.get("decoder")
-  if "cls_token" in params and "patch_embed" in params:
+  if "cls_token" in params and "patch_embed" in params or "stage1_embed" in params:
     return params, None
   raise ValueError("expected MAE params ({'encoder', 'decoder'}) or an encoder tree "
-                   f"(cls_token, patch_embed, block_NN, norm); got keys {sorted(params)}")
+                   "(cls_token, patch_embed, block_NN, norm; ConvMAE: stage1_embed, ...); got "
+                   f"keys {sorted(params)}")
 
 
 # ----------------------------------------------------------------------------- converters
@@ -500,10 +532,11 @@ def _check_pos(name: str, table: np.ndarray, grid_hw) -> None:
 def load_run(workdir: str, image_shape=None) -> dict:
   """Config, model, image shape and dataset metadata of a pretraining run's workdir.
 
-  Only the plain ViT MAE (`model.name` "mae", the default) has this export layout; the
-  model is rebuilt from the saved config's `model` block alone (float32).
+  Any MAE-family `model.name` (registry.MAE_FAMILY); the model is rebuilt from the saved
+  config's `model` block alone (float32).
   """
   from mae_jax.models import mae as mae_lib
+  from mae_jax.models import registry
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
   data_dir = (cfg.get("data") or {}).get("dir") or ""
@@ -525,12 +558,15 @@ def load_run(workdir: str, image_shape=None) -> dict:
     raise ValueError(f"--image-shape {image_shape} differs from the dataset's "
                      f"{tuple(meta['image_shape'])}")
   m = cfg["model"]
-  if m.get("name", "mae") != "mae":
-    raise ValueError(f"{workdir} holds a {m.get('name')!r} model; export supports the plain ViT "
-                     "masked autoencoder (model.name='mae') pretraining runs")
+  name = m.get("name", "mae")
+  if name not in registry.MAE_FAMILY:
+    raise ValueError(f"{workdir} holds a {name!r} model; export takes the pretraining runs of "
+                     f"masked autoencoders ({sorted(registry.MAE_FAMILY)}); for a finetuned "
+                     "classifier export the pretraining run it started from")
   mae_lib.check_image_shape(image_shape, m["patch"])
-  model = mae_lib.MAE(variant=m["variant"], patch=m["patch"], channels=image_shape[-1],
-                      mask_ratio=m["mask_ratio"], norm_pix_loss=m["norm_pix_loss"])
+  model = registry.MAE_FAMILY[name](variant=m["variant"], patch=m["patch"],
+                                    channels=image_shape[-1], mask_ratio=m["mask_ratio"],
+                                    norm_pix_loss=m["norm_pix_loss"])
   return {"config": cfg, "model": model, "image_shape": image_shape, "meta": meta,
           "data_dir": data_dir}
 
@@ -598,17 +634,38 @@ def normalize_images(x: np.ndarray, spec: Mapping) -> np.ndarray:
 def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
                    scheme: str = "hf", step: int | None = None, input: Mapping | None = None,
                    extra: Mapping | None = None) -> dict:
-  """Writes the encoder of `params` to `output` in `fmt` and the sidecar `output + '.json'`."""
+  """Writes the encoder of `params` to `output` in `fmt` and the sidecar `output + '.json'`.
+
+  `scheme`: PyTorch names for safetensors/torch (hf, hf_legacy, timm: ViT MAE only) or
+  "flax" (flax names and layouts; the only choice for hybrid models).
+  """
   if fmt not in FORMATS:
     raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+  vit_mae = spec.get("model", "mae") == "mae"
+  if scheme not in SCHEMES + (FLAX_SCHEME,):
+    raise ValueError(f"unknown name scheme {scheme!r}; choose one of {SCHEMES + (FLAX_SCHEME,)}")
+  if not vit_mae and scheme != FLAX_SCHEME:
+    raise ValueError(f"a {spec['model']!r} encoder has no {scheme!r} (PyTorch ViT) names; "
+                     f"export it with names {FLAX_SCHEME!r}")
   enc, _ = _split_params(params)
   enc = {k: v for k, v in flatten(enc).items()}
   enc = unflatten({k: np.asarray(_np(v), np.float32) for k, v in enc.items()})
   grid = spec["grid"]
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  if fmt == "npz":
+  if fmt in ("safetensors", "torch") and scheme == FLAX_SCHEME:
+    sd = flatten({"encoder": enc})
+    if fmt == "safetensors":
+      from safetensors.numpy import save_file
+      save_file(sd, output, metadata={"format": "flax", "producer": "mae_jax.export",
+                                      "name_scheme": FLAX_SCHEME})
+    else:
+      import torch
+      torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, output)
+    names = {k: f"params/{k}" for k in sd}
+  elif fmt == "npz":
     flat = flatten({"encoder": enc})
-    flat["encoder/pos_embed"] = _pos_table(spec["width"], grid)
+    if vit_mae:
+      flat["encoder/pos_embed"] = _pos_table(spec["width"], grid)
     with open(output, "wb") as f:  # np.savez would append ".npz" to other names
       np.savez(f, **flat)
     names = {k: ("fixed sin-cos table mae_jax.models.vit.sincos_2d(width, grid)[None], "
@@ -637,16 +694,24 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
       "mae_jax_version": mae_jax.__version__,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "checkpoint_step": step,
-      "contents": "encoder only: patch embedding, CLS token, position table, blocks, final norm",
       "model": dict(spec),
       "input": dict(input) if input is not None else input_spec(None, "none"),
+      "name_scheme": scheme if fmt in ("safetensors", "torch") else FLAX_SCHEME,
+      "param_names": names,
+  }
+  if not vit_mae:
+    sidecar.update({
+        "contents": f"encoder only of a {spec['model']!r} masked autoencoder (flax names)",
+        "features": {"tokens": f"{spec['model']}.encode(images)['tokens'] (mae_jax)",
+                     "cls": "encode(images)['cls']", "mean": "encode(images)['mean']"}})
+    return _write_sidecar(output, {**sidecar, **(extra or {})})
+  sidecar.update({
+      "contents": "encoder only: patch embedding, CLS token, position table, blocks, final norm",
       "features": {
           "tokens": "encoder output after the final LayerNorm, [B, 1 + N, D], CLS first "
                     "(mae_jax: MAE.encode(images)['tokens'])",
           "cls": "tokens[:, 0]", "mean": "tokens[:, 1:].mean(axis=1)",
       },
-      "name_scheme": scheme if fmt in ("safetensors", "torch") else "flax",
-      "param_names": names,
       "transformers": {
           "class": "ViTMAEModel (or ViTModel with vit_config; strict=False for its pooler)",
           "config": hf_config_kwargs(spec, mask_ratio=0.0),
@@ -656,9 +721,11 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
       },
       "timm": {"constructor": timm_constructor(spec),
                "features": "model.forward_features(x) == tokens"},
-  }
-  if extra:
-    sidecar.update(extra)
+  })
+  return _write_sidecar(output, {**sidecar, **(extra or {})})
+
+
+def _write_sidecar(output: str, sidecar: dict) -> dict:
   with open(output + ".json", "w") as f:
     json.dump(sidecar, f, indent=1)
   return sidecar
@@ -699,6 +766,8 @@ def load_encoder(path: str, fmt: str | None = None) -> tuple[dict, dict | None]:
   else:
     raise ValueError(f"cannot tell the format of {path}; pass fmt= one of {FORMATS}")
   scheme = (sidecar or {}).get("name_scheme", "auto")
+  if scheme == FLAX_SCHEME or all(k.startswith("encoder/") for k in sd):
+    return _numpy_tree(unflatten({k: np.asarray(v) for k, v in sd.items()})["encoder"]), sidecar
   tree = from_torch_state_dict(sd, scheme=scheme if scheme in SCHEMES else "auto",
                                grid_hw=grid, encoder_only=True)
   return tree["encoder"], sidecar
@@ -719,9 +788,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--format", required=True, choices=FORMATS)
   p.add_argument("--output", required=True, help="output file; the sidecar is OUTPUT.json")
-  p.add_argument("--names", default="hf", choices=SCHEMES,
-                 help="PyTorch names for safetensors/torch: hf (transformers >= 5, default), "
-                      "hf_legacy (transformers 4.x), timm")
+  p.add_argument("--names", default=None, choices=SCHEMES + (FLAX_SCHEME,),
+                 help="names for safetensors/torch: hf (transformers >= 5; the ViT MAE's "
+                      "default), hf_legacy (transformers 4.x), timm, flax (flax names and "
+                      "layouts; the only one, and the default, for hybrid models)")
   p.add_argument("--image-shape", default=None,
                  help="H,W,C when the dataset directory of the run is gone")
   return p
@@ -750,8 +820,13 @@ def main(argv=None) -> int:
   if inp["stats_missing"]:
     print(f"warning: dataset metadata not found under data.dir={run['data_dir']!r}: the "
           "sidecar records that the channel statistics are missing", file=sys.stderr)
-  sidecar = export_encoder(params, spec, a.format, a.output, scheme=a.names, step=step,
-                           input=inp, extra={"workdir": os.path.abspath(a.workdir)})
+  scheme = a.names or ("hf" if spec["model"] == "mae" else FLAX_SCHEME)
+  try:
+    sidecar = export_encoder(params, spec, a.format, a.output, scheme=scheme, step=step,
+                             input=inp, extra={"workdir": os.path.abspath(a.workdir)})
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   n = sum(int(np.prod(np.shape(v))) for v in flatten(params["encoder"]).values())
   print(json.dumps({"output": os.path.abspath(a.output), "sidecar": a.output + ".json",
                     "format": a.format, "step": step, "encoder_params": n,

@@ -222,7 +222,7 @@ def main(argv=None):
   p.add_argument("--data", required=True, help="converted dataset directory")
   p.add_argument("--root", required=True, help="directory for all stages' workdirs and the report")
   p.add_argument("--variant", default="tiny")
-  p.add_argument("--model", default="mae", help="MAE family: mae, depthwise_mae, convstem_mae, convmae")
+  p.add_argument("--model", default="mae", help="MAE family: mae, depthwise_mae, convstem_mae, convmae, channel_mae")
   p.add_argument("--patch", type=int, default=5)
   p.add_argument("--seeds", default="0")
   p.add_argument("--steps", default="pretrain=300,probe=200,finetune=200,scratch=200,resnet=200")

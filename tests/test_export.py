@@ -352,3 +352,37 @@ def test_cli_without_dataset_needs_image_shape(trained_workdir, tmp_path):
   assert side["input"]["stats_missing"] and side["input"]["channel_stats"] is None
   assert "missing" in side["input"]["note"]
   assert got["patch_embed"]["proj"]["kernel"].shape == (5, 5, 3, 64)
+
+
+@pytest.mark.parametrize("name", ["depthwise_mae", "convstem_mae", "convmae", "channel_mae"])
+def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
+  """Every hybrid family exports its checkpointed encoder in every format (flax names);
+  the files load back bit-exact and give the checkpoint's features; PyTorch ViT names
+  are refused with exit code 2."""
+  from helpers import converted_dataset, load_config
+  from mae_jax import trainer
+  from mae_jax.models import registry
+  dataset = converted_dataset(tmp_path, n=(8, 4, 4))
+  c = load_config(batch_size=8, total_steps=1, warmup_steps=1, ckpt_every=1, log_every=1,
+                  figures=False)
+  c.model.name = name
+  c.data.dir, c.data.shuffle_buffer, c.data.eval_split = dataset, 8, ""
+  if "test_split" in c.data:
+    c.data.test_split = ""
+  workdir = str(tmp_path / "wd")
+  trainer.train_and_evaluate(c, workdir)
+  run = export.load_run(workdir)
+  assert type(run["model"]) is registry.MAE_FAMILY[name]
+  params, _ = export.restore_params(workdir, run["model"], run["image_shape"])
+  x = jnp.asarray(np.random.default_rng(0).exponential(1.0, (2, 25, 25, 3)), jnp.float32)
+  encode = lambda p: run["model"].apply({"params": p}, x, method="encode")["tokens"]  # noqa: E731
+  want = encode(params)
+  for fmt in export.FORMATS:
+    out = str(tmp_path / f"enc.{fmt}")
+    assert export.main(["--workdir", workdir, "--format", fmt, "--output", out]) == 0
+    got, side = export.load_encoder(out)
+    jax.tree.map(np.testing.assert_array_equal, got, params["encoder"])
+    assert side["model"]["model"] == name and side["name_scheme"] == "flax"
+    np.testing.assert_array_equal(np.asarray(encode({**params, "encoder": got})), np.asarray(want))
+  assert export.main(["--workdir", workdir, "--format", "safetensors", "--names", "hf",
+                      "--output", str(tmp_path / "hf.safetensors")]) == 2

@@ -1,6 +1,7 @@
 """Model from config: `config.model.name` picks the class, the rest sizes it.
 
-  mae, depthwise_mae, convstem_mae, convmae   masked autoencoders -> (loss, aux)
+  mae, depthwise_mae, convstem_mae, convmae,  masked autoencoders -> (loss, aux)
+  channel_mae
   classifier                                  MAE-family encoder + head -> (outputs, aux)
   resnet15, resnet50                          supervised baselines -> (outputs, aux)
 """
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mae_jax.models import attention, classifier, hybrid, resnet
+from mae_jax.models import attention, channel_mae, classifier, hybrid, resnet
 from mae_jax.models import mae as mae_lib
 
-MAE_FAMILY = hybrid.MODELS  # name -> class, all with the MAE interface
+MAE_FAMILY = {**hybrid.MODELS, "channel_mae": channel_mae.ChannelMAE}  # MAE interface
 BASELINES = {"resnet15": resnet.ResNet15, "resnet50": resnet.ResNet50}
 
 

@@ -1,0 +1,38 @@
+"""The step-1 gradient-norm diagnostic (mae_jax.evaluate.grad_norms)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mae_jax.data import convert
+from mae_jax.evaluate import grad_norms
+from mae_jax.models import mae as mae_lib
+import data_fixtures
+from helpers import write_small_e2e
+
+
+def test_init_grad_norm_matches_optax_and_names_the_largest_entry():
+  model = mae_lib.MAE(variant="tiny", patch=5, channels=3)
+  x = jnp.asarray(data_fixtures.sparse_images(2, 25, 25, 3))
+  norm, where, entry = grad_norms.init_grad_norm(model, x)
+  params = model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, x[:1])["params"]
+  grads = jax.grad(lambda p: model.apply({"params": p}, x, rngs={"masking": jax.random.key(2)})[0])(params)
+  flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)]).astype(np.float64)
+  np.testing.assert_allclose(norm, np.sqrt((flat ** 2).sum()), rtol=1e-5)
+  np.testing.assert_allclose(entry, np.abs(flat).max(), rtol=1e-6)
+  assert where.startswith("['") and float(optax.tree.norm(grads)) > 0
+
+
+def test_cli_prints_one_line_per_model_and_rejects_unknown_models(tmp_path, capsys):
+  write_small_e2e(tmp_path / "small.h5", n=(16, 4, 4))
+  convert.convert([str(tmp_path / "small.h5")], str(tmp_path / "tfds"))
+  grad_norms.main(["--data", str(tmp_path / "tfds"), "--models", "mae,convmae", "--batch", "2",
+                   "--steps", "2", "--conv-ln-eps", "1e-6"])
+  out = capsys.readouterr().out
+  lines = [l for l in out.splitlines() if "step-1 grad norm" in l]
+  assert [l.split()[0] for l in lines] == ["mae", "convmae"]
+  assert all("2 AdamW steps" in l for l in lines)
+  with pytest.raises(ValueError, match="unknown model 'vit'"):
+    grad_norms.main(["--data", str(tmp_path / "tfds"), "--models", "vit"])
