@@ -114,3 +114,17 @@ def test_sharded_train_step_learns():
     state, metrics = step(state, parallel.global_batch({"image": batch}, mesh))
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_probe_classifier_on_channel_tokens():
+  """configs/probe.py:model=channel_mae builds the classifier on the channel-aware encoder;
+  the pretrain encoder tree is exactly the classifier's backbone/encoder tree."""
+  config = load_config("probe", "variant=tiny,model=channel_mae")
+  model = trainer.build_model(config, (25, 25, 3))
+  x = jax.random.uniform(jax.random.key(0), (2, 25, 25, 3))
+  variables = model.init(RNGS, x)
+  out, feats = model.apply(variables, x)
+  assert out.shape == (2, 1) and feats["mean"].shape == (2, 64)
+  pretrain = channel_mae.ChannelMAE(variant="tiny", patch=5, channels=3).init(RNGS, x)
+  assert (jax.tree.structure(pretrain["params"]["encoder"])
+          == jax.tree.structure(variables["params"]["backbone"]["encoder"]))

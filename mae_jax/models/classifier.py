@@ -14,7 +14,7 @@ from mae_jax.models import heads
 
 
 class EncoderClassifier(nn.Module):
-  backbone: nn.Module  # an MAE-family module (MAE, DepthwiseMAE, ConvStemMAE, ConvMAE)
+  backbone: nn.Module  # an MAE-family module (registry.MAE_FAMILY)
   num_outputs: int = 1
   pool: str = "mean"
   head_bn: bool = False
