@@ -34,6 +34,7 @@ def test_cli_prints_one_line_per_model_and_rejects_unknown_models(tmp_path, caps
   lines = [l for l in out.splitlines() if "step-1 grad norm" in l]
   assert len(lines) == 1 and lines[0].split()[:2] == ["mae", "tiny"] and "2 AdamW steps" in lines[0]
   # --conv-ln-eps reaches ConvMAE's conv stages (the sweep in docs/models.md)
-  assert grad_norms.build("convmae", "tiny", 5, 3, 1e-6)._size().conv_ln_eps == 1e-6
+  for eps in (1e-6, 0.1):
+    assert grad_norms.build("convmae", "tiny", 5, 3, eps)._size().conv_ln_eps == eps
   with pytest.raises(ValueError, match="unknown model 'vit'"):
     grad_norms.main(["--data", str(tmp_path / "tfds"), "--models", "vit"])

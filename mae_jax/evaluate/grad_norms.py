@@ -64,7 +64,7 @@ def build(name, variant, patch, channels, conv_ln_eps=None):
     raise ValueError(f"--models: unknown model {name!r}; known: {sorted(classes)}")
   if conv_ln_eps is not None and name == "convmae":
     size, _ = hybrid.parse_hybrid_variant(hybrid.CONVMAE_VARIANTS, variant, "ConvMAE")
-    variant = f"{variant}-eps{conv_ln_eps:g}"
+    variant = f"{variant}-eps{conv_ln_eps:g}".replace(".", "p").replace("+", "")  # a valid name
     hybrid.CONVMAE_VARIANTS[variant] = dataclasses.replace(size, conv_ln_eps=conv_ln_eps)
   return classes[name](variant=variant, patch=patch, channels=channels)
 
