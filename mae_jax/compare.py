@@ -6,8 +6,8 @@ r"""ViT MAE vs hybrid Conv+ViT MAEs on equal terms: one table.
 
 Every model runs the same protocol stages (pretrain -> reconstruction -> probe -> finetune) on
 the same dataset and splits, with the same budget in steps and batch, for every seed. Sizes:
-each family's variant of the same name; at `e2e-base` every family, at `tiny` all but ConvMAE,
-has the ViT's trainable parameter count within 0.5% (matched parameters, not matched
+each family's variant of the same name; at `e2e-base` and `tiny` every family has the ViT's
+trainable parameter count within 0.5% (matched parameters, not matched
 compute: the FLOPs column shows what each spends; docs/models.md). FLOPs per image come from XLA's cost analysis
 of the jitted train step (attention lowered as XLA ops), images/s from timing it (median of a
 few steps, synthetic sparse batch). Scores are mean ± std over seeds. Writes
