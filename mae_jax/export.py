@@ -193,11 +193,17 @@ def hf_config_kwargs(spec: Mapping, mask_ratio: float | None = None) -> dict:
 
 
 def _as_spec(model_or_spec, image_shape=None) -> Mapping:
+  """A ViT MAE spec (the transformers/timm configs exist only for the plain ViT)."""
   if isinstance(model_or_spec, Mapping):
-    return model_or_spec
-  if image_shape is None:
+    spec = model_or_spec
+  elif image_shape is None:
     raise ValueError("pass image_shape (H, W, C) with a model")
-  return model_spec(model_or_spec, image_shape)
+  else:
+    spec = model_spec(model_or_spec, image_shape)
+  if spec.get("model", "mae") != "mae":
+    raise ValueError(f"a {spec['model']!r} model has no transformers/timm counterpart; "
+                     "export it with names 'flax' (docs/export.md, Hybrid encoders)")
+  return spec
 
 
 def vitmae_config(model_or_spec, image_shape=None, mask_ratio: float | None = None):
@@ -766,6 +772,8 @@ def load_encoder(path: str, fmt: str | None = None) -> tuple[dict, dict | None]:
   else:
     raise ValueError(f"cannot tell the format of {path}; pass fmt= one of {FORMATS}")
   scheme = (sidecar or {}).get("name_scheme", "auto")
+  if not sd:
+    raise ValueError(f"{path} holds no tensors")
   if scheme == FLAX_SCHEME or all(k.startswith("encoder/") for k in sd):
     return _numpy_tree(unflatten({k: np.asarray(v) for k, v in sd.items()})["encoder"]), sidecar
   tree = from_torch_state_dict(sd, scheme=scheme if scheme in SCHEMES else "auto",

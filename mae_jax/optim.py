@@ -13,7 +13,7 @@ import jax
 import optax
 from flax import traverse_util
 
-NO_DECAY_NAMES = ("cls_token", "mask_token")
+NO_DECAY_NAMES = ("cls_token", "mask_token", "channel_embed")  # tokens and embedding tables
 
 
 def path_names(tree) -> dict:
@@ -41,12 +41,15 @@ def layer_id(name: str, depth: int) -> int:
   """Depth of a parameter for layer-wise lr decay (BEiT/MAE convention).
 
   Embeddings and CLS are layer 0, encoder block i is layer i + 1, everything
-  after the blocks (final norm, head) is layer depth + 1.
+  after the blocks (final norm, head) is layer depth + 1. ConvMAE's conv stages
+  (`stage{k}_*`) and their fusion projections (`fuse{k}`, features of the early stages)
+  and ChannelMAE's `channel_embed` count as embeddings (layer 0).
   """
   m = re.search(r"(?:^|/)encoder/block_(\d+)/", name)
   if m:
     return int(m.group(1)) + 1
-  if re.search(r"(?:^|/)encoder/(patch_embed|cls_token|pos_embed)", name):
+  if re.search(r"(?:^|/)encoder/(patch_embed|cls_token|pos_embed|channel_embed|stage\d+_|fuse\d)",
+               name):
     return 0
   return depth + 1
 

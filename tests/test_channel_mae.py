@@ -36,6 +36,9 @@ def test_channel_tokens_match_a_loop_reference():
     i, j = divmod(n, 3)
     for c in range(3):
       np.testing.assert_array_equal(t[:, n, c], x[:, 5 * i:5 * i + 5, 5 * j:5 * j + 5, c].reshape(2, 25))
+  # the decoder's reordering of per-token predictions is its exact inverse
+  np.testing.assert_array_equal(np.asarray(channel_mae.patches_from_channel_tokens(jnp.asarray(t))),
+                                np.asarray(mae_lib.patchify(jnp.asarray(x), 5)))
 
 
 def test_interface_and_prediction_layout(built):
@@ -48,8 +51,8 @@ def test_interface_and_prediction_layout(built):
   np.testing.assert_array_equal(np.asarray(aux["target"]), np.asarray(mae_lib.patchify(x, 5)))
   np.testing.assert_allclose(float(loss), float(mae_lib.masked_mse(aux["pred"], aux["target"],
                                                                      aux["mask"])), rtol=1e-6)
-  # the prediction of token (patch n, channel c) lands on channel c of patch n:
-  # zero the pixel head except for the bias, set per-channel biases, and read back
+  # the pixel head's p*p outputs land on the p*p pixels of their patch (which token goes to
+  # which patch and channel: patches_from_channel_tokens, tested against a loop above)
   params = jax.tree.map(lambda a: a, variables["params"])
   head = params["decoder"]["pred"]
   head["kernel"] = jnp.zeros_like(head["kernel"])

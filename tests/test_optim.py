@@ -1,5 +1,7 @@
 """Optimizer: lr scaling and schedule, weight-decay mask, frozen parameters."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +74,26 @@ def test_layer_decay_multipliers_follow_depth():
   assert enc["patch_embed"]["proj"]["kernel"] == 0.75 ** 4 and enc["cls_token"] == 0.75 ** 4
   assert [enc[f"block_0{i}"]["mlp"]["fc1"]["kernel"] for i in range(3)] == [0.75 ** 3, 0.75 ** 2, 0.75]
   assert enc["norm"]["scale"] == 1.0 and m["head"]["dense"]["kernel"] == 1.0
+
+
+def test_layer_decay_puts_hybrid_embeddings_at_layer_zero():
+  """ConvMAE's conv stages and fusion projections, ChannelMAE's channel table: embeddings
+  (the deepest decay), not head parameters at full lr; and the table gets no weight decay."""
+  from mae_jax.models import channel_mae, hybrid
+  x = jnp.zeros((1, 25, 25, 3))
+  for model in (hybrid.ConvMAE(variant="tiny", patch=5, channels=3),
+                channel_mae.ChannelMAE(variant="tiny", patch=5, channels=3)):
+    params = jax.eval_shape(lambda m=model: m.init(
+        {"params": jax.random.key(0), "masking": jax.random.key(1)}, x)["params"])
+    params = {"backbone": {"encoder": params["encoder"]}, "head": {"dense": {"kernel": x}}}
+    m = optim.layer_decay_multipliers(params, 0.5)
+    names = optim.path_names(params)
+    depth = len([k for k in params["backbone"]["encoder"] if k.startswith("block_")])
+    for name, mult in zip(jax.tree.leaves(names), jax.tree.leaves(m)):
+      if re.search(r"encoder/(stage\d|fuse|channel_embed|patch_embed|cls_token)", name):
+        assert mult == 0.5 ** (depth + 1), name
+    assert m["head"]["dense"]["kernel"] == 1.0
+  assert optim.decay_mask({"encoder": {"channel_embed": x[0, 0]}})["encoder"]["channel_embed"] is False
 
 
 def test_layer_decay_scales_the_update():

@@ -31,7 +31,8 @@ def init_grad_norm(model, images, seed=0):
                                rngs={"masking": jax.random.key(seed + 2)})[0]
   grads = jax.jit(jax.grad(loss))(params)
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
-  path, worst = max(leaves, key=lambda kv: float(jnp.abs(kv[1]).max()))
+  # NaN ranks first: the parameter to blame when the diagnostic matters most
+  path, worst = max(leaves, key=lambda kv: float(jnp.nan_to_num(jnp.abs(kv[1]), nan=jnp.inf).max()))
   return float(optax.tree.norm(grads)), jax.tree_util.keystr(path), float(jnp.abs(worst).max())
 
 
@@ -63,9 +64,10 @@ def build(name, variant, patch, channels, conv_ln_eps=None):
   if name not in classes:
     raise ValueError(f"--models: unknown model {name!r}; known: {sorted(classes)}")
   if conv_ln_eps is not None and name == "convmae":
-    size, _ = hybrid.parse_hybrid_variant(hybrid.CONVMAE_VARIANTS, variant, "ConvMAE")
-    variant = f"{variant}-eps{conv_ln_eps:g}".replace(".", "p").replace("+", "")  # a valid name
-    hybrid.CONVMAE_VARIANTS[variant] = dataclasses.replace(size, conv_ln_eps=conv_ln_eps)
+    size, fixed = hybrid.parse_hybrid_variant(hybrid.CONVMAE_VARIANTS, variant, "ConvMAE")
+    entry = f"{variant.split('/')[0]}-eps{conv_ln_eps:g}".replace(".", "p").replace("+", "")
+    hybrid.CONVMAE_VARIANTS[entry] = dataclasses.replace(size, conv_ln_eps=conv_ln_eps)
+    variant = entry if fixed is None else f"{entry}/{fixed}"
   return classes[name](variant=variant, patch=patch, channels=channels)
 
 

@@ -48,6 +48,12 @@ def channel_tokens(images, patch):
   return jnp.swapaxes(x, 2, 3)
 
 
+def patches_from_channel_tokens(x):
+  """Inverse of `channel_tokens`: [B, N, C, p*p] -> [B, N, p*p*C] in mae.patchify's order."""
+  b, n, c, pp = x.shape
+  return jnp.swapaxes(x, 2, 3).reshape(b, n, pp * c)
+
+
 def position_channel_embed(width, grid_hw, channel_table):
   """[N, C, D]: fixed sin-cos of the patch position + learned table of the channel."""
   pos = jnp.asarray(vit.sincos_2d(width, grid_hw, cls_token=False))
@@ -111,8 +117,7 @@ class ChannelDecoder(nn.Module):
     x = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x)
     x = nn.Dense(self.patch * self.patch, kernel_init=vit.dense_init, dtype=self.dtype,
                  name="pred")(x[:, 1:])  # [B, N*C, p*p]
-    x = jnp.swapaxes(x.reshape(b, n, c, self.patch * self.patch), 2, 3)
-    return x.reshape(b, n, self.patch * self.patch * c)  # mae.patchify's pixel order
+    return patches_from_channel_tokens(x.reshape(b, n, c, self.patch * self.patch))
 
 
 class ChannelMAE(mae_lib.MAE):
