@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.models import conv
 from mae_jax.models import mae as mae_lib
 from mae_jax.models import vit
 
@@ -109,11 +110,6 @@ def draw_mask(mask_ratio: float, noise):
   return mask, ids_restore
 
 
-def _conv_init():
-  # fan-in over the whole kernel, as PyTorch / MAE's xavier on the flattened view.
-  return nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
-
-
 # --------------------------------------------------------------------------- ViT-based hybrids
 
 class DepthwiseEmbed(nn.Module):
@@ -126,9 +122,9 @@ class DepthwiseEmbed(nn.Module):
   @nn.compact
   def __call__(self, images):
     c = images.shape[-1]
-    x = nn.Conv(c * self.filters_per_channel, (self.patch, self.patch), strides=self.patch,
-                padding="VALID", feature_group_count=c, kernel_init=_conv_init(),
-                dtype=self.dtype, name="dwconv")(images)
+    # = nn.Conv(C*k, (p, p), strides=p, feature_group_count=C), same parameters (models/conv.py)
+    x = conv.PatchGroupedConv(c * self.filters_per_channel, self.patch, dtype=self.dtype,
+                              name="dwconv")(images)
     x = nn.Dense(self.width, kernel_init=vit.dense_init, dtype=self.dtype, name="proj")(x)
     b, gh, gw, d = x.shape
     return x.reshape(b, gh * gw, d)
@@ -159,8 +155,8 @@ class ConvStem(nn.Module):
     for f in prime_factors(self.patch):
       layers.append((self.stem_out, max(f, 3), f, "VALID" if f >= 3 else "SAME"))
     for w, k, s, pad in layers:
-      x = nn.Conv(w, (k, k), strides=s, padding=pad, use_bias=False, kernel_init=_conv_init(),
-                  dtype=self.dtype, name=f"conv_{i}")(x)
+      x = nn.Conv(w, (k, k), strides=s, padding=pad, use_bias=False,
+                  kernel_init=conv.conv_init(), dtype=self.dtype, name=f"conv_{i}")(x)
       x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name=f"norm_{i}")(x)
       x = nn.gelu(x, approximate=False)
       i += 1
@@ -363,7 +359,7 @@ class StageEmbed(nn.Module):
   @nn.compact
   def __call__(self, x):
     s = self.stride
-    x = nn.Conv(self.width, (s, s), strides=s, padding="VALID", kernel_init=_conv_init(),
+    x = nn.Conv(self.width, (s, s), strides=s, padding="VALID", kernel_init=conv.conv_init(),
                 dtype=self.dtype, name="proj")(x)
     return nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="norm")(x)
 
@@ -385,12 +381,12 @@ class MaskedConvBlock(nn.Module):
   def __call__(self, x, visible=None, deterministic: bool = True):
     d = x.shape[-1]
     y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="norm1")(x)
-    y = nn.Conv(d, (1, 1), kernel_init=_conv_init(), dtype=self.dtype, name="conv1")(y)
+    y = nn.Conv(d, (1, 1), kernel_init=conv.conv_init(), dtype=self.dtype, name="conv1")(y)
     if visible is not None:
       y = y * visible.astype(y.dtype)
-    y = nn.Conv(d, (self.kernel, self.kernel), padding="SAME", feature_group_count=d,
-                kernel_init=_conv_init(), dtype=self.dtype, name="dwconv")(y)
-    y = nn.Conv(d, (1, 1), kernel_init=_conv_init(), dtype=self.dtype, name="conv2")(y)
+    # = nn.Conv(d, (k, k), padding="SAME", feature_group_count=d), same parameters
+    y = conv.DepthwiseConv(d, self.kernel, dtype=self.dtype, name="dwconv")(y)
+    y = nn.Conv(d, (1, 1), kernel_init=conv.conv_init(), dtype=self.dtype, name="conv2")(y)
     x = x + vit.DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="norm2")(x)
     y = vit.Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
@@ -435,8 +431,8 @@ class ConvMAEEncoder(nn.Module):
     # across final patches.
     x = StageEmbed(s.dims[2], s3, self.dtype, s.conv_ln_eps, name="stage3_embed")(x2)
     f1 = nn.Conv(s.dims[2], (s2 * s3, s2 * s3), strides=s2 * s3, padding="VALID",
-                 kernel_init=_conv_init(), dtype=self.dtype, name="fuse1")(x1)
-    f2 = nn.Conv(s.dims[2], (s3, s3), strides=s3, padding="VALID", kernel_init=_conv_init(),
+                 kernel_init=conv.conv_init(), dtype=self.dtype, name="fuse1")(x1)
+    f2 = nn.Conv(s.dims[2], (s3, s3), strides=s3, padding="VALID", kernel_init=conv.conv_init(),
                  dtype=self.dtype, name="fuse2")(x2)
     b = images.shape[0]
     flat = lambda t: t.reshape(b, grid[0] * grid[1], t.shape[-1])  # noqa: E731

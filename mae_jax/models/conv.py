@@ -1,0 +1,143 @@
+"""Grouped convolutions of the hybrid MAEs, written so that XLA:CPU runs them fast.
+
+Two flax modules with the parameters of the `nn.Conv` they replace (same names, shapes,
+initialisation), so checkpoints and exports do not depend on which path ran:
+
+  `PatchGroupedConv`  kernel = stride = p, `feature_group_count` = C input channels
+                      (DepthwiseMAE's per-channel patch embedding).
+  `DepthwiseConv`     k x k depthwise conv, stride 1, SAME padding, odd k (ConvMAE's
+                      masked conv blocks).
+
+Why: XLA:CPU lowers grouped convolutions, and above all their weight gradients, to slow
+generic loops. Measured on the 2-core CPU (fwd + bwd, batch 32, float32): the 5x5 stride-5
+patch embedding of 125x125x8 images with 18 filters per channel 0.454 s as a grouped conv,
+0.034 s as the reshape + einsum below; the 5x5 depthwise conv on [32, 125, 125, 8] 0.40 s
+as a grouped conv, 0.07 s as 25 shifted multiply-adds with the backward written out
+(`depthwise_conv_same`). On other backends both use `lax.conv_general_dilated`, which is
+also the reference the tests compare against (tests/test_conv.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+
+
+def _use_lax(impl: str) -> bool:
+  if impl not in ("auto", "lax", "shifts"):
+    raise ValueError(f"conv impl {impl!r}; choose auto, lax or shifts")
+  return impl == "lax" or (impl == "auto" and jax.default_backend() != "cpu")
+
+
+def patch_grouped_conv(x, kernel, impl: str = "auto"):
+  """[B, H, W, C] * kernel [p, p, 1, C*k] (kernel = stride = p, C groups) -> [B, H/p, W/p, C*k].
+
+  Output channel g*k + j sees input channel g only, as `nn.Conv(..., feature_group_count=C)`.
+  """
+  p, c = kernel.shape[0], x.shape[-1]
+  if kernel.shape[:3] != (p, p, 1) or kernel.shape[3] % c:
+    raise ValueError(f"kernel {kernel.shape} is not [p, p, 1, C*k] for {c} input channels")
+  if _use_lax(impl):
+    return lax.conv_general_dilated(x, kernel, (p, p), "VALID", feature_group_count=c,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  b, h, w, _ = x.shape
+  k = kernel.shape[3] // c
+  patches = x.reshape(b, h // p, p, w // p, p, c)
+  out = jnp.einsum("bhpwqc,pqck->bhwck", patches, kernel.reshape(p, p, c, k))
+  return out.reshape(b, h // p, w // p, c * k)
+
+
+def _shifted_sum(xp, kernel, h, w):
+  """sum_{i,j} xp[:, i:i+h, j:j+w, :] * kernel[i, j, 0] (float32 accumulation)."""
+  k = kernel.shape[0]
+  out = None
+  for i in range(k):
+    for j in range(k):
+      t = xp[:, i:i + h, j:j + w, :].astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+      out = t if out is None else out + t
+  return out
+
+
+def _pad(x, p):
+  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+
+
+@jax.custom_vjp
+def _depthwise_shifts(x, kernel):
+  p = (kernel.shape[0] - 1) // 2
+  return _shifted_sum(_pad(x, p), kernel, x.shape[1], x.shape[2]).astype(x.dtype)
+
+
+def _depthwise_fwd(x, kernel):
+  return _depthwise_shifts(x, kernel), (x, kernel)
+
+
+def _depthwise_bwd(res, g):
+  x, kernel = res
+  k = kernel.shape[0]
+  p, h, w = (k - 1) // 2, x.shape[1], x.shape[2]
+  # d/dx: correlation of the padded cotangent with the flipped kernel (also 25 fused adds)
+  dx = _shifted_sum(_pad(g, p), kernel[::-1, ::-1], h, w).astype(x.dtype)
+  # d/dkernel[i, j]: one reduction per tap (XLA fuses each slice * g into its reduction)
+  xp = _pad(x, p)
+  taps = [jnp.sum(xp[:, i:i + h, j:j + w, :].astype(jnp.float32) * g.astype(jnp.float32),
+                  axis=(0, 1, 2)) for i in range(k) for j in range(k)]
+  dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  return dx, dk
+
+
+_depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def depthwise_conv_same(x, kernel, impl: str = "auto"):
+  """[B, H, W, D] * kernel [k, k, 1, D], stride 1, SAME padding (odd k) -> [B, H, W, D]."""
+  k, d = kernel.shape[0], x.shape[-1]
+  if kernel.shape != (k, k, 1, d) or k % 2 == 0:
+    raise ValueError(f"kernel {kernel.shape} is not [k, k, 1, {d}] with odd k")
+  if _use_lax(impl):
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", feature_group_count=d,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return _depthwise_shifts(x, kernel)
+
+
+def conv_init():
+  # fan-in over the whole kernel, as PyTorch / MAE's xavier on the flattened view.
+  return nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1)
+
+
+class _GroupedConvBase(nn.Module):
+  """kernel [k, k, 1, features] and bias [features], as nn.Conv with groups = in channels."""
+  features: int
+  kernel_size: int
+  dtype: Dtype = jnp.float32
+  impl: str = "auto"
+
+  def params_for(self, x):
+    kernel = self.param("kernel", conv_init(), (self.kernel_size, self.kernel_size, 1,
+                                                self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+
+class PatchGroupedConv(_GroupedConvBase):
+  """`nn.Conv(features, (p, p), strides=p, padding="VALID", feature_group_count=C)`."""
+
+  @nn.compact
+  def __call__(self, x):
+    x, kernel, bias = self.params_for(x)
+    return patch_grouped_conv(x, kernel, self.impl) + bias
+
+
+class DepthwiseConv(_GroupedConvBase):
+  """`nn.Conv(D, (k, k), padding="SAME", feature_group_count=D)` for odd k."""
+
+  @nn.compact
+  def __call__(self, x):
+    x, kernel, bias = self.params_for(x)
+    return depthwise_conv_same(x, kernel, self.impl) + bias
