@@ -4,8 +4,13 @@ r"""ViT MAE vs hybrid Conv+ViT MAEs on equal terms: one table.
       --models mae,depthwise_mae,convstem_mae,convmae --variant tiny --seeds 0 \
       --steps pretrain=200,probe=50,finetune=50 --config.batch_size=32 --pretrain.lr=5e-3
 
-Every model runs the same protocol stages (pretrain -> reconstruction -> probe -> finetune) on
-the same dataset and splits, with the same budget in steps and batch, for every seed. Sizes:
+Every model runs the same protocol stages on the same dataset and splits, with the same
+budget in steps and batch, for every seed: pretrain -> reconstruction -> probe -> finetune,
+and two controls of the same model without pretraining: `probe_random` (the probe on the
+randomly initialised, frozen encoder: what the probe gets without pretraining) and
+`scratch` (the finetune model and budget from random initialisation: what pretraining adds
+to supervised training). `--select STAGE.FIELD=V1,V2` (e.g. finetune.lr=1e-3,4e-3) gives
+every model the same grid, chosen per model and seed on the validation split. Sizes:
 each family's variant of the same name; at `e2e-base` and `tiny` every family has the ViT's
 trainable parameter count within 0.5% (matched parameters, not matched
 compute: the FLOPs column shows what each spends; docs/models.md). FLOPs per image come from XLA's cost analysis
@@ -45,13 +50,18 @@ def figure(rows, out_path):
 
   names = [r["model"] for r in rows]
   x = np.arange(len(rows))
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-  for offset, key, label in ((-0.18, "lp_auc", "linear probe"), (0.18, "ft_auc", "finetune")):
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  bars = [(k, label) for k, label in (("lp_auc", "linear probe"),
+                                      ("lp_random_auc", "probe, random encoder"),
+                                      ("ft_auc", "finetune"), ("scratch_auc", "scratch"))
+          if any(v is not None for r in rows for v in r[k])]
+  width = 0.8 / len(bars)
+  for i, (key, label) in enumerate(bars):
     m, s = zip(*(stats(r[key]) for r in rows))
-    axes[0].bar(x + offset, m, 0.36, yerr=s, capsize=3, label=label)
+    axes[0].bar(x + (i - (len(bars) - 1) / 2) * width, m, width, yerr=s, capsize=2, label=label)
   axes[0].set_ylabel("test AUC")
   axes[0].set_ylim(0.5, 1.0)
-  axes[0].legend(fontsize=8)
+  axes[0].legend(fontsize=7, loc="upper right")
   skill = [stats([1 - a / b for a, b in zip(r["recon"], r["recon_zero"])]) for r in rows]
   axes[1].bar(x, [m for m, _ in skill], 0.5, yerr=[s for _, s in skill], capsize=3)
   axes[1].axhline(0, color="k", lw=0.8)
@@ -77,15 +87,23 @@ def main(argv=None):
   p.add_argument("--patch", type=int, default=5)
   p.add_argument("--seeds", default="0")
   p.add_argument("--steps", default="pretrain=200,probe=50,finetune=50")
+  p.add_argument("--stages", default="pretrain,probe,finetune,probe_random,scratch",
+                 help="protocol stages; pretrain, probe and finetune are needed for the table")
+  p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
+                 help="same grid for every model, chosen on the validation split (protocol --select)")
   p.add_argument("--speed-batch", type=int, default=32)
   args = p.parse_args(rest)
+  missing = {"pretrain", "probe", "finetune"} - set(args.stages.split(","))
+  if missing:
+    raise SystemExit(f"--stages {args.stages!r} lacks {sorted(missing)}, which the table needs")
+  selects = [a for item in args.select for a in ("--select", item)]
 
   rows = []
   for name in args.models.split(","):
     root = os.path.join(args.root, name)
     protocol.main(["--data", args.data, "--root", root, "--variant", args.variant,
                    "--model", name, "--patch", str(args.patch), "--seeds", args.seeds,
-                   "--steps", args.steps, "--stages", "pretrain,probe,finetune", *passthrough])
+                   "--steps", args.steps, "--stages", args.stages, *selects, *passthrough])
     with open(os.path.join(root, "results.json")) as f:
       res = json.load(f)
     from mae_jax.data import pipeline as pipeline_lib
@@ -98,7 +116,11 @@ def main(argv=None):
 
     rows.append({"model": name, "params": seeds[0]["params"], "gflop": gflop, "ips": ips,
                  "lp_acc": col("probe", "test/accuracy"), "lp_auc": col("probe", "test/auc"),
+                 "lp_random_auc": col("probe_random", "test/auc"),
                  "ft_acc": col("finetune", "test/accuracy"), "ft_auc": col("finetune", "test/auc"),
+                 "scratch_auc": col("scratch", "test/auc"),
+                 "selected": {st: [s[st]["selected"] for s in seeds if "selected" in s.get(st, {})]
+                              for st in protocol.STAGES},
                  "recon": [s["recon"]["test"]["mse_masked"] for s in seeds if "recon" in s],
                  "recon_zero": [s["recon"]["test"]["mse_masked_zeros"] for s in seeds if "recon" in s]})
 
@@ -111,12 +133,20 @@ def main(argv=None):
            "test split, next to predicting empty patches. Speed: jitted train step, batch "
            f"{args.speed_batch}, this machine.", "",
            "| model | params | GFLOP/image (train) | train images/s | recon MSE test | predict-zeros "
-           "| LP acc | LP AUC | FT acc | FT AUC |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| LP acc | LP AUC | LP AUC, random encoder | FT acc | FT AUC | scratch AUC |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['model']} | {r['params']:,} | {r['gflop']:.2f} | {r['ips']:.1f} "
                  f"| {protocol.fmt(r['recon'], 5)} | {protocol.fmt(r['recon_zero'], 5)} "
                  f"| {protocol.fmt(r['lp_acc'])} | {protocol.fmt(r['lp_auc'])} "
-                 f"| {protocol.fmt(r['ft_acc'])} | {protocol.fmt(r['ft_auc'])} |")
+                 f"| {protocol.fmt(r['lp_random_auc'])} "
+                 f"| {protocol.fmt(r['ft_acc'])} | {protocol.fmt(r['ft_auc'])} "
+                 f"| {protocol.fmt(r['scratch_auc'])} |")
+  chosen = [f"{r['model']} {st}: " + ", ".join(" ".join(f"{k}={v}" for k, v in c.items())
+                                               for c in cs)
+            for r in rows for st, cs in r["selected"].items() if cs]
+  if chosen:
+    lines += ["", "Chosen on the validation split (per seed): " + "; ".join(chosen) + "."]
   os.makedirs(args.root, exist_ok=True)
   figure(rows, os.path.join(args.root, "comparison.png"))
   lines += ["", "![probe, finetune, reconstruction](comparison.png)"]

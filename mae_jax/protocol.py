@@ -3,13 +3,25 @@ finetune -> scratch -> ResNet baseline, then report.md with figures.
 
   python -m mae_jax.protocol --data data_cache/boosted_top_3000_tfds --root workdirs/protocol \
       --variant tiny --seeds 0,1 --steps pretrain=300,probe=200,finetune=200,scratch=200,resnet=200 \
-      --config.batch_size=32
+      --config.batch_size=32 [--select finetune.lr=1e-3,4e-3]
 
 Every stage is a config of the one trainer (configs/*.py); `--config.FIELD=VALUE`
 overrides go to every stage, `--STAGE.FIELD=VALUE` (e.g. `--pretrain.lr=5e-3`) to one. Workdirs are ROOT/seed{S}/{stage}; a stage whose
 workdir already holds `final_metrics.json` is not rerun. Numbers in the report
 say which split they come from: classification metrics are on the test split,
 evaluated once with the validation-selected checkpoint.
+
+Stages: pretrain, probe, finetune, scratch, resnet, and `probe_random`: the probe
+of a randomly initialised, frozen encoder of the same model (what the features
+are worth without pretraining; not run by default). The two controls take the steps
+and the overrides of the stage they control for (`scratch` those of `finetune`,
+`probe_random` those of `probe`), then their own (`scratch=N`, `--scratch.FIELD=V`),
+which win.
+
+`--select STAGE.FIELD=V1,V2,...` (repeatable; not for pretrain) runs the stage once per
+value in ROOT/seed{S}/{stage}_{FIELD}{V} and keeps, per seed, the value whose
+validation-selected checkpoint scores best on the validation split (the test split
+plays no part in the choice); the report gives the chosen value.
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("pretrain", "probe", "finetune", "scratch", "resnet")
+STAGES = ("pretrain", "probe", "finetune", "scratch", "resnet", "probe_random")
+DEFAULT_STAGES = STAGES[:5]
+CONTROL_OF = {"scratch": "finetune", "probe_random": "probe"}  # same budget, random init
 CONFIG_FILE = {"pretrain": "pretrain", "probe": "probe", "finetune": "finetune",
-               "scratch": "scratch", "resnet": "resnet"}
+               "scratch": "scratch", "resnet": "resnet", "probe_random": "probe"}
 
 
 def load_stage_config(stage, variant, model, patch):
@@ -97,6 +111,7 @@ def reconstruction_report(pretrain_dir, config, splits):
 
 
 def run_stage(stage, config, workdir):
+  """Trains the stage unless its workdir holds final_metrics.json; (metrics, seconds trained)."""
   from mae_jax import trainer
   done = os.path.join(workdir, "final_metrics.json")
   if os.path.exists(done):
@@ -105,6 +120,59 @@ def run_stage(stage, config, workdir):
   t0 = time.time()
   final = trainer.train_and_evaluate(config, workdir)
   return final, time.time() - t0
+
+
+def parse_selects(items, stages):
+  """['finetune.lr=1e-3,4e-3'] -> {'finetune': ('lr', ['1e-3', '4e-3'])}, checked."""
+  out = {}
+  for item in items:
+    key, sep, values = item.partition("=")
+    stage, _, field = key.partition(".")
+    vals = [v for v in values.split(",") if v]
+    if not sep or not field or not vals:
+      raise SystemExit(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
+                       "(e.g. finetune.lr=1e-3,4e-3)")
+    if stage not in stages or stage == "pretrain":
+      raise SystemExit(f"--select {item!r}: stage {stage!r} is not one of the stages run "
+                       f"here that can be selected on validation: "
+                       f"{[s for s in stages if s != 'pretrain']}")
+    if stage in out:
+      raise SystemExit(f"--select: stage {stage!r} given twice; one field per stage")
+    out[stage] = (field, vals)
+  return out
+
+
+def validation_score(config, workdir):
+  """The trainer's selection metric of the validation-selected checkpoint in `workdir`."""
+  from mae_jax import tasks
+  from mae_jax.data import pipeline as pipeline_lib
+  path = os.path.join(workdir, "best.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"--select needs validation scores, but {path} does not exist: the stage "
+                     f"ran without a validation split ({config.data.eval_split!r}) or eval_every")
+  with open(path) as f:
+    best = json.load(f)
+  task = tasks.Task(config, pipeline_lib.load_meta(config.data.dir))
+  return float(task.selection_metric(best, config.data.eval_split))
+
+
+def run_selected(stage, config, workdir, field, values, seed):
+  """Runs `stage` once per value of `field`; returns the final metrics of the value with
+  the best validation score, with "selected" {field: value} and the whole "grid"; the
+  seconds spent training; the chosen value's workdir."""
+  grid, finals, seconds = {}, {}, 0.0
+  for value in values:
+    cfg = apply_overrides(config.copy_and_resolve_references(), [f"--config.{field}={value}"])
+    wd = f"{workdir}_{field.replace('.', '-')}{value}"
+    print(f"[protocol] seed {seed}: {stage} {field}={value} -> {wd}", flush=True)
+    finals[value], sec = run_stage(stage, cfg, wd)
+    seconds += sec
+    grid[value] = validation_score(cfg, wd)
+  chosen = max(values, key=lambda v: grid[v])  # first value wins ties
+  print(f"[protocol] seed {seed}: {stage} selected {field}={chosen} "
+        f"(validation {', '.join(f'{v}: {grid[v]:.4f}' for v in values)})", flush=True)
+  return ({**finals[chosen], "selected": {field: chosen}, "grid": grid}, seconds,
+          f"{workdir}_{field.replace('.', '-')}{chosen}")
 
 
 def count_params(workdir):
@@ -155,16 +223,20 @@ def write_report(root, args, per_seed, recon, meta, timings):
            "Reconstruction MSE is over masked patches, in normalised units "
            f"(`{per_seed[0]['normalization']}`).", "", *table, "",
            "## Classification (test split)", "",
-           "| stage | acc | AUC | rejection @50% sig. eff. | rejection @30% | selected step |",
-           "|---|---|---|---|---|---|"]
-  for stage in ("probe", "finetune", "scratch", "resnet"):
+           "| stage | acc | AUC | rejection @50% sig. eff. | rejection @30% | selected step "
+           "| selected on validation |", "|---|---|---|---|---|---|---|"]
+  classify_stages = [st for st in ("probe", "probe_random", "finetune", "scratch", "resnet")
+                     if st in per_seed[0]]
+  for stage in classify_stages:
+    chosen = ", ".join(" ".join(f"{k}={v}" for k, v in s.items()) for s in col(stage, "selected")
+                       if s) or "–"
     lines.append(f"| {stage} | {fmt(col(stage, 'test/accuracy'))} | {fmt(col(stage, 'test/auc'))} "
                  f"| {fmt(col(stage, 'test/rejection_50'), 1)} | {fmt(col(stage, 'test/rejection_30'), 1)} "
-                 f"| {', '.join(str(s) for s in col(stage, 'selected_step'))} |")
+                 f"| {', '.join(str(s) for s in col(stage, 'selected_step'))} | {chosen} |")
   lines += ["", "Bootstrap uncertainties of the first seed (test split, 200 resamples unless "
             "configured): " + ", ".join(
                 f"{st} AUC ± {per_seed[0][st].get('test/auc_std', float('nan')):.4f}"
-                for st in ("probe", "finetune", "scratch", "resnet") if st in per_seed[0]), ""]
+                for st in classify_stages), ""]
   lines += ["## Reconstruction (pretrained MAE, first seed)", "",
             "| split | MSE masked | predict-zeros | skill | MSE all pixels | MSE occupied | "
             "MSE empty | occupied fraction |", "|---|---|---|---|---|---|---|---|"]
@@ -198,7 +270,7 @@ def write_report(root, args, per_seed, recon, meta, timings):
   for stage, sec in timings.items():
     lines.append(f"| {stage} | {sec:.0f} |")
   lines += ["", "## Figures", ""]
-  figs = plots.protocol_figures(root, args.seeds.split(',')[0])
+  figs = plots.protocol_figures(root, per_seed[0]["workdirs"])
   lines += [f"![{os.path.basename(f)}]({os.path.relpath(f, root)})" for f in figs]
   with open(os.path.join(root, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -226,7 +298,9 @@ def main(argv=None):
   p.add_argument("--patch", type=int, default=5)
   p.add_argument("--seeds", default="0")
   p.add_argument("--steps", default="pretrain=300,probe=200,finetune=200,scratch=200,resnet=200")
-  p.add_argument("--stages", default=",".join(STAGES))
+  p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"any of {STAGES}")
+  p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
+                 help="run STAGE once per value, keep the best on the validation split")
   args = p.parse_args(rest)
   args.argv = argv
   steps = dict(kv.split("=") for kv in args.steps.split(","))
@@ -234,6 +308,8 @@ def main(argv=None):
   unknown = set(stages) - set(STAGES)
   if unknown:
     raise SystemExit(f"unknown stages {sorted(unknown)}; known: {STAGES}")
+
+  selects = parse_selects(args.select, stages)
 
   per_seed, recon, timings = [], [], {}
   meta = None
@@ -244,17 +320,24 @@ def main(argv=None):
       config = load_stage_config(stage, args.variant, args.model, args.patch)
       config.data.dir = args.data
       config.seed = seed
-      if stage in steps:
-        config.total_steps = int(steps[stage])
+      n_steps = steps.get(stage, steps.get(CONTROL_OF.get(stage)))
+      if n_steps is not None:
+        config.total_steps = int(n_steps)
         config.warmup_steps = min(config.warmup_steps, max(config.total_steps // 10, 1))
         config.eval_every = max(config.total_steps // 2, 1) if stage != "pretrain" else 0
       if stage in ("probe", "finetune"):
         config.model_init = pre_dir
-      apply_overrides(config, overrides + per_stage[stage])
+      # a control is the stage it controls for in every respect but the initialisation
+      like = per_stage[CONTROL_OF[stage]] if stage in CONTROL_OF else []
+      apply_overrides(config, overrides + like + per_stage[stage])
       workdir = os.path.join(args.root, f"seed{seed}", stage)
-      print(f"[protocol] seed {seed}: {stage} -> {workdir}", flush=True)
-      final, seconds = run_stage(stage, config, workdir)
+      if stage in selects:
+        final, seconds, workdir = run_selected(stage, config, workdir, *selects[stage], seed)
+      else:
+        print(f"[protocol] seed {seed}: {stage} -> {workdir}", flush=True)
+        final, seconds = run_stage(stage, config, workdir)
       results[stage] = final
+      results.setdefault("workdirs", {})[stage] = workdir
       if seed == int(args.seeds.split(",")[0]):
         timings[stage] = seconds
       if stage == "pretrain":

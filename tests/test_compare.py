@@ -15,6 +15,12 @@ def test_compare_two_models_table(tmp_path):
   assert "| mae |" in table and "| depthwise_mae |" in table
   assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
   assert all(r["gflop"] > 0 and r["ips"] > 0 and 0 <= r["lp_auc"][0] <= 1 for r in rows)
+  # the two controls without pretraining ran for every model and have their columns
+  assert "| LP AUC, random encoder | FT acc | FT AUC | scratch AUC |" in table
+  assert all(0 <= r["lp_random_auc"][0] <= 1 and 0 <= r["scratch_auc"][0] <= 1 for r in rows)
+  for name in ("mae", "depthwise_mae"):
+    cfg = (tmp_path / "cmp" / name / "seed0" / "scratch" / "config.json").read_text()
+    assert '"model_init": ""' in cfg and '"total_steps": 2' in cfg
   # 25x25x3 images here: different embeddings, parameter counts close but not equal
   assert rows[0]["params"] != rows[1]["params"]
   assert abs(rows[1]["params"] / rows[0]["params"] - 1) < 0.1

@@ -48,3 +48,56 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path):
                  "--steps", "pretrain=3,probe=2,finetune=2,scratch=2,resnet=2",
                  "--config.batch_size=16", "--config.task.bootstrap=10"])
   assert json.load(open(root / "results.json"))["timings"]["probe"] == 0.0
+
+
+def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tmp_path):
+  from mae_jax import checkpoint
+  from helpers import converted_dataset
+  data = converted_dataset(tmp_path)
+  root = tmp_path / "proto"
+  protocol.main(["--data", data, "--root", str(root), "--seeds", "0",
+                 "--stages", "pretrain,probe_random,finetune",
+                 "--steps", "pretrain=3,probe=2,finetune=2",
+                 "--select", "finetune.lr=1e-3,3e-2",
+                 "--config.batch_size=16", "--config.task.bootstrap=5"])
+  seed0 = json.load(open(root / "results.json"))["per_seed"][0]
+  # one workdir per value, each trained with its own lr; the choice is the best validation AUC
+  val = {}
+  for lr in ("1e-3", "3e-2"):
+    wd = root / "seed0" / f"finetune_lr{lr}"
+    assert json.load(open(wd / "config.json"))["lr"] == float(lr)
+    val[lr] = json.load(open(wd / "best.json"))["validation/auc"]
+  assert seed0["finetune"]["grid"] == pytest.approx(val)
+  chosen = seed0["finetune"]["selected"]["lr"]
+  assert val[chosen] == max(val.values())
+  test_auc = json.load(open(root / "seed0" / f"finetune_lr{chosen}" / "final_metrics.json"))
+  assert seed0["finetune"]["test/auc"] == test_auc["test/auc"]
+  # the control probe: steps of the probe, no model_init, and its frozen encoder is the
+  # random initialisation (not the pretrained encoder)
+  cfg = json.load(open(root / "seed0" / "probe_random" / "config.json"))
+  assert cfg["model_init"] == "" and cfg["total_steps"] == 2
+  import jax
+  from mae_jax import parallel, trainer
+  config = protocol.load_stage_config("probe_random", "tiny", "mae", 5)
+  config.data.dir = data
+  model = trainer.build_model(config, (25, 25, 3))
+  fresh = trainer.create_state(config, model, parallel.make_mesh(config.mesh), (25, 25, 3))[0]
+  rand = checkpoint.read_arrays(str(root / "seed0" / "probe_random"), item="params")[0]
+  pre = checkpoint.read_arrays(str(root / "seed0" / "pretrain"), item="params")[0]
+  enc = rand["params"]["backbone"]["encoder"]
+  jax.tree.map(np.testing.assert_array_equal, enc,
+               jax.device_get(fresh["params"]["backbone"]["encoder"]))
+  a = np.asarray(enc["block_00"]["mlp"]["fc1"]["kernel"])
+  b = np.asarray(pre["params"]["encoder"]["block_00"]["mlp"]["fc1"]["kernel"])
+  assert a.shape == b.shape and not np.allclose(a, b)
+  assert "| probe_random |" in open(root / "report.md").read()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("pretrain.lr=1e-3,2e-3", "stage 'pretrain'"),
+    ("finetune.lr", "expected STAGE.FIELD=V1,V2"),
+    ("resnet.lr=1e-3", "stage 'resnet'"),  # not among the stages run
+])
+def test_select_rejects_bad_requests(item, message):
+  with pytest.raises(SystemExit, match=message):
+    protocol.parse_selects([item], ["pretrain", "probe", "finetune"])

@@ -96,19 +96,20 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
   plt.close(fig)
 
 
-def protocol_figures(root: str, seed) -> list[str]:
-  """Loss curves of every stage, ROC curves on the test split, the reconstruction figure."""
+def protocol_figures(root: str, workdirs: dict) -> list[str]:
+  """Loss curves of every stage, ROC curves on the test split, the reconstruction figure.
+
+  `workdirs`: stage name -> its workdir (one seed's); figures are written into `root`.
+  """
   import shutil
 
   from mae_jax.evaluate import metrics
 
-  base = os.path.join(root, f"seed{seed}")
-  stages = [s for s in ("pretrain", "probe", "finetune", "scratch", "resnet")
-            if os.path.exists(os.path.join(base, s, "metrics.jsonl"))]
+  stages = [s for s in workdirs if os.path.exists(os.path.join(workdirs[s], "metrics.jsonl"))]
   out = []
   fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
   for ax, stage in zip(axes[0], stages):
-    with open(os.path.join(base, stage, "metrics.jsonl")) as f:
+    with open(os.path.join(workdirs[stage], "metrics.jsonl")) as f:
       rows = [json.loads(line) for line in f if line.strip()]
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
     ax.set_title(stage, fontsize=9)
@@ -122,8 +123,8 @@ def protocol_figures(root: str, seed) -> list[str]:
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(4.5, 4))
-  for stage in ("probe", "finetune", "scratch", "resnet"):
-    path = os.path.join(base, stage, "test_scores.npz")
+  for stage in workdirs:
+    path = os.path.join(workdirs[stage], "test_scores.npz")
     if not os.path.exists(path):
       continue
     d = np.load(path)
@@ -136,14 +137,15 @@ def protocol_figures(root: str, seed) -> list[str]:
   ax.set_yscale("log")
   ax.set_xlim(0, 1)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if ax.lines:  # no classification stage ran: an empty frame, no legend
+    ax.legend(fontsize=8)
   fig.tight_layout()
   out.append(os.path.join(root, "roc_curves.png"))
   fig.savefig(out[-1], dpi=110)
   plt.close(fig)
 
-  rec = os.path.join(base, "pretrain", "reconstruction.png")
-  if os.path.exists(rec):
+  rec = os.path.join(workdirs.get("pretrain", ""), "reconstruction.png")
+  if "pretrain" in workdirs and os.path.exists(rec):
     out.append(os.path.join(root, "reconstruction.png"))
     shutil.copyfile(rec, out[-1])
   return out
