@@ -5,8 +5,10 @@ initialisation), so checkpoints and exports do not depend on which path ran:
 
   `PatchGroupedConv`  kernel = stride = p, `feature_group_count` = C input channels
                       (DepthwiseMAE's per-channel patch embedding).
-  `DepthwiseConv`     k x k depthwise conv, stride 1, SAME padding, odd k (ConvMAE's
-                      masked conv blocks).
+  `DepthwiseConv`     k x k depthwise conv, stride 1, SAME padding (ConvMAE's masked
+                      conv blocks).
+
+`impl`: "auto" (the direct paths on CPU, lax's conv elsewhere), "lax" or "direct".
 
 Why: XLA:CPU lowers grouped convolutions, and above all their weight gradients, to slow
 generic loops. Measured on the 2-core CPU (fwd + bwd, batch 32, float32): the 5x5 stride-5
@@ -14,7 +16,8 @@ patch embedding of 125x125x8 images with 18 filters per channel 0.454 s as a gro
 0.034 s as the reshape + einsum below; the 5x5 depthwise conv on [32, 125, 125, 8] 0.40 s
 as a grouped conv, 0.07 s as 25 shifted multiply-adds with the backward written out
 (`depthwise_conv_same`). On other backends both use `lax.conv_general_dilated`, which is
-also the reference the tests compare against (tests/test_conv.py).
+also the reference the tests compare against (tests/test_conv.py); the timings come from
+`python benchmarks/grouped_conv.py`.
 """
 
 from __future__ import annotations
@@ -24,15 +27,24 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen import dtypes
 from jax import lax
 
 Dtype = Any
 
 
+IMPLS = ("auto", "lax", "direct")  # direct: written out in XLA ops (einsum / shifted sums)
+
+
 def _use_lax(impl: str) -> bool:
-  if impl not in ("auto", "lax", "shifts"):
-    raise ValueError(f"conv impl {impl!r}; choose auto, lax or shifts")
+  if impl not in IMPLS:
+    raise ValueError(f"conv impl {impl!r}; choose one of {IMPLS}")
   return impl == "lax" or (impl == "auto" and jax.default_backend() != "cpu")
+
+
+def _acc(dtype):
+  """Accumulation dtype: at least float32 (bfloat16 inputs), float64 stays float64."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def patch_grouped_conv(x, kernel, impl: str = "auto"):
@@ -43,6 +55,8 @@ def patch_grouped_conv(x, kernel, impl: str = "auto"):
   p, c = kernel.shape[0], x.shape[-1]
   if kernel.shape[:3] != (p, p, 1) or kernel.shape[3] % c:
     raise ValueError(f"kernel {kernel.shape} is not [p, p, 1, C*k] for {c} input channels")
+  if x.shape[1] % p or x.shape[2] % p:
+    raise ValueError(f"patch {p} does not divide the image size {x.shape[1]}x{x.shape[2]}")
   if _use_lax(impl):
     return lax.conv_general_dilated(x, kernel, (p, p), "VALID", feature_group_count=c,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -54,12 +68,12 @@ def patch_grouped_conv(x, kernel, impl: str = "auto"):
 
 
 def _shifted_sum(xp, kernel, h, w):
-  """sum_{i,j} xp[:, i:i+h, j:j+w, :] * kernel[i, j, 0] (float32 accumulation)."""
-  k = kernel.shape[0]
+  """sum_{i,j} xp[:, i:i+h, j:j+w, :] * kernel[i, j, 0] (at least float32 accumulation)."""
+  k, acc = kernel.shape[0], _acc(xp.dtype)
   out = None
   for i in range(k):
     for j in range(k):
-      t = xp[:, i:i + h, j:j + w, :].astype(jnp.float32) * kernel[i, j, 0].astype(jnp.float32)
+      t = xp[:, i:i + h, j:j + w, :].astype(acc) * kernel[i, j, 0].astype(acc)
       out = t if out is None else out + t
   return out
 
@@ -85,9 +99,9 @@ def _depthwise_bwd(res, g):
   # d/dx: correlation of the padded cotangent with the flipped kernel (also 25 fused adds)
   dx = _shifted_sum(_pad(g, p), kernel[::-1, ::-1], h, w).astype(x.dtype)
   # d/dkernel[i, j]: one reduction per tap (XLA fuses each slice * g into its reduction)
-  xp = _pad(x, p)
-  taps = [jnp.sum(xp[:, i:i + h, j:j + w, :].astype(jnp.float32) * g.astype(jnp.float32),
-                  axis=(0, 1, 2)) for i in range(k) for j in range(k)]
+  xp, acc = _pad(x, p), _acc(x.dtype)
+  taps = [jnp.sum(xp[:, i:i + h, j:j + w, :].astype(acc) * g.astype(acc), axis=(0, 1, 2))
+          for i in range(k) for j in range(k)]
   dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
   return dx, dk
 
@@ -96,11 +110,16 @@ _depthwise_shifts.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def depthwise_conv_same(x, kernel, impl: str = "auto"):
-  """[B, H, W, D] * kernel [k, k, 1, D], stride 1, SAME padding (odd k) -> [B, H, W, D]."""
+  """[B, H, W, D] * kernel [k, k, 1, D], stride 1, SAME padding -> [B, H, W, D].
+
+  The direct path needs an odd k (symmetric padding); even k always takes lax's conv.
+  """
   k, d = kernel.shape[0], x.shape[-1]
-  if kernel.shape != (k, k, 1, d) or k % 2 == 0:
-    raise ValueError(f"kernel {kernel.shape} is not [k, k, 1, {d}] with odd k")
-  if _use_lax(impl):
+  if kernel.shape != (k, k, 1, d):
+    raise ValueError(f"kernel {kernel.shape} is not [k, k, 1, {d}]")
+  if impl == "direct" and k % 2 == 0:
+    raise ValueError(f"the direct depthwise conv needs an odd kernel, got {k}; use impl='lax'")
+  if _use_lax(impl) or k % 2 == 0:
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", feature_group_count=d,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return _depthwise_shifts(x, kernel)
@@ -122,7 +141,7 @@ class _GroupedConvBase(nn.Module):
     kernel = self.param("kernel", conv_init(), (self.kernel_size, self.kernel_size, 1,
                                                 self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
 
 class PatchGroupedConv(_GroupedConvBase):
@@ -135,7 +154,7 @@ class PatchGroupedConv(_GroupedConvBase):
 
 
 class DepthwiseConv(_GroupedConvBase):
-  """`nn.Conv(D, (k, k), padding="SAME", feature_group_count=D)` for odd k."""
+  """`nn.Conv(D, (k, k), padding="SAME", feature_group_count=D)`."""
 
   @nn.compact
   def __call__(self, x):
