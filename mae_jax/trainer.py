@@ -209,6 +209,11 @@ def evaluate(eval_step, state, pipeline, split, config, mesh, task, save_scores=
   outputs = [parallel.to_host(eval_step(state["params"], state["model_state"],
                                       parallel.global_batch(batch, mesh), i))
              for i, batch in enumerate(it)]
+  bad = sorted({k for o in outputs for k, v in o.items()
+                 if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()})
+  if bad:  # the parameters diverged (e.g. in the last update, after the step's own check)
+    raise NonFiniteError(f"non-finite model outputs ({', '.join(bad)}) on the {split!r} split: "
+                         "the parameters diverged. Lower the lr or enable optim.grad_clip_norm.")
   if save_scores and task.name == "classify" and jax.process_index() == 0:
     keep = np.concatenate([o["valid"] for o in outputs]) > 0
     np.savez(save_scores, label=np.concatenate([o["label"] for o in outputs])[keep],
@@ -354,7 +359,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     value = task.selection_metric(summary, val_split)
     if value > best_metric:
       best_metric = value
-      _save_best(workdir, state, step, summary)
+      # the value is kept so that callers comparing runs (protocol --select) use this rule
+      _save_best(workdir, state, step, {**summary, "selection_metric": float(value)})
     return summary
 
   history_path = os.path.join(workdir, "metrics.jsonl")

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -71,9 +72,14 @@ def test_nan_stops_with_step_and_last_checkpoint(dataset, tmp_path):
   with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
     trainer.train_and_evaluate(c, str(tmp_path / "nan"))
   c = config_for(dataset, lr=1e30, total_steps=4, warmup_steps=0, figures=False, nan_policy="skip")
-  c.data.eval_split = ""
+  c.data.eval_split = c.data.test_split = ""
   out = trainer.train_and_evaluate(c, str(tmp_path / "skip"))
   assert out["skipped_steps"] >= 1
+  # step 1's update (finite loss and gradient) already made the parameters diverge, so every
+  # later step was skipped: evaluating them must fail, not report metrics of NaN outputs
+  c.data.test_split = "test"
+  with pytest.raises(trainer.NonFiniteError, match="non-finite model outputs"):
+    trainer.train_and_evaluate(c, str(tmp_path / "skip"))
 
 
 def test_cli_rejects_unknown_override_and_bad_variant(dataset, tmp_path):
@@ -98,3 +104,25 @@ def test_cli_trains_with_overrides(dataset, tmp_path):
   assert "step 4/4" in r.stdout and "img/s" in r.stdout and "ETA" in r.stdout
   saved = json.load(open(tmp_path / "w" / "config.json"))
   assert saved["model"]["mask_ratio"] == 0.5 and saved["total_steps"] == 4
+
+
+def test_evaluate_refuses_non_finite_outputs():
+  # a last update that makes the parameters diverge passes the step's own finiteness check;
+  # the evaluation must then fail clearly instead of computing metrics of NaN scores
+  from mae_jax import parallel
+  mesh = parallel.make_mesh([("data", -1)])
+
+  class Pipe:
+    def eval_iter(self, split, local, global_batch):
+      return 1, iter([{"image": np.zeros((8, 2), np.float32), "label": np.ones(8, np.int32),
+                       "valid": np.ones(8, np.float32)}])
+
+  def eval_step(params, model_state, batch, index):
+    return {"score": jnp.full((8,), jnp.nan), "label": batch["label"], "valid": batch["valid"]}
+
+  config = load_config("probe")
+  config.batch_size = 8
+  with pytest.raises(trainer.NonFiniteError, match=r"non-finite model outputs \(score\) on the "
+                                                   r"'validation' split"):
+    trainer.evaluate(eval_step, {"params": {}, "model_state": {}}, Pipe(), "validation",
+                     config, mesh, task=None)
