@@ -16,7 +16,8 @@ trainable parameter count within 0.5% (matched parameters, not matched
 compute: the FLOPs column shows what each spends; docs/models.md). FLOPs per image come from XLA's cost analysis
 of the jitted train step (attention lowered as XLA ops), images/s from timing it (median of a
 few steps, synthetic sparse batch). Scores are mean ± std over seeds. Writes
-ROOT/comparison.md and ROOT/comparison.png. `launch/compare.sh` runs it on the quickstart data.
+ROOT/comparison.md and ROOT/comparison.png. `launch/compare.sh` runs it on 10,000 generated
+jets with the settings of the table in docs/models.md.
 """
 
 from __future__ import annotations
@@ -142,8 +143,7 @@ def main(argv=None):
                  f"| {protocol.fmt(r['lp_random_auc'])} "
                  f"| {protocol.fmt(r['ft_acc'])} | {protocol.fmt(r['ft_auc'])} "
                  f"| {protocol.fmt(r['scratch_auc'])} |")
-  chosen = [f"{r['model']} {st}: " + ", ".join(" ".join(f"{k}={v}" for k, v in c.items())
-                                               for c in cs)
+  chosen = [f"{r['model']} {st}: {protocol.format_selected(cs)}"
             for r in rows for st, cs in r["selected"].items() if cs]
   if chosen:
     lines += ["", "Chosen on the validation split (per seed): " + "; ".join(chosen) + "."]

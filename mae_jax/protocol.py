@@ -16,7 +16,8 @@ of a randomly initialised, frozen encoder of the same model (what the features
 are worth without pretraining; not run by default). The two controls take the steps
 and the overrides of the stage they control for (`scratch` those of `finetune`,
 `probe_random` those of `probe`), then their own (`scratch=N`, `--scratch.FIELD=V`),
-which win.
+which win; `model_init`, `model_load` and `optim.layer_decay`, which make them controls,
+are never inherited.
 
 `--select STAGE.FIELD=V1,V2,...` (repeatable; not for pretrain) runs the stage once per
 value in ROOT/seed{S}/{stage}_{FIELD}{V} and keeps, per seed, the value whose
@@ -37,8 +38,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("pretrain", "probe", "finetune", "scratch", "resnet", "probe_random")
-DEFAULT_STAGES = STAGES[:5]
+DEFAULT_STAGES = ("pretrain", "probe", "finetune", "scratch", "resnet")
+CLASSIFY_STAGES = tuple(s for s in STAGES if s != "pretrain")
 CONTROL_OF = {"scratch": "finetune", "probe_random": "probe"}  # same budget, random init
+# what makes a control a control: never inherited from the stage it controls for
+CONTROL_OWN_FIELDS = ("model_init", "model_load", "optim.layer_decay")
 CONFIG_FILE = {"pretrain": "pretrain", "probe": "probe", "finetune": "finetune",
                "scratch": "scratch", "resnet": "resnet", "probe_random": "probe"}
 
@@ -123,7 +127,8 @@ def run_stage(stage, config, workdir):
 
 
 def parse_selects(items, stages):
-  """['finetune.lr=1e-3,4e-3'] -> {'finetune': ('lr', ['1e-3', '4e-3'])}, checked."""
+  """['finetune.lr=1e-3,4e-3'] -> {'finetune': ('lr', ['1e-3', '4e-3'])}, syntax checked
+  (`check_selects` checks the fields against the stage configs)."""
   out = {}
   for item in items:
     key, sep, values = item.partition("=")
@@ -142,37 +147,70 @@ def parse_selects(items, stages):
   return out
 
 
-def validation_score(config, workdir):
+def check_selects(selects, config_for):
+  """Every value of every --select applies to its stage's config (before anything trains)."""
+  for stage, (field, values) in selects.items():
+    for value in values:
+      try:
+        apply_overrides(config_for(stage), [f"--config.{field}={value}"])
+      except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"--select {stage}.{field}={','.join(values)}: {e}") from None
+
+
+def format_selected(selected) -> str:
+  """[{'lr': '1e-3'}, {'lr': '4e-3'}] (one per seed) -> 'lr=1e-3, lr=4e-3'."""
+  return ", ".join(" ".join(f"{k}={v}" for k, v in s.items()) for s in selected if s)
+
+
+def validation_score(workdir):
   """The trainer's selection metric of the validation-selected checkpoint in `workdir`."""
-  from mae_jax import tasks
-  from mae_jax.data import pipeline as pipeline_lib
   path = os.path.join(workdir, "best.json")
   if not os.path.exists(path):
-    raise SystemExit(f"--select needs validation scores, but {path} does not exist: the stage "
-                     f"ran without a validation split ({config.data.eval_split!r}) or eval_every")
+    raise SystemExit(f"--select needs validation scores, but {path} does not exist: the "
+                     "stage had no validation split, or its validation score was never finite "
+                     "(e.g. AUC on a one-class split)")
   with open(path) as f:
     best = json.load(f)
-  task = tasks.Task(config, pipeline_lib.load_meta(config.data.dir))
-  return float(task.selection_metric(best, config.data.eval_split))
+  if "selection_metric" not in best:
+    raise SystemExit(f"{path} predates --select (no 'selection_metric'); delete "
+                     f"{workdir} to rerun it")
+  return float(best["selection_metric"])
 
 
 def run_selected(stage, config, workdir, field, values, seed):
   """Runs `stage` once per value of `field`; returns the final metrics of the value with
   the best validation score, with "selected" {field: value} and the whole "grid"; the
-  seconds spent training; the chosen value's workdir."""
-  grid, finals, seconds = {}, {}, 0.0
+  seconds spent training (all values); the chosen value's workdir.
+
+  A value whose run stops on a non-finite loss (nan_policy=stop) scores -inf and is
+  recorded in WORKDIR/failed.json, so a rerun does not train it again."""
+  from mae_jax import trainer
+  grid, finals, seconds, dirs = {}, {}, 0.0, {}
   for value in values:
     cfg = apply_overrides(config.copy_and_resolve_references(), [f"--config.{field}={value}"])
-    wd = f"{workdir}_{field.replace('.', '-')}{value}"
+    wd = dirs[value] = f"{workdir}_{field.replace('.', '-')}{value}"
+    failed = os.path.join(wd, "failed.json")
     print(f"[protocol] seed {seed}: {stage} {field}={value} -> {wd}", flush=True)
-    finals[value], sec = run_stage(stage, cfg, wd)
-    seconds += sec
-    grid[value] = validation_score(cfg, wd)
-  chosen = max(values, key=lambda v: grid[v])  # first value wins ties
+    if not os.path.exists(failed):
+      try:
+        finals[value], sec = run_stage(stage, cfg, wd)
+        seconds += sec
+        grid[value] = validation_score(wd)
+        continue
+      except trainer.NonFiniteError as e:
+        with open(failed, "w") as f:
+          json.dump({"error": str(e)}, f)
+    with open(failed) as f:
+      print(f"[protocol] seed {seed}: {stage} {field}={value} failed: "
+            f"{json.load(f)['error']}", flush=True)
+    grid[value] = float("-inf")
+  if not finals:
+    raise SystemExit(f"--select {stage}.{field}: every value failed (see failed.json in "
+                     f"{', '.join(dirs.values())})")
+  chosen = max(finals, key=lambda v: grid[v])  # first value wins ties
   print(f"[protocol] seed {seed}: {stage} selected {field}={chosen} "
         f"(validation {', '.join(f'{v}: {grid[v]:.4f}' for v in values)})", flush=True)
-  return ({**finals[chosen], "selected": {field: chosen}, "grid": grid}, seconds,
-          f"{workdir}_{field.replace('.', '-')}{chosen}")
+  return {**finals[chosen], "selected": {field: chosen}, "grid": grid}, seconds, dirs[chosen]
 
 
 def count_params(workdir):
@@ -225,11 +263,9 @@ def write_report(root, args, per_seed, recon, meta, timings):
            "## Classification (test split)", "",
            "| stage | acc | AUC | rejection @50% sig. eff. | rejection @30% | selected step "
            "| selected on validation |", "|---|---|---|---|---|---|---|"]
-  classify_stages = [st for st in ("probe", "probe_random", "finetune", "scratch", "resnet")
-                     if st in per_seed[0]]
+  classify_stages = [st for st in CLASSIFY_STAGES if st in per_seed[0]]
   for stage in classify_stages:
-    chosen = ", ".join(" ".join(f"{k}={v}" for k, v in s.items()) for s in col(stage, "selected")
-                       if s) or "–"
+    chosen = format_selected(col(stage, "selected")) or "–"
     lines.append(f"| {stage} | {fmt(col(stage, 'test/accuracy'))} | {fmt(col(stage, 'test/auc'))} "
                  f"| {fmt(col(stage, 'test/rejection_50'), 1)} | {fmt(col(stage, 'test/rejection_30'), 1)} "
                  f"| {', '.join(str(s) for s in col(stage, 'selected_step'))} | {chosen} |")
@@ -265,7 +301,8 @@ def write_report(root, args, per_seed, recon, meta, timings):
                  f"{width * nbytes} | {raw / (width * nbytes):.0f}× | linear probe AUC "
                  f"{fmt(col('probe', 'test/auc'))} |")
   lines += ["", "(float16 features: the probe was trained on float32 features; the float16 row "
-            "is storage only.)", "", "## Runtime of each stage (first seed, this machine)", "",
+            "is storage only.)", "", "## Runtime of each stage (first seed, this machine; a stage chosen by --select: all "
+            "its values together; 0 = reused from an earlier run)", "",
             "| stage | seconds |", "|---|---|"]
   for stage, sec in timings.items():
     lines.append(f"| {stage} | {sec:.0f} |")
@@ -310,6 +347,7 @@ def main(argv=None):
     raise SystemExit(f"unknown stages {sorted(unknown)}; known: {STAGES}")
 
   selects = parse_selects(args.select, stages)
+  check_selects(selects, lambda st: load_stage_config(st, args.variant, args.model, args.patch))
 
   per_seed, recon, timings = [], [], {}
   meta = None
@@ -328,7 +366,8 @@ def main(argv=None):
       if stage in ("probe", "finetune"):
         config.model_init = pre_dir
       # a control is the stage it controls for in every respect but the initialisation
-      like = per_stage[CONTROL_OF[stage]] if stage in CONTROL_OF else []
+      like = [a for a in per_stage.get(CONTROL_OF.get(stage), [])
+              if a[len("--config."):].split("=", 1)[0] not in CONTROL_OWN_FIELDS]
       apply_overrides(config, overrides + like + per_stage[stage])
       workdir = os.path.join(args.root, f"seed{seed}", stage)
       if stage in selects:
@@ -353,7 +392,7 @@ def main(argv=None):
                             for split, d in r.items()}
         if seed == int(args.seeds.split(",")[0]):
           timings["reconstruction"] = time.time() - t0
-      if stage == "probe":
+      if stage in ("probe", "probe_random"):
         results["pool"] = config.model.pool
     results.setdefault("pool", "mean")
     per_seed.append(results)

@@ -58,7 +58,9 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
   protocol.main(["--data", data, "--root", str(root), "--seeds", "0",
                  "--stages", "pretrain,probe_random,finetune",
                  "--steps", "pretrain=3,probe=2,finetune=2",
-                 "--select", "finetune.lr=1e-3,3e-2",
+                 "--select", "finetune.lr=1e-3,3e-2,1e30",
+                 # inherited by probe_random, except model_init (what makes it a control)
+                 "--probe.lr=0.05", "--probe.model_init=/no/such/run",
                  "--config.batch_size=16", "--config.task.bootstrap=5"])
   seed0 = json.load(open(root / "results.json"))["per_seed"][0]
   # one workdir per value, each trained with its own lr; the choice is the best validation AUC
@@ -67,7 +69,10 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
     wd = root / "seed0" / f"finetune_lr{lr}"
     assert json.load(open(wd / "config.json"))["lr"] == float(lr)
     val[lr] = json.load(open(wd / "best.json"))["validation/auc"]
-  assert seed0["finetune"]["grid"] == pytest.approx(val)
+  # lr 1e30 diverges: recorded as failed, scored -inf, not chosen, and the run goes on
+  failed = root / "seed0" / "finetune_lr1e30" / "failed.json"
+  assert "non-finite" in json.load(open(failed))["error"]
+  assert seed0["finetune"]["grid"] == pytest.approx({**val, "1e30": float("-inf")})
   chosen = seed0["finetune"]["selected"]["lr"]
   assert val[chosen] == max(val.values())
   test_auc = json.load(open(root / "seed0" / f"finetune_lr{chosen}" / "final_metrics.json"))
@@ -75,7 +80,7 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
   # the control probe: steps of the probe, no model_init, and its frozen encoder is the
   # random initialisation (not the pretrained encoder)
   cfg = json.load(open(root / "seed0" / "probe_random" / "config.json"))
-  assert cfg["model_init"] == "" and cfg["total_steps"] == 2
+  assert cfg["model_init"] == "" and cfg["total_steps"] == 2 and cfg["lr"] == 0.05
   import jax
   from mae_jax import parallel, trainer
   config = protocol.load_stage_config("probe_random", "tiny", "mae", 5)
@@ -101,3 +106,11 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
 def test_select_rejects_bad_requests(item, message):
   with pytest.raises(SystemExit, match=message):
     protocol.parse_selects([item], ["pretrain", "probe", "finetune"])
+
+
+def test_select_fields_are_checked_before_anything_trains():
+  config_for = lambda st: protocol.load_stage_config(st, "tiny", "mae", 5)  # noqa: E731
+  protocol.check_selects({"finetune": ("optim.b2", ["0.99", "0.999"])}, config_for)
+  with pytest.raises(SystemExit, match="finetune.lrr=1e-3.*unknown config field 'lrr'"):
+    protocol.check_selects(protocol.parse_selects(["finetune.lrr=1e-3"], ["finetune"]),
+                           config_for)
