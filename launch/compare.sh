@@ -5,7 +5,7 @@
 # finetune model trained from scratch; finetune and scratch lr chosen per model and seed on
 # the validation split from the same grid. Writes OUT/comparison.md and OUT/comparison.png.
 #   NUM=10000 OUT=workdirs/compare VARIANT=tiny SEEDS=0,1,2 \
-#   STEPS=pretrain=800,probe=100,finetune=100 LRS=1e-3,4e-3 bash launch/compare.sh
+#   STEPS=pretrain=800,probe=100,finetune=100 LRS=2e-3,8e-3 bash launch/compare.sh
 # Generates and converts NUM jets first if data_cache/ lacks them (or set DATA=converted_dir).
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 NUM="${NUM:-10000}"
@@ -19,7 +19,7 @@ OUT="${OUT:-workdirs/compare}"  # not ROOT: setup_env.sh sets ROOT to the reposi
 VARIANT="${VARIANT:-tiny}"
 SEEDS="${SEEDS:-0,1,2}"
 STEPS="${STEPS:-pretrain=800,probe=100,finetune=100}"
-LRS="${LRS:-1e-3,4e-3}"
+LRS="${LRS:-2e-3,8e-3}"
 python -m mae_jax.compare --data "$DATA" --root "$OUT" --variant "$VARIANT" --seeds "$SEEDS" \
   --models "${MODELS:-mae,depthwise_mae,convstem_mae,convmae}" --steps "$STEPS" \
   --select "finetune.lr=$LRS" --select "scratch.lr=$LRS" \

@@ -57,6 +57,8 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.model.pool = "mean"  # classifier only: cls | mean | max
   c.model.head_bn = False  # classifier only: BatchNorm (no affine) before the linear head
   c.model.include_cls = False  # classifier only: mean/max pooling over CLS too
+  # classifier only: std of the head's truncated-normal init (MAE: 0.01 probe, 2e-5 finetune)
+  c.model.head_init_std = 0.01
 
   c.model_init = ""  # workdir of a run whose parameters initialise this one
   c.model_load = ""  # "src:dst" sub-tree pairs, e.g. "encoder:backbone/encoder"

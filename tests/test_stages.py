@@ -96,3 +96,18 @@ def test_model_init_shape_mismatch_is_clear(dataset, pretrained, tmp_path):
   c.model_init = pretrained
   with pytest.raises(ValueError, match="has shape .* needs .*different variant"):
     trainer.train_and_evaluate(c, str(tmp_path / "bad"))
+
+
+def test_head_init_follows_the_mae_recipe_per_stage():
+  # probe 0.01 (its features are batch-normalised), finetune and scratch 2e-5: a near-zero
+  # head so that its random initial direction does not decide the ranking of a short run
+  import jax
+  from mae_jax.models import registry
+  for name, std in (("probe", 0.01), ("finetune", 2e-5), ("scratch", 2e-5)):
+    config = load_config(name)
+    model = registry.build_model(config, (25, 25, 3))
+    params = jax.jit(lambda: model.init({"params": jax.random.key(0), "dropout":
+                                         jax.random.key(1)}, np.zeros((1, 25, 25, 3))))()
+    kernel = np.asarray(params["params"]["head"]["dense"]["kernel"])
+    # truncated normal at 2 std: its std is 0.88 x the parameter; 64 entries -> 25% slack
+    assert 0.6 * std < kernel.std() < 1.1 * std, (name, kernel.std())

@@ -19,10 +19,12 @@ class EncoderClassifier(nn.Module):
   pool: str = "mean"
   head_bn: bool = False
   include_cls: bool = False
+  head_init_std: float = 0.01  # MAE recipe: 0.01 for the probe, 2e-5 for finetuning
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     feats = self.backbone.encode(images, train=train)
     head = heads.ClassifierHead(self.num_outputs, self.pool, self.head_bn, self.include_cls,
+                                kernel_init=nn.initializers.truncated_normal(self.head_init_std),
                                 name="head")
     return head(feats["tokens"], train), {"cls": feats["cls"], "mean": feats["mean"]}

@@ -40,7 +40,7 @@ def build_model(config, image_shape):
   if m.name == "classifier":
     backbone = mae_family_model(m.backbone, m, image_shape, m.drop_path)
     return classifier.EncoderClassifier(backbone, num_outputs(config), m.pool, m.head_bn,
-                                        m.include_cls)
+                                        m.include_cls, m.get("head_init_std", 0.01))
   if m.name in BASELINES:
     return BASELINES[m.name](num_outputs=num_outputs(config), dtype=jnp.dtype(m.dtype))
   raise ValueError(f"model.name={m.name!r}; choose one of "
