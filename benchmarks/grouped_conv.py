@@ -11,24 +11,13 @@ Prints one table: shape, path (lax | direct), forward s, forward + backward s.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.bench import time_fn
 from mae_jax.models import conv
-
-
-def _time(fn, args, steps):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def main():
@@ -54,8 +43,8 @@ def main():
       fwd = jax.jit(lambda x, k, impl=impl, op=op: op(x, k, impl))
       grad = jax.jit(jax.grad(lambda x, k, impl=impl, op=op: jnp.sum(jnp.sin(op(x, k, impl))),
                               argnums=(0, 1)))
-      print(f"| {label} | {xs} | {ks} | {impl} | {_time(fwd, (x, k), args.steps):.4f} "
-            f"| {_time(grad, (x, k), args.steps):.4f} |", flush=True)
+      print(f"| {label} | {xs} | {ks} | {impl} | {time_fn(fwd, x, k, repeats=args.steps):.4f} "
+            f"| {time_fn(grad, x, k, repeats=args.steps):.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,18 @@ def _close(a, b, rtol=1e-5):
   np.testing.assert_allclose(a, b, rtol=0, atol=rtol * max(np.abs(b).max(), 1e-30))
 
 
+def _direct_equals_lax(op, x, kernel):
+  """Output and both gradients of op(x, kernel, "direct") against op(x, kernel, "lax")."""
+  got = _value_and_grads(lambda a, b: op(a, b, "direct"), x, kernel)
+  want = _value_and_grads(lambda a, b: op(a, b, "lax"), x, kernel)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    _close(a, b)
+
+
 @pytest.mark.parametrize("k, shape", [(5, (2, 13, 9, 6)), (3, (3, 8, 8, 4)), (5, (2, 25, 25, 40))])
-def test_depthwise_shifts_equal_lax_forward_and_gradients(k, shape):
-  x, kernel = _rand(shape, 0, sparse=True), _rand((k, k, 1, shape[-1]), 1)
-  out, (dx, dk) = _value_and_grads(lambda a, b: conv.depthwise_conv_same(a, b, "direct"), x, kernel)
-  ref, (rdx, rdk) = _value_and_grads(lambda a, b: conv.depthwise_conv_same(a, b, "lax"), x, kernel)
-  _close(out, ref)
-  _close(dx, rdx)
-  _close(dk, rdk)
+def test_depthwise_direct_equals_lax_forward_and_gradients(k, shape):
+  _direct_equals_lax(conv.depthwise_conv_same, _rand(shape, 0, sparse=True),
+                     _rand((k, k, 1, shape[-1]), 1))
 
 
 def test_depthwise_matches_a_float64_loop():
@@ -54,12 +58,8 @@ def test_depthwise_matches_a_float64_loop():
 
 @pytest.mark.parametrize("p, c, k", [(5, 8, 18), (5, 3, 2), (4, 2, 3)])
 def test_patch_grouped_conv_einsum_equals_lax(p, c, k):
-  x, kernel = _rand((2, 5 * p, 3 * p, c), 4, sparse=True), _rand((p, p, 1, c * k), 5)
-  out, (dx, dk) = _value_and_grads(lambda a, b: conv.patch_grouped_conv(a, b, "direct"), x, kernel)
-  ref, (rdx, rdk) = _value_and_grads(lambda a, b: conv.patch_grouped_conv(a, b, "lax"), x, kernel)
-  _close(out, ref)
-  _close(dx, rdx)
-  _close(dk, rdk)
+  _direct_equals_lax(conv.patch_grouped_conv, _rand((2, 5 * p, 3 * p, c), 4, sparse=True),
+                     _rand((p, p, 1, c * k), 5))
 
 
 def test_modules_have_nn_conv_parameters_and_outputs():
