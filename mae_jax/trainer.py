@@ -250,7 +250,13 @@ def check_workdir(workdir, config):
   with open(path) as f:
     saved = json.load(f)
   now = json.loads(config.to_json_best_effort())
+  from mae_jax import config_util
+  defaults = json.loads(config_util.base_config().to_json_best_effort())
   for key in ("model", "seed", "batch_size", "stage"):
+    if isinstance(saved.get(key), dict) and isinstance(now.get(key), dict):
+      # a field added to the config after the saved run, left at its default, changes nothing
+      now[key] = {k: v for k, v in now[key].items()
+                  if k in saved[key] or v != defaults.get(key, {}).get(k, v)}
     if saved.get(key) != now.get(key) and not config.get("overwrite", False):
       raise ValueError(
           f"{workdir} holds a run with a different {key!r} ({saved.get(key)} vs {now.get(key)}); "

@@ -126,3 +126,15 @@ def test_evaluate_refuses_non_finite_outputs():
                                                    r"'validation' split"):
     trainer.evaluate(eval_step, {"params": {}, "model_state": {}}, Pipe(), "validation",
                      config, mesh, task=None)
+
+
+def test_check_workdir_ignores_fields_added_later_at_their_default(tmp_path):
+  config = load_config("finetune")
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["attention"]  # a run made before this field existed (default "auto")
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  trainer.check_workdir(str(tmp_path), config)  # same model: no error
+  del saved["model"]["head_init_std"]  # finetune sets 2e-5, not the 0.01 default: a change
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="different 'model'"):
+    trainer.check_workdir(str(tmp_path), config)
