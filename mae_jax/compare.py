@@ -92,6 +92,8 @@ def main(argv=None):
                  help="protocol stages; pretrain, probe and finetune are needed for the table")
   p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
                  help="same grid for every model, chosen on the validation split (protocol --select)")
+  p.add_argument("--recon-splits", default="test",
+                 help="splits of the reconstruction report (the table shows test)")
   p.add_argument("--speed-batch", type=int, default=32)
   args = p.parse_args(rest)
   missing = {"pretrain", "probe", "finetune"} - set(args.stages.split(","))
@@ -104,7 +106,8 @@ def main(argv=None):
     root = os.path.join(args.root, name)
     protocol.main(["--data", args.data, "--root", root, "--variant", args.variant,
                    "--model", name, "--patch", str(args.patch), "--seeds", args.seeds,
-                   "--steps", args.steps, "--stages", args.stages, *selects, *passthrough])
+                   "--steps", args.steps, "--stages", args.stages,
+                   "--recon-splits", args.recon_splits, *selects, *passthrough])
     with open(os.path.join(root, "results.json")) as f:
       res = json.load(f)
     from mae_jax.data import pipeline as pipeline_lib

@@ -1,5 +1,7 @@
 """The hybrid comparison command writes one table with every model's row."""
 
+import json
+
 from mae_jax import compare
 from mae_jax.data import convert
 from helpers import write_small_e2e
@@ -21,6 +23,10 @@ def test_compare_two_models_table(tmp_path):
   for name in ("mae", "depthwise_mae"):
     cfg = (tmp_path / "cmp" / name / "seed0" / "scratch" / "config.json").read_text()
     assert '"model_init": ""' in cfg and '"total_steps": 2' in cfg
+  # the table reads the test split's reconstruction; compare measures only that split
+  res = json.loads((tmp_path / "cmp" / "mae" / "results.json").read_text())
+  assert set(res["per_seed"][0]["recon"]) == {"test"}
+  assert rows[0]["recon"][0] == res["per_seed"][0]["recon"]["test"]["mse_masked"]
   # 25x25x3 images here: different embeddings, parameter counts close but not equal
   assert rows[0]["params"] != rows[1]["params"]
   assert abs(rows[1]["params"] / rows[0]["params"] - 1) < 0.1

@@ -114,3 +114,19 @@ def test_select_fields_are_checked_before_anything_trains():
   with pytest.raises(SystemExit, match="finetune.lrr=1e-3.*unknown config field 'lrr'"):
     protocol.check_selects(protocol.parse_selects(["finetune.lrr=1e-3"], ["finetune"]),
                            config_for)
+
+
+def test_recon_splits_are_checked_against_the_dataset(tmp_path):
+  from mae_jax.data import pipeline as pipeline_lib
+  (tmp_path / pipeline_lib.META_FILE).write_text(
+      json.dumps({"splits": {"train": {"num_examples": 8}, "test": {"num_examples": 4}}}))
+  assert protocol.check_recon_splits("train,test", str(tmp_path)) == ["train", "test"]
+  assert protocol.check_recon_splits("test", str(tmp_path)) == ["test"]
+  # asked for by name: an error naming the split and the dataset's splits
+  with pytest.raises(SystemExit, match=r"\['validation'\] not in the dataset.*'test', 'train'"):
+    protocol.check_recon_splits("test,validation", str(tmp_path))
+  with pytest.raises(SystemExit, match="at least one split"):
+    protocol.check_recon_splits(",", str(tmp_path))
+  # the default skips a split the dataset lacks (an unlabelled set without a test split)
+  (tmp_path / pipeline_lib.META_FILE).write_text(json.dumps({"splits": {"train": {}}}))
+  assert protocol.check_recon_splits("train,test", str(tmp_path)) == ["train"]
