@@ -99,6 +99,8 @@ def main(argv=None):
   missing = {"pretrain", "probe", "finetune"} - set(args.stages.split(","))
   if missing:
     raise SystemExit(f"--stages {args.stages!r} lacks {sorted(missing)}, which the table needs")
+  if "test" not in args.recon_splits.split(","):
+    raise SystemExit(f"--recon-splits {args.recon_splits!r} lacks test, which the table shows")
   selects = [a for item in args.select for a in ("--select", item)]
 
   rows = []

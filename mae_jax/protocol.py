@@ -340,10 +340,11 @@ def main(argv=None):
   p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"any of {STAGES}")
   p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
                  help="run STAGE once per value, keep the best on the validation split")
-  p.add_argument("--recon-splits", default="train,test",
-                 help="splits whose reconstruction error is measured after pretraining (a "
-                      "full pass over each: on a real train split of millions of jets, "
-                      "'test' alone saves hours)")
+  p.add_argument("--recon-splits", default=None,
+                 help="comma-separated splits whose reconstruction error is measured after "
+                      "pretraining (default: train and test, those the dataset has); a full "
+                      "pass over each, so on a real train split of millions of jets 'test' "
+                      "alone saves hours")
   args = p.parse_args(rest)
   args.argv = argv
   steps = dict(kv.split("=") for kv in args.steps.split(","))
@@ -409,19 +410,21 @@ def main(argv=None):
 
 
 def check_recon_splits(value, data_dir):
-  """'train,test' -> the listed splits, each checked against the dataset; a default split
-  the dataset lacks (e.g. no test split) is skipped, a requested one is an error."""
+  """'test,validation' -> those splits, each checked against the dataset (an error names the
+  missing one); None -> train and test, whichever the dataset has."""
   available = _splits(data_dir)
+  if value is None:
+    splits = [s for s in ("train", "test") if s in available]
+    if not splits:
+      raise SystemExit(f"{data_dir} has neither a train nor a test split (its splits: "
+                       f"{sorted(available)}); pick one with --recon-splits")
+    return splits
   splits = [s for s in value.split(",") if s]
   if not splits:
     raise SystemExit("--recon-splits: give at least one split, e.g. test")
   unknown = [s for s in splits if s not in available]
-  if unknown and value != "train,test":
+  if unknown:
     raise SystemExit(f"--recon-splits {value!r}: {unknown} not in the dataset {data_dir} "
-                     f"(its splits: {sorted(available)})")
-  splits = [s for s in splits if s in available]
-  if not splits:
-    raise SystemExit(f"--recon-splits {value!r}: none of them in {data_dir} "
                      f"(its splits: {sorted(available)})")
   return splits
 

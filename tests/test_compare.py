@@ -30,3 +30,12 @@ def test_compare_two_models_table(tmp_path):
   # 25x25x3 images here: different embeddings, parameter counts close but not equal
   assert rows[0]["params"] != rows[1]["params"]
   assert abs(rows[1]["params"] / rows[0]["params"] - 1) < 0.1
+
+
+def test_compare_refuses_what_the_table_cannot_show(tmp_path):
+  import pytest
+  base = ["--data", str(tmp_path), "--root", str(tmp_path / "cmp")]
+  with pytest.raises(SystemExit, match="lacks test, which the table shows"):
+    compare.main(base + ["--recon-splits", "train"])
+  with pytest.raises(SystemExit, match=r"lacks \['finetune'\]"):
+    compare.main(base + ["--stages", "pretrain,probe"])

@@ -120,13 +120,19 @@ def test_recon_splits_are_checked_against_the_dataset(tmp_path):
   from mae_jax.data import pipeline as pipeline_lib
   (tmp_path / pipeline_lib.META_FILE).write_text(
       json.dumps({"splits": {"train": {"num_examples": 8}, "test": {"num_examples": 4}}}))
-  assert protocol.check_recon_splits("train,test", str(tmp_path)) == ["train", "test"]
+  assert protocol.check_recon_splits(None, str(tmp_path)) == ["train", "test"]
   assert protocol.check_recon_splits("test", str(tmp_path)) == ["test"]
   # asked for by name: an error naming the split and the dataset's splits
   with pytest.raises(SystemExit, match=r"\['validation'\] not in the dataset.*'test', 'train'"):
     protocol.check_recon_splits("test,validation", str(tmp_path))
   with pytest.raises(SystemExit, match="at least one split"):
     protocol.check_recon_splits(",", str(tmp_path))
-  # the default skips a split the dataset lacks (an unlabelled set without a test split)
+  # the default skips a split the dataset lacks (an unlabelled set without a test split),
+  # a named one does not
   (tmp_path / pipeline_lib.META_FILE).write_text(json.dumps({"splits": {"train": {}}}))
-  assert protocol.check_recon_splits("train,test", str(tmp_path)) == ["train"]
+  assert protocol.check_recon_splits(None, str(tmp_path)) == ["train"]
+  with pytest.raises(SystemExit, match=r"\['test'\] not in the dataset"):
+    protocol.check_recon_splits("train,test", str(tmp_path))
+  (tmp_path / pipeline_lib.META_FILE).write_text(json.dumps({"splits": {"validation": {}}}))
+  with pytest.raises(SystemExit, match="neither a train nor a test split"):
+    protocol.check_recon_splits(None, str(tmp_path))
