@@ -31,7 +31,12 @@ import sys
 from mae_jax import bench, protocol
 
 
-def train_speed(model_name, variant, patch, image_shape, batch, steps=3):
+def train_speed(model_name, variant, patch, image_shape, batch, steps=10):
+  """(training GFLOP per image, images/s): median of `steps` timed steps after one warm-up.
+
+  Ten, not three: in a fresh process ConvMAE tiny had one or two steps of 4.5-5 s among
+  steps of 0.95 s (the allocator growing the heap for its full-resolution stage), and a
+  median of three reported 6.9 images/s instead of 34."""
   config = protocol.load_stage_config("pretrain", variant, model_name, patch)
   config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
   _, times, _ = bench.measure_train_step(config, image_shape, steps)
