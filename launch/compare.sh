@@ -3,8 +3,8 @@
 # splits, steps, batch, seeds and learning rates): for each model pretrain -> reconstruction
 # (test split) -> probe -> finetune, plus the probe on its random frozen encoder (control:
 # what the probe gets without pretraining). Writes OUT/comparison.md and OUT/comparison.png.
-# The defaults are the settings of the table in README.md / docs/models.md (≈1.5 h on a
-# 2-core CPU; ConvMAE is 45% of it):
+# The defaults are the settings of the table in README.md / docs/models.md (≈75 min on the
+# 2-core CPU as two shells in parallel, MODELS=convmae and MODELS=mae,depthwise_mae,convstem_mae):
 #   NUM=10000 OUT=workdirs/compare VARIANT=tiny SEEDS=0,1,2 \
 #   STEPS=pretrain=200,probe=100,finetune=100 STAGES=pretrain,probe,finetune,probe_random \
 #   LRS=2e-3 bash launch/compare.sh

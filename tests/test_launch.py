@@ -31,12 +31,18 @@ def fake_venv(tmp_path):
   return venv
 
 
-def run_compare(tmp_path, **env):
-  data = tmp_path / "data"
-  data.mkdir(exist_ok=True)
+def run_compare(tmp_path, data=None, **env):
+  """compare.sh under the fake virtualenv on DATA (default: an existing empty folder)."""
+  if data is None:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
   e = dict(os.environ, MAE_JAX_VENV=str(fake_venv(tmp_path)), DATA=str(data), **env)
-  r = subprocess.run(["bash", os.path.join(ROOT, "launch", "compare.sh")], env=e,
-                     capture_output=True, text=True, timeout=60)
+  return subprocess.run(["bash", os.path.join(ROOT, "launch", "compare.sh")], env=e,
+                        capture_output=True, text=True, timeout=60)
+
+
+def compare_args(tmp_path, **env):
+  r = run_compare(tmp_path, **env)
   assert r.returncode == 0, r.stderr
   return r.stdout.splitlines()
 
@@ -46,19 +52,17 @@ def value_after(args, flag):
 
 
 def test_compare_sh_defaults_and_grid(tmp_path):
-  args = run_compare(tmp_path)
+  args = compare_args(tmp_path)
   assert args[:2] == ["-m", "mae_jax.compare"]
   assert value_after(args, "--steps") == ["pretrain=200,probe=100,finetune=100"]
   assert value_after(args, "--stages") == ["pretrain,probe,finetune,probe_random"]
   assert value_after(args, "--select") == ["finetune.lr=2e-3"]
   assert value_after(args, "--seeds") == ["0,1,2"]
   # scratch in the stages: it gets the same lr grid as finetune
-  args = run_compare(tmp_path, STAGES="pretrain,probe,finetune,scratch", LRS="2e-3,8e-3")
+  args = compare_args(tmp_path, STAGES="pretrain,probe,finetune,scratch", LRS="2e-3,8e-3")
   assert value_after(args, "--select") == ["finetune.lr=2e-3,8e-3", "scratch.lr=2e-3,8e-3"]
 
 
 def test_compare_sh_refuses_a_missing_dataset(tmp_path):
-  e = dict(os.environ, MAE_JAX_VENV=str(fake_venv(tmp_path)), DATA=str(tmp_path / "nowhere"))
-  r = subprocess.run(["bash", os.path.join(ROOT, "launch", "compare.sh")], env=e,
-                     capture_output=True, text=True, timeout=60)
+  r = run_compare(tmp_path, data=tmp_path / "nowhere")
   assert r.returncode == 2 and "no converted dataset at DATA=" in r.stderr
