@@ -117,8 +117,8 @@ def main(argv=None):
                    "--recon-splits", args.recon_splits, *selects, *passthrough])
     with open(os.path.join(root, "results.json")) as f:
       res = json.load(f)
-    from mae_jax.data import pipeline as pipeline_lib
-    image_shape = tuple(pipeline_lib.load_meta(args.data)["image_shape"])
+    from mae_jax.data import meta as meta_lib
+    image_shape = tuple(meta_lib.load_meta(args.data)["image_shape"])
     gflop, ips = train_speed(name, args.variant, args.patch, image_shape, args.speed_batch)
     seeds = res["per_seed"]
 

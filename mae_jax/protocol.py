@@ -430,8 +430,8 @@ def check_recon_splits(value, data_dir):
 
 
 def _splits(data_dir):
-  from mae_jax.data import pipeline as pipeline_lib
-  return pipeline_lib.load_meta(data_dir)["splits"]
+  from mae_jax.data import meta as meta_lib
+  return meta_lib.load_meta(data_dir)["splits"]
 
 
 def _stored_bytes_per_jet(data_dir):

@@ -117,8 +117,8 @@ def test_select_fields_are_checked_before_anything_trains():
 
 
 def test_recon_splits_are_checked_against_the_dataset(tmp_path):
-  from mae_jax.data import pipeline as pipeline_lib
-  (tmp_path / pipeline_lib.META_FILE).write_text(
+  from mae_jax.data import meta as meta_lib
+  (tmp_path / meta_lib.META_FILE).write_text(
       json.dumps({"splits": {"train": {"num_examples": 8}, "test": {"num_examples": 4}}}))
   assert protocol.check_recon_splits(None, str(tmp_path)) == ["train", "test"]
   assert protocol.check_recon_splits("test", str(tmp_path)) == ["test"]
@@ -129,10 +129,10 @@ def test_recon_splits_are_checked_against_the_dataset(tmp_path):
     protocol.check_recon_splits(",", str(tmp_path))
   # the default skips a split the dataset lacks (an unlabelled set without a test split),
   # a named one does not
-  (tmp_path / pipeline_lib.META_FILE).write_text(json.dumps({"splits": {"train": {}}}))
+  (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"train": {}}}))
   assert protocol.check_recon_splits(None, str(tmp_path)) == ["train"]
   with pytest.raises(SystemExit, match=r"\['test'\] not in the dataset"):
     protocol.check_recon_splits("train,test", str(tmp_path))
-  (tmp_path / pipeline_lib.META_FILE).write_text(json.dumps({"splits": {"validation": {}}}))
+  (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"validation": {}}}))
   with pytest.raises(SystemExit, match="neither a train nor a test split"):
     protocol.check_recon_splits(None, str(tmp_path))

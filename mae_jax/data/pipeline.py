@@ -7,12 +7,7 @@ stream is repeat -> shuffle(seed) -> skip(start_step * local_batch), and the
 skip runs on still-encoded records, so resuming at step k re-reads k batches
 of compressed bytes but decodes none of them.
 
-Normalisations (config `data.normalization`), applied per channel:
-  none          x
-  div255        x / 255          (files stored pre-scaled to 0..255)
-  log1p         log(1 + max(x, 0)) * sign(x)  (sign kept for d0/dz)
-  zscore        (x - mean_c) / std_c          (train-split statistics)
-  log1p_zscore  (log1p(x) - log1p_mean_c) / log1p_std_c
+Normalisation (config `data.normalization`) is `mae_jax.data.meta.normalize`.
 """
 
 from __future__ import annotations
@@ -25,21 +20,18 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow.experimental import numpy as tnp
 
-tf.config.set_visible_devices([], "GPU")  # TF must never take the accelerator from JAX.
-
-META_FILE = "mae_jax_meta.json"
-NORMALIZATIONS = ("none", "div255", "log1p", "zscore", "log1p_zscore")
+from mae_jax.data import meta as meta_lib
 
 
-def load_meta(data_dir: str) -> dict:
-  path = os.path.join(data_dir, META_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{data_dir} is not a converted mae_jax dataset ({META_FILE} missing); make one with "
-        "`python -m mae_jax.data.convert --input FILE.h5 --output DIR`.")
-  with open(path) as f:
-    return json.load(f)
+def hide_accelerators_from_tf() -> None:
+  """TF must never take the accelerator from JAX (called by the pipeline and the converter,
+  not at import)."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # devices already initialised: TF saw no GPU or it is too late to change
+    pass
 
 
 def check_shards(data_dir: str) -> None:
@@ -69,37 +61,6 @@ def check_shards(data_dir: str) -> None:
           f"`python -m mae_jax.data.convert verify {data_dir}`")
 
 
-def _signed_log1p(x):
-  return tf.sign(x) * tf.math.log1p(tf.abs(x))
-
-
-def normalizer(mode: str, meta: dict):
-  """Returns a tf function image -> normalised image, and its numpy inverse."""
-  if mode not in NORMALIZATIONS:
-    raise ValueError(f"data.normalization={mode!r}; choose one of {NORMALIZATIONS}")
-  stats = meta.get("channel_stats", {})
-
-  def stat(name):
-    if name not in stats:
-      raise ValueError(f"normalization {mode!r} needs channel_stats[{name!r}] in the dataset "
-                       "metadata; reconvert the dataset")
-    v = np.asarray(stats[name], np.float32)
-    return v
-
-  if mode == "none":
-    return (lambda x: x), (lambda y: y)
-  if mode == "div255":
-    return (lambda x: x / 255.0), (lambda y: y * 255.0)
-  if mode == "log1p":
-    return _signed_log1p, (lambda y: np.sign(y) * np.expm1(np.abs(y)))
-  if mode == "zscore":
-    mean, std = stat("mean"), np.maximum(stat("std"), 1e-6)
-    return (lambda x: (x - mean) / std), (lambda y: y * std + mean)
-  mean, std = stat("log1p_mean"), np.maximum(stat("log1p_std"), 1e-6)
-  return ((lambda x: (_signed_log1p(x) - mean) / std),
-          (lambda y: np.sign(y * std + mean) * np.expm1(np.abs(y * std + mean))))
-
-
 def _process_split(split: str, process_index: int, process_count: int) -> str:
   if process_count == 1:
     return split
@@ -112,11 +73,14 @@ class Pipeline:
   def __init__(self, data_dir: str, normalization: str = "log1p",
                process_index: int = 0, process_count: int = 1, host_split: str = "shard"):
     self.data_dir = data_dir
-    self.meta = load_meta(data_dir)
+    hide_accelerators_from_tf()
+    self.meta = meta_lib.load_meta(data_dir)
     check_shards(data_dir)
     self.builder = tfds.builder_from_directory(data_dir)
     self.image_shape = tuple(self.meta["image_shape"])
-    self.normalize, self.denormalize = normalizer(normalization, self.meta)
+    self.normalization = meta_lib.check_normalization(normalization)
+    meta_lib.normalize(np.zeros(self.image_shape[-1:], np.float32), normalization,
+                       self.meta.get("channel_stats"))  # fails now if statistics are missing
     self.process_index, self.process_count = process_index, process_count
     if host_split not in ("shard", "interleave"):
       raise ValueError(f"data.host_split={host_split!r}; choose 'shard' or 'interleave'")
@@ -134,7 +98,9 @@ class Pipeline:
   def _decode(self, ex):
     image_feature = self.builder.info.features["image"]
     image = image_feature.decode_example(ex["image"])
-    out = {"image": self.normalize(tf.cast(image, tf.float32)), "label": ex["label"]}
+    image = meta_lib.normalize(tf.cast(image, tf.float32), self.normalization,
+                               self.meta.get("channel_stats"), ops=tnp)
+    out = {"image": image, "label": ex["label"]}
     if "targets" in ex:
       out["targets"] = ex["targets"]
     return out
