@@ -74,11 +74,12 @@ def matmul_ceiling(n=2048, dtype="float32", repeats=5):
 
 def train_step_setup(config, image_shape):
   """(model, state, jitted step, synthetic global batch) exactly as the trainer builds them."""
-  from mae_jax import parallel, trainer
+  from mae_jax import experiment, parallel, tasks
   mesh = parallel.make_mesh(config.mesh)
-  model = trainer.build_model(config, image_shape)
-  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, image_shape)
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  model = experiment.build_model(config, image_shape)
+  setup = experiment.create_state(config, model, mesh, image_shape)
+  state = setup.state
+  step = experiment.make_train_step(config, model, tasks.build(config), setup, mesh)
   images = parallel.global_batch(
       {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
   return model, state, step, images

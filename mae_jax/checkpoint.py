@@ -9,6 +9,7 @@ complete, so an interrupted save is never listed as a step.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -108,3 +109,67 @@ def write_config(workdir: str, config) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+BEST_DIR, BEST_JSON = "best", "best.json"
+
+
+def save_best(workdir: str, state, step: int, summary: dict) -> None:
+  """Keeps the validation-selected parameters (and BN statistics) in WORKDIR/best, and their
+  validation summary in WORKDIR/best.json."""
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, BEST_DIR)),
+                               options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  mngr.save(step, args=ocp.args.StandardSave({"params": state["params"],
+                                              "model_state": state["model_state"]}), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  write_json(os.path.join(workdir, BEST_JSON), {"step": step, **summary})
+
+
+def restore_best(workdir: str, state, shardings):
+  """(state with the best parameters, best step), or (state, None) if none was saved."""
+  d = os.path.abspath(os.path.join(workdir, BEST_DIR))
+  if not os.path.isdir(d):
+    return state, None
+  mngr = ocp.CheckpointManager(d)
+  step = mngr.latest_step()
+  if step is None:
+    return state, None
+  keys = ("params", "model_state")
+  abstract = abstract_like({k: state[k] for k in keys}, {k: shardings[k] for k in keys})
+  best = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  mngr.close()
+  return {**state, **best}, step
+
+
+def read_json(path: str, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json(path: str, obj) -> None:
+  """Process 0 writes `obj` as strict JSON (NaN/Inf become null, never bare NaN) atomically:
+  a reader never sees a half-written file."""
+  if jax.process_index() != 0:
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def json_safe(obj):
+  """JSON has no NaN/Inf: they become None."""
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if np.isfinite(obj) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.ndarray):
+    return json_safe(obj.tolist())
+  return obj

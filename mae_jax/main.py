@@ -26,7 +26,7 @@ def main(argv):
   import jax  # imported here so that XLA_FLAGS set by launchers are in place
 
   config = _CONFIG.value
-  from mae_jax import parallel, trainer
+  from mae_jax import errors, parallel, trainer
   d = config.get("distributed", None)
   if d is not None:
     parallel.maybe_initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
@@ -37,7 +37,7 @@ def main(argv):
   cpu_env.warn_if_untuned(jax.default_backend())
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, trainer.NonFiniteError) as e:
+  except errors.USER_ERRORS as e:
     # One clear line instead of a traceback for errors in the user's input.
     print(f"error: {e}", file=sys.stderr)
     logging.error("%s", e)

@@ -79,19 +79,19 @@ def apply_overrides(config, overrides):
 def reconstruction_report(pretrain_dir, config, splits):
   """Masked/all/occupied/empty MSE, per channel and energy errors on each split."""
   import jax
-  from mae_jax import checkpoint, parallel, trainer
+  from mae_jax import checkpoint, experiment, parallel
   from mae_jax.data import pipeline as pipeline_lib
   from mae_jax.evaluate import reconstruction as rec
 
   mesh = parallel.make_mesh(config.mesh)
   pipe = pipeline_lib.Pipeline(config.data.dir, config.data.normalization)
-  model = trainer.build_model(config, pipe.image_shape)
+  model = experiment.build_model(config, pipe.image_shape)
   # parameters only (no optimizer state, no manager that could prune the pretrain run)
   params = checkpoint.read_arrays(pretrain_dir, item="params")[0]["params"]
 
   @jax.jit
   def forward(params, images, index):
-    mask_key, _ = trainer.step_keys(config.seed + 1, index)
+    mask_key, _ = experiment.step_keys(config.seed + 1, index)
     _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key})
     return aux["pred"], aux["mask"]
 
@@ -184,7 +184,7 @@ def run_selected(stage, config, workdir, field, values, seed):
 
   A value whose run stops on a non-finite loss (nan_policy=stop) scores -inf and is
   recorded in WORKDIR/failed.json, so a rerun does not train it again."""
-  from mae_jax import trainer
+  from mae_jax import errors
   grid, finals, seconds, dirs = {}, {}, 0.0, {}
   for value in values:
     cfg = apply_overrides(config.copy_and_resolve_references(), [f"--config.{field}={value}"])
@@ -197,7 +197,7 @@ def run_selected(stage, config, workdir, field, values, seed):
         seconds += sec
         grid[value] = validation_score(wd)
         continue
-      except trainer.NonFiniteError as e:
+      except errors.NonFiniteError as e:
         with open(failed, "w") as f:
           json.dump({"error": str(e)}, f)
     with open(failed) as f:

@@ -1,17 +1,10 @@
-"""The one training loop for every stage: state, sharded step, eval, checkpoints, logs.
+"""The one training loop for every stage: steps, eval cadence, best checkpoint, test once.
 
-Stages differ only in config: `model.name` picks the model (MAE family,
-encoder classifier, ResNet), `task.name` the loss and metrics (mae, classify,
-regress), `model_init` which checkpoint's parameters are loaded into which
-sub-tree, and `optim.frozen` which parameters never change.
-
-State is a dict {"step", "params", "opt_state", "model_state"} (model_state:
-BatchNorm statistics, empty for the ViT MAE) created by `jax.jit(init,
-out_shardings=...)` directly in its target sharding; the step is
-`jax.jit(..., donate_argnums=0)`. Randomness derives from (seed, step) only:
-masking noise for step k is `fold_in(key(seed), k)` and the data order is a
-function of (seed, step) (data/pipeline.py), so a resumed run sees the same
-batches and masks as an uninterrupted one.
+Stages differ only in config: `model.name` picks the model (MAE family, encoder
+classifier, ResNet), `task.name` the loss and metrics (mae, classify, regress),
+`model_init` which checkpoint's parameters are loaded into which sub-tree, and
+`optim.frozen` which parameters never change. The builders (model, sharded state,
+jitted steps, evaluation) are in `experiment.py`; this file is the loop alone.
 """
 
 from __future__ import annotations
@@ -23,20 +16,11 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
 
-from mae_jax import checkpoint, optim, parallel, tasks
-from mae_jax.models import registry
-
-MASK_STREAM, DROPOUT_STREAM = 1, 2
-
-
-class NonFiniteError(RuntimeError):
-  pass
+from mae_jax import checkpoint, config_util, errors, experiment, parallel, tasks
 
 
 class PreemptionWatcher:
@@ -71,156 +55,6 @@ class PreemptionWatcher:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def build_model(config, image_shape):
-  return registry.build_model(config, image_shape)
-
-
-def step_keys(seed: int, step):
-  base = jax.random.key(seed)
-  return (jax.random.fold_in(jax.random.fold_in(base, MASK_STREAM), step),
-          jax.random.fold_in(jax.random.fold_in(base, DROPOUT_STREAM), step))
-
-
-def _apply(model, params, model_state, images, train, mask_key, drop_key):
-  """Forward pass of any stage's model; returns (output, new model_state)."""
-  variables = {"params": params, **model_state}
-  rngs = {"masking": mask_key, "dropout": drop_key}
-  if train and model_state:
-    return model.apply(variables, images, train=True, rngs=rngs, mutable=list(model_state))
-  return model.apply(variables, images, train=train, rngs=rngs), model_state
-
-
-def load_pretrained(config, params):
-  """Copies sub-trees of another run's parameters into `params` (config.model_init).
-
-  `model_load` lists "src:dst" pairs of "/"-joined sub-tree paths, e.g.
-  "encoder:backbone/encoder" puts a pretrain run's encoder under the classifier.
-  Every destination leaf must exist in the source with the same shape.
-  """
-  from flax import traverse_util
-  src_dir = config.model_init
-  restored, step = checkpoint.read_arrays(src_dir, item="params")
-  restored = restored["params"]
-  src_flat = traverse_util.flatten_dict(restored, sep="/")
-  dst_flat = traverse_util.flatten_dict(params, sep="/")
-  loaded = 0
-  for pair in filter(None, (p.strip() for p in config.model_load.split(","))):
-    src, dst = pair.split(":") if ":" in pair else (pair, pair)
-    targets = {k: v for k, v in dst_flat.items() if k.startswith(dst + "/")}
-    if not targets:
-      raise ValueError(f"model_load {pair!r}: this model has no parameters under {dst!r}")
-    for k, v in targets.items():
-      sk = src + k[len(dst):]
-      if sk not in src_flat:
-        raise ValueError(f"model_init {src_dir} (step {step}) has no parameter {sk!r} for {k!r}")
-      if tuple(src_flat[sk].shape) != tuple(v.shape):
-        raise ValueError(f"model_init {src_dir}: {sk!r} has shape {tuple(src_flat[sk].shape)} "
-                         f"but this model's {k!r} needs {tuple(v.shape)} (a different variant, "
-                         "patch or channel count?)")
-      dst_flat[k] = jnp.asarray(src_flat[sk], v.dtype)
-      loaded += 1
-  logging.info("loaded %d arrays from %s step %d", loaded, src_dir, step)
-  return traverse_util.unflatten_dict(dst_flat, sep="/"), step
-
-
-def create_state(config, model, mesh, image_shape):
-  """Returns (state, state_shardings, tx, schedule); state lives in its target sharding."""
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
-
-  def init_variables():
-    rngs = {"params": jax.random.key(config.seed), "masking": jax.random.key(0),
-            "dropout": jax.random.key(0)}
-    return model.init(rngs, dummy, train=False)
-
-  abstract_vars = jax.eval_shape(init_variables)
-  tx, schedule = optim.make_optimizer(config, abstract_vars["params"])
-
-  def init(params=None):
-    variables = init_variables()
-    params = variables["params"] if params is None else params
-    model_state = {k: v for k, v in variables.items() if k != "params"}
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "model_state": model_state}
-
-  abstract = jax.eval_shape(init)
-  shardings = parallel.state_shardings(mesh, abstract)
-  if config.get("model_init", ""):
-    params, _ = load_pretrained(config, jax.device_get(jax.jit(lambda: init_variables()["params"])()))
-    params = jax.device_put(params, shardings["params"])
-    state = jax.jit(init, in_shardings=(shardings["params"],), out_shardings=shardings)(params)
-  else:
-    state = jax.jit(init, out_shardings=shardings)()
-  return state, shardings, tx, schedule
-
-
-def make_train_step(config, model, tx, schedule, mesh, state_shardings, task=None):
-  task = task or tasks.Task(config, {"splits": {}})
-  skip_nonfinite = config.nan_policy == "skip"
-  frozen = optim.frozen_mask(state_shardings["params"],
-                             config.optim.get("frozen", ""))
-
-  def train_step(state, batch):
-    mask_key, drop_key = step_keys(config.seed, state["step"])
-
-    def loss_fn(params):
-      # frozen parameters get no gradient at all, so XLA drops their backward pass
-      # (a linear probe then costs a forward through the encoder only)
-      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-      out, model_state = _apply(model, params, state["model_state"], batch["image"], True,
-                                mask_key, drop_key)
-      return task.loss(out, batch), model_state
-
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-           "opt_state": opt_state, "model_state": model_state}
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if skip_nonfinite:  # keep the old state but move on to the next batch
-      new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-      new["step"] = state["step"] + 1
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-               "finite": finite}
-    return new, metrics
-
-  return jax.jit(train_step,
-                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=(0,))
-
-
-def make_eval_step(config, model, mesh, state_shardings, task):
-  """Per-batch eval outputs; MAE masks are fixed per batch index (seed + 1 stream)."""
-
-  def eval_step(params, model_state, batch, index):
-    mask_key, drop_key = step_keys(config.seed + 1, index)
-    out, _ = _apply(model, params, model_state, batch["image"], False, mask_key, drop_key)
-    return task.eval_outputs(out, batch)
-
-  return jax.jit(eval_step, in_shardings=(state_shardings["params"], state_shardings["model_state"],
-                                          parallel.batch_sharding(mesh), None),
-                 out_shardings=parallel.replicated(mesh))
-
-
-def evaluate(eval_step, state, pipeline, split, config, mesh, task, save_scores=""):
-  """Summary over a whole split; classify: optionally saves labels and scores (npz)."""
-  local = config.batch_size // jax.process_count()
-  _, it = pipeline.eval_iter(split, local, config.batch_size)
-  outputs = [parallel.to_host(eval_step(state["params"], state["model_state"],
-                                      parallel.global_batch(batch, mesh), i))
-             for i, batch in enumerate(it)]
-  bad = sorted({k for o in outputs for k, v in o.items()
-                 if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()})
-  if bad:  # the parameters diverged (e.g. in the last update, after the step's own check)
-    raise NonFiniteError(f"non-finite model outputs ({', '.join(bad)}) on the {split!r} split: "
-                         "the parameters diverged. Lower the lr or enable optim.grad_clip_norm.")
-  if save_scores and task.name == "classify" and jax.process_index() == 0:
-    keep = np.concatenate([o["valid"] for o in outputs]) > 0
-    np.savez(save_scores, label=np.concatenate([o["label"] for o in outputs])[keep],
-             score=np.concatenate([o["score"] for o in outputs])[keep])
-  return task.summarize(outputs, split)
-
-
 class Progress:
   """Readable progress lines: step, loss, lr, images/s and ETA.
 
@@ -244,13 +78,10 @@ class Progress:
 
 def check_workdir(workdir, config):
   """Refuses to resume a run whose model or data differ from the one saved there."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = checkpoint.read_json(os.path.join(workdir, "config.json"))
+  if saved is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
   now = json.loads(config.to_json_best_effort())
-  from mae_jax import config_util
   defaults = json.loads(config_util.base_config().to_json_best_effort())
   for key in ("model", "seed", "batch_size", "stage"):
     if isinstance(saved.get(key), dict) and isinstance(now.get(key), dict):
@@ -263,35 +94,41 @@ def check_workdir(workdir, config):
           "use another --workdir, or --config.overwrite=True to start over there.")
 
 
-def _save_best(workdir, state, step, summary):
-  """Keeps the validation-selected parameters (and BN statistics) in WORKDIR/best."""
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "best")),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-  mngr.save(step, args=ocp.args.StandardSave({"params": state["params"],
-                                              "model_state": state["model_state"]}), force=True)
-  mngr.wait_until_finished()
-  mngr.close()
+def check_config(config, workdir):
+  if not config.data.dir:
+    raise ValueError("config.data.dir is empty: pass --config.data.dir=DIR, a directory written "
+                     "by `python -m mae_jax.data.convert`")
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                     f"{jax.device_count()} devices")
+  if config.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"nan_policy={config.nan_policy!r}; choose 'stop' or 'skip'")
+  os.makedirs(workdir, exist_ok=True)
+  check_workdir(workdir, config)
+
+
+def print0(*args):
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "best.json"), "w") as f:
-      json.dump({"step": step, **summary}, f, indent=1)
+    print(*args, flush=True)
 
 
-def _restore_best(workdir, state, shardings):
-  import orbax.checkpoint as ocp
-  d = os.path.abspath(os.path.join(workdir, "best"))
-  if not os.path.isdir(d):
-    return state, None
-  mngr = ocp.CheckpointManager(d)
-  step = mngr.latest_step()
-  if step is None:
-    return state, None
-  target = {"params": state["params"], "model_state": state["model_state"]}
-  abstract = checkpoint.abstract_like(target, {"params": shardings["params"],
-                                               "model_state": shardings["model_state"]})
-  best = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-  mngr.close()
-  return {**state, **best}, step
+HISTORY = "metrics.jsonl"  # one JSON row per logged train step, validation and test summary
+
+
+def read_history(workdir_or_file, train: bool = True) -> list[dict]:
+  """Rows of a run's metrics.jsonl: the training rows (with "loss"), or the eval summaries."""
+  path = workdir_or_file
+  if os.path.isdir(path):
+    path = os.path.join(path, HISTORY)
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if ("loss" in r) == train]
+
+
+def append_jsonl(path, row):
+  if jax.process_index() == 0:
+    with open(path, "a") as f:
+      f.write(json.dumps(checkpoint.json_safe(row), allow_nan=False) + "\n")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -304,30 +141,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from mae_jax.data import pipeline as pipeline_lib  # tensorflow import kept off module load
   from mae_jax.evaluate import plots
 
-  if not config.data.dir:
-    raise ValueError("config.data.dir is empty: pass --config.data.dir=DIR, a directory written "
-                     "by `python -m mae_jax.data.convert`")
-  if config.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                     f"{jax.device_count()} devices")
-  if config.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"nan_policy={config.nan_policy!r}; choose 'stop' or 'skip'")
-  os.makedirs(workdir, exist_ok=True)
-  check_workdir(workdir, config)
-
+  # ---- set-up: data, task, model, sharded state, resume
+  check_config(config, workdir)
   mesh = parallel.make_mesh(config.mesh)
   pipe = pipeline_lib.Pipeline(config.data.dir, config.data.normalization,
                                jax.process_index(), jax.process_count(), config.data.host_split)
-  task = tasks.Task(config, pipe.meta)
-  if task.name == "regress":
-    task.set_target_stats(*tasks.host_targets_stats(pipe, config.data.train_split,
-                                                    task.target_idx))
-  image_shape = pipe.image_shape
-  model = build_model(config, image_shape)
-  state, shardings, tx, schedule = create_state(config, model, mesh, image_shape)
+  task = tasks.build(config, pipe)
+  model = experiment.build_model(config, pipe.image_shape)
+  setup = experiment.create_state(config, model, mesh, pipe.image_shape)
+  state = setup.state
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-  logging.info("model %s/%s: %d trainable parameters", config.model.name, config.model.variant,
-               n_params)
+  logging.info("model %s/%s: %d parameters", config.model.name, config.model.variant, n_params)
 
   mngr = checkpoint.manager(workdir, config.keep_ckpts)
   if config.get("overwrite", False) and mngr.latest_step() is not None:
@@ -335,7 +159,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      "delete them or use another workdir")
   start = 0
   if mngr.latest_step() is not None:
-    state = checkpoint.restore(mngr, checkpoint.abstract_like(state, shardings))
+    state = checkpoint.restore(mngr, checkpoint.abstract_like(state, setup.shardings))
     start = int(state["step"])
     logging.info("resumed from step %d", start)
   checkpoint.write_config(workdir, config)
@@ -344,37 +168,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start == 0:
     writer.write_hparams({"model": config.model.name, "variant": config.model.variant,
                           "task": task.name, "batch_size": config.batch_size, "params": n_params})
-  train_step = make_train_step(config, model, tx, schedule, mesh, shardings, task)
-  eval_step = make_eval_step(config, model, mesh, shardings, task)
-  local_batch = config.batch_size // jax.process_count()
-  batches = pipe.train_iter(config.data.train_split, local_batch, config.seed, start,
-                            config.data.shuffle_buffer)
+  train_step = experiment.make_train_step(config, model, task, setup, mesh)
+  eval_step = experiment.make_eval_step(config, model, task, setup.shardings, mesh)
+  batches = pipe.train_iter(config.data.train_split, config.batch_size // jax.process_count(),
+                            config.seed, start, config.data.shuffle_buffer)
   val_split = config.data.eval_split if config.data.eval_split in pipe.meta["splits"] else ""
-  best_metric = -np.inf
-  if os.path.exists(os.path.join(workdir, "best.json")):
-    with open(os.path.join(workdir, "best.json")) as f:
-      best = json.load(f)
-    best_metric = task.selection_metric(best, val_split) if val_split else -np.inf
+  history = os.path.join(workdir, HISTORY)
+  best = checkpoint.read_json(os.path.join(workdir, checkpoint.BEST_JSON))
+  best_metric = task.selection_metric(best, val_split) if (best and val_split) else -np.inf
 
   def validate(step):
     nonlocal best_metric
-    summary = evaluate(eval_step, state, pipe, val_split, config, mesh, task)
+    summary = experiment.evaluate(eval_step, state, pipe, val_split, config, mesh, task)
     writer.write_scalars(step, dict(summary))
-    if jax.process_index() == 0:
-      print(" ".join(f"{k} {v:.6g}" for k, v in summary.items()), flush=True)
+    append_jsonl(history, {"step": step, **summary})
+    print0(" ".join(f"{k} {v:.6g}" for k, v in summary.items()))
     value = task.selection_metric(summary, val_split)
     if value > best_metric:
       best_metric = value
       # the value is kept so that callers comparing runs (protocol --select) use this rule
-      _save_best(workdir, state, step, {**summary, "selection_metric": float(value)})
+      checkpoint.save_best(workdir, state, step, {**summary, "selection_metric": float(value)})
     return summary
 
-  history_path = os.path.join(workdir, "metrics.jsonl")
+  # ---- the loop
   progress = Progress(config.total_steps, config.batch_size, start)
-  skipped = 0
-  metrics = {}
   watcher = PreemptionWatcher()
-  preempted = False
+  skipped, metrics, preempted, step = 0, {}, False, start
   for step in range(start + 1, config.total_steps + 1):
     state, metrics = train_step(state, parallel.global_batch(next(batches), mesh))
     if step == start + 1:
@@ -385,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       skipped += 1
       if config.nan_policy == "stop":
         mngr.wait_until_finished()
-        raise NonFiniteError(
+        raise errors.NonFiniteError(
             f"non-finite loss or gradient at step {step} (loss={float(metrics['loss'])}, "
             f"grad_norm={float(metrics['grad_norm'])}); last good checkpoint: step "
             f"{mngr.latest_step()} in {mngr.directory}. Lower the lr, enable "
@@ -397,10 +216,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
       scalars["skipped_steps"] = skipped
       writer.write_scalars(step, scalars)
-      if jax.process_index() == 0:
-        print(progress.line(step, scalars), flush=True)
-        with open(history_path, "a") as f:
-          f.write(json.dumps({"step": step, **scalars}) + "\n")
+      print0(progress.line(step, scalars))
+      append_jsonl(history, {"step": step, **scalars})
     if preempted:
       break
     if val_split and config.eval_every and step % config.eval_every == 0 \
@@ -411,36 +228,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mngr.wait_until_finished()
     writer.flush()
     mngr.close()
-    if jax.process_index() == 0:
-      print(f"preempted: SIGTERM received; checkpoint written at step {step} in "
-            f"{mngr.directory}; rerun the same command to resume", flush=True)
+    print0(f"preempted: SIGTERM received; checkpoint written at step {step} in "
+           f"{mngr.directory}; rerun the same command to resume")
     return {"preempted_at": step, "skipped_steps": skipped}
 
+  # ---- the end: last validation, best state, test split once, figures
   final = {"last_step": int(state["step"]), "skipped_steps": skipped}
   if metrics:
     final["train/loss"] = float(metrics["loss"])
   if val_split:
     final.update(validate(int(state["step"])))
-  selected, best_step = _restore_best(workdir, state, shardings) if val_split else (state, None)
+  selected, best_step = (checkpoint.restore_best(workdir, state, setup.shardings) if val_split
+                         else (state, None))
   final["selected_step"] = best_step if best_step is not None else int(state["step"])
   final["selected_by"] = f"{val_split} split" if best_step is not None else "last step"
   test_split = config.data.get("test_split", "")
   if test_split and test_split in pipe.meta["splits"]:
-    summary = evaluate(eval_step, selected, pipe, test_split, config, mesh, task,
-                       save_scores=os.path.join(workdir, f"{test_split}_scores.npz"))
+    summary = experiment.evaluate(eval_step, selected, pipe, test_split, config, mesh, task,
+                                  save_scores=os.path.join(workdir, f"{test_split}_scores.npz"))
     writer.write_scalars(config.total_steps, dict(summary))
+    append_jsonl(history, {"step": final["selected_step"], **summary})
     final.update(summary)
-    if jax.process_index() == 0:
-      print(" ".join(f"{k} {v:.6g}" for k, v in summary.items()), flush=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump(final, f, indent=1, sort_keys=True)
-    if config.figures and os.path.exists(history_path):
-      plots.loss_curve(history_path, os.path.join(workdir, "loss_curve.png"))
+    print0(" ".join(f"{k} {v:.6g}" for k, v in summary.items()))
+  checkpoint.write_json(os.path.join(workdir, "final_metrics.json"), final)
+  if config.figures and jax.process_index() == 0 and os.path.exists(history):
+    plots.loss_curve(history, os.path.join(workdir, "loss_curve.png"))
   if config.figures and task.name == "mae":
-    split = val_split or config.data.train_split
-    plots.reconstructions(model, selected["params"], pipe, split, mesh, config,
-                          os.path.join(workdir, "reconstruction.png"))
+    plots.reconstructions(model, selected["params"], pipe, val_split or config.data.train_split,
+                          mesh, config, os.path.join(workdir, "reconstruction.png"))
   writer.flush()
   mngr.wait_until_finished()
   mngr.close()

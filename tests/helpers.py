@@ -26,6 +26,14 @@ def load_config(name="pretrain", arg="variant=tiny", **overrides):
   return config
 
 
+def train_setup(config, image_shape, mesh):
+  """(model, experiment.StateSetup, jitted train step) as the trainer builds them."""
+  from mae_jax import experiment, tasks
+  model = experiment.build_model(config, image_shape)
+  setup = experiment.create_state(config, model, mesh, image_shape)
+  return model, setup, experiment.make_train_step(config, model, tasks.build(config), setup, mesh)
+
+
 def write_small_e2e(path, n=(48, 16, 16), hw=25, c=3, seed=0):
   """Sparse images in the public `{split}_jet` / `{split}_meta` layout, small for speed.
 

@@ -34,9 +34,9 @@ def test_cli_prints_one_line_per_model_and_rejects_unknown_models(tmp_path, caps
   lines = [l for l in out.splitlines() if "step-1 grad norm" in l]
   assert len(lines) == 1 and lines[0].split()[:2] == ["mae", "tiny"] and "2 AdamW steps" in lines[0]
   # --conv-ln-eps reaches ConvMAE's conv stages (the sweep in docs/models.md)
-  from mae_jax.models import hybrid
-  monkeypatch.setattr(hybrid, "CONVMAE_VARIANTS", dict(hybrid.CONVMAE_VARIANTS))  # build adds to it
+  from mae_jax.models.hybrids import convmae
+  monkeypatch.setattr(convmae, "CONVMAE_VARIANTS", dict(convmae.CONVMAE_VARIANTS))  # build adds to it
   for variant, eps in (("tiny", 1e-6), ("tiny", 0.1), ("tiny/5", 0.1)):
-    assert grad_norms.build("convmae", variant, 5, 3, eps)._size().conv_ln_eps == eps
+    assert grad_norms.build("convmae", variant, 5, 3, eps).decode_size()[0].conv_ln_eps == eps
   with pytest.raises(ValueError, match="unknown model 'vit'"):
     grad_norms.main(["--data", str(tmp_path / "tfds"), "--models", "vit"])

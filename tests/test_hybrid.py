@@ -7,15 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mae_jax import optim, parallel, trainer
+from mae_jax import experiment, optim, parallel, tasks
 from mae_jax.evaluate import grad_norms
-from mae_jax.models import hybrid
+from mae_jax.models.hybrids import convmae, convstem, depthwise
+from mae_jax.models import conv
 from mae_jax.models import mae as mae_lib
 import data_fixtures
 from helpers import load_config
 
 RNGS = {"params": jax.random.key(0), "masking": jax.random.key(1)}
-MODELS = [hybrid.DepthwiseMAE, hybrid.ConvStemMAE, hybrid.ConvMAE]
+MODELS = [depthwise.DepthwiseMAE, convstem.ConvStemMAE, convmae.ConvMAE]
 IDS = [m.__name__ for m in MODELS]
 AUX_KEYS = {"pred", "mask", "latent", "ids_restore", "target"}
 
@@ -38,7 +39,7 @@ def built(request):
   test), and one jitted forward with fixed masking noise."""
   model = request.param(variant="tiny", patch=5, channels=3)
   mesh = parallel.make_mesh([("data", -1)], jax.devices())
-  state, _, _, _ = trainer.create_state(load_config(**CONFIG), model, mesh, (25, 25, 3))
+  state = experiment.create_state(load_config(**CONFIG), model, mesh, (25, 25, 3)).state
   initial = jax.device_get(state)
   variables = {"params": initial["params"]}
   x = jax.random.uniform(jax.random.key(3), (2, 25, 25, 3))
@@ -88,7 +89,7 @@ def test_convmae_masked_convolution_alone_blocks_leaks(built):
   stage embeddings alone keep visible features independent of masked pixels.
   (Checked on the ConvMAE parameter of the fixture; trivially true for the others.)"""
   model, variables, x, _, _, aux, noise, _ = built
-  if not isinstance(model, hybrid.ConvMAE):
+  if not isinstance(model, convmae.ConvMAE):
     return
   keep_fn = lambda t: mae_lib.random_masking(t, 0.75, noise)[0]  # noqa: E731
   # the encoder called directly on the raw image (no zeroing); an all-zero mask
@@ -112,7 +113,7 @@ def test_encode(built):
   assert f["tokens"].shape == (2, 26, d) and f["cls"].shape == f["mean"].shape == (2, d)
   np.testing.assert_allclose(np.asarray(f["mean"]), np.asarray(f["tokens"][:, 1:]).mean(1),
                              rtol=1e-5, atol=1e-6)
-  if isinstance(model, hybrid.ConvMAE):  # no CLS token: "cls" is the mean-pooled token
+  if isinstance(model, convmae.ConvMAE):  # no CLS token: "cls" is the mean-pooled token
     np.testing.assert_allclose(np.asarray(f["cls"]), np.asarray(f["mean"]), rtol=1e-5, atol=1e-6)
   f1 = encode(jnp.concatenate([x[:1], x[:1] * 0.5]))
   np.testing.assert_allclose(np.asarray(f1["tokens"][:1]), np.asarray(f["tokens"][:1]), rtol=1e-5,
@@ -120,7 +121,8 @@ def test_encode(built):
 
 
 def train_steps(config, model, state, shardings, tx, schedule, mesh, batch, steps):
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  setup = experiment.StateSetup(state, shardings, tx, schedule)
+  step = experiment.make_train_step(config, model, tasks.build(config), setup, mesh)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, parallel.global_batch({"image": batch}, mesh))
@@ -129,7 +131,7 @@ def train_steps(config, model, state, shardings, tx, schedule, mesh, batch, step
 
 
 def test_sharded_train_step_learns_and_matches_one_device(built):
-  """trainer.create_state (in the fixture) / make_train_step with the hybrid model: loss
+  """experiment.create_state (in the fixture) / make_train_step with the hybrid model: loss
   falls over 10 steps on 8 devices (batch split over "data") and the first two losses
   equal those of the same steps on 1 device."""
   model, _, _, _, _, _, _, initial = built
@@ -156,8 +158,8 @@ def test_sharded_train_step_learns_and_matches_one_device(built):
 @pytest.mark.parametrize("patch,hw,strides", [(5, 125, (1, 5, 1)), (25, 125, (5, 5, 1)),
                                               (16, 32, (4, 2, 2)), (4, 16, (2, 2, 1))])
 def test_convmae_strides_and_full_size_shapes(patch, hw, strides):
-  assert hybrid.convmae_strides(patch) == strides
-  model = hybrid.ConvMAE(variant="tiny", patch=patch, channels=8)
+  assert convmae.convmae_strides(patch) == strides
+  model = convmae.ConvMAE(variant="tiny", patch=patch, channels=8)
   x = jax.ShapeDtypeStruct((2, hw, hw, 8), jnp.float32)
   variables = jax.eval_shape(lambda im: model.init(RNGS, im), x)
   _, aux = jax.eval_shape(lambda v, im: model.apply(v, im, rngs={"masking": jax.random.key(0)}),
@@ -183,12 +185,12 @@ def test_full_size_125_patch_5(cls):
 # Trainable parameters on 125x125x8, patch 5 (listed in docs/models.md) and fixed
 # sin-cos table entries.
 COUNTS = {
-    (hybrid.DepthwiseMAE, "tiny"): (134_664, 60_096),
-    (hybrid.DepthwiseMAE, "e2e-base"): (4_821_448, 160_256),
-    (hybrid.ConvStemMAE, "tiny"): (134_664, 60_096),
-    (hybrid.ConvStemMAE, "e2e-base"): (4_845_832, 160_256),
-    (hybrid.ConvMAE, "tiny"): (134_872, 60_032),
-    (hybrid.ConvMAE, "e2e-base"): (4_824_264, 160_128),
+    (depthwise.DepthwiseMAE, "tiny"): (134_664, 60_096),
+    (depthwise.DepthwiseMAE, "e2e-base"): (4_821_448, 160_256),
+    (convstem.ConvStemMAE, "tiny"): (134_664, 60_096),
+    (convstem.ConvStemMAE, "e2e-base"): (4_845_832, 160_256),
+    (convmae.ConvMAE, "tiny"): (134_872, 60_032),
+    (convmae.ConvMAE, "e2e-base"): (4_824_264, 160_128),
 }
 
 
@@ -215,26 +217,26 @@ def init_grad_norm(model, x):
   return grad_norms.init_grad_norm(model, x)[0]
 
 
-@pytest.mark.parametrize("cls", [hybrid.ConvStemMAE, hybrid.ConvMAE], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [convstem.ConvStemMAE, convmae.ConvMAE], ids=lambda c: c.__name__)
 def test_conv_norms_keep_step_one_gradients_on_sparse_images_like_the_vit(cls, monkeypatch):
   """Per-pixel LayerNorms over empty pixels (zero vectors) scale gradients by
   scale/sqrt(eps); with eps = 1e-6 the stacked conv-stage norms overflowed float32 on the
-  jets (hybrid.SPARSE_LN_EPS). Bound: within 10x the ViT MAE's norm on the same sparse images
+  jets (conv.SPARSE_LN_EPS). Bound: within 10x the ViT MAE's norm on the same sparse images
   (measured ratio 1.03 conv stem, 0.97 ConvMAE; with eps = 1e-6 the ConvMAE norm is inf,
   checked below so the bound is known to catch it)."""
   x = jnp.asarray(data_fixtures.sparse_images(4, 50, 50, 8, frac=0.01))  # 92% pixels empty
   vit_norm = init_grad_norm(mae_lib.MAE(variant="tiny", patch=5, channels=8), x)
   norm = init_grad_norm(cls(variant="tiny", patch=5, channels=8), x)
   assert np.isfinite(norm) and norm <= 10 * vit_norm, (norm, vit_norm)
-  if cls is hybrid.ConvMAE:  # the bound catches the ViT's eps in the conv stages
-    monkeypatch.setitem(hybrid.CONVMAE_VARIANTS, "tiny-vit-eps", dataclasses.replace(
-        hybrid.CONVMAE_VARIANTS["tiny"], conv_ln_eps=1e-6))
+  if cls is convmae.ConvMAE:  # the bound catches the ViT's eps in the conv stages
+    monkeypatch.setitem(convmae.CONVMAE_VARIANTS, "tiny-vit-eps", dataclasses.replace(
+        convmae.CONVMAE_VARIANTS["tiny"], conv_ln_eps=1e-6))
     bad = init_grad_norm(cls(variant="tiny-vit-eps", patch=5, channels=8), x)
     assert not bad <= 1e4 * vit_norm, (bad, vit_norm)
 
 
 def test_depthwise_embedding_is_grouped_per_channel():
-  shapes = param_shapes(hybrid.DepthwiseMAE(variant="e2e-base", patch=5, channels=8),
+  shapes = param_shapes(depthwise.DepthwiseMAE(variant="e2e-base", patch=5, channels=8),
                         (1, 125, 125, 8))
   emb = shapes["encoder"]["patch_embed"]
   assert emb["dwconv"]["kernel"].shape == (5, 5, 1, 128)  # 16 filters for each of 8 channels
@@ -248,11 +250,11 @@ def test_depthwise_embedding_is_grouped_per_channel():
 
 def test_unknown_variant_and_fixed_patch():
   with pytest.raises(ValueError, match="Unknown ConvMAE variant 'huge'"):
-    hybrid.ConvMAE(variant="huge", channels=3).init(RNGS, jnp.zeros((1, 25, 25, 3)))
+    convmae.ConvMAE(variant="huge", channels=3).init(RNGS, jnp.zeros((1, 25, 25, 3)))
   with pytest.raises(ValueError, match="fixes patch 25 but patch=5"):
-    hybrid.ConvStemMAE(variant="tiny/25", patch=5, channels=3).init(RNGS, jnp.zeros((1, 25, 25, 3)))
+    convstem.ConvStemMAE(variant="tiny/25", patch=5, channels=3).init(RNGS, jnp.zeros((1, 25, 25, 3)))
   with pytest.raises(ValueError, match="does not divide"):
-    hybrid.DepthwiseMAE(variant="tiny", patch=7, channels=3).init(RNGS, jnp.zeros((1, 25, 25, 3)))
+    depthwise.DepthwiseMAE(variant="tiny", patch=7, channels=3).init(RNGS, jnp.zeros((1, 25, 25, 3)))
 
 
 def test_drop_path_field_for_finetuning(built):

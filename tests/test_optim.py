@@ -79,9 +79,9 @@ def test_layer_decay_multipliers_follow_depth():
 def test_layer_decay_puts_hybrid_embeddings_at_layer_zero():
   """ConvMAE's conv stages and fusion projections, ChannelMAE's channel table: embeddings
   (the deepest decay), not head parameters at full lr; and the table gets no weight decay."""
-  from mae_jax.models import channel_mae, hybrid
+  from mae_jax.models.hybrids import channel as channel_mae, convmae
   x = jnp.zeros((1, 25, 25, 3))
-  for model in (hybrid.ConvMAE(variant="tiny", patch=5, channels=3),
+  for model in (convmae.ConvMAE(variant="tiny", patch=5, channels=3),
                 channel_mae.ChannelMAE(variant="tiny", patch=5, channels=3)):
     params = jax.eval_shape(lambda m=model: m.init(
         {"params": jax.random.key(0), "masking": jax.random.key(1)}, x)["params"])

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mae_jax import parallel, trainer
-from helpers import load_config
+from mae_jax import parallel
+from helpers import load_config, train_setup
 
 
 def test_make_mesh_fills_minus_one_and_rejects_bad_shapes():
@@ -32,9 +32,8 @@ def run_steps(mesh_axes, devices, batch, steps=2):
   config = load_config(batch_size=16, total_steps=10, warmup_steps=2, lr=1e-3)
   config.mesh = mesh_axes
   mesh = parallel.make_mesh(config.mesh, devices)
-  model = trainer.build_model(config, batch.shape[1:])
-  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, batch.shape[1:])
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  _, setup, step = train_setup(config, batch.shape[1:], mesh)
+  state = setup.state
   losses = []
   for _ in range(steps):
     state, metrics = step(state, parallel.global_batch({"image": batch}, mesh))
@@ -75,13 +74,12 @@ def state_bytes_per_device(fsdp):
   config = load_config("pretrain", "variant=small-e2e", batch_size=8)
   config.mesh = [("data", -1), ("fsdp", fsdp)]
   mesh = parallel.make_mesh(config.mesh)
-  model = trainer.build_model(config, (25, 25, 3))
-  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, (25, 25, 3))
+  _, setup, step = train_setup(config, (25, 25, 3), mesh)
+  state = setup.state
   device = jax.devices()[0]
   per_device = sum(s.data.nbytes for leaf in jax.tree.leaves(state)
                    for s in leaf.addressable_shards if s.device == device)
   # XLA's own accounting of the step's inputs on one device agrees with the shard sizes
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
   batch = parallel.global_batch({"image": np.zeros((8, 25, 25, 3), np.float32)}, mesh)
   mem = step.lower(state, batch).compile().memory_analysis()
   return per_device, getattr(mem, "argument_size_in_bytes", None)

@@ -82,11 +82,11 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
   cfg = json.load(open(root / "seed0" / "probe_random" / "config.json"))
   assert cfg["model_init"] == "" and cfg["total_steps"] == 2 and cfg["lr"] == 0.05
   import jax
-  from mae_jax import parallel, trainer
+  from mae_jax import experiment, parallel
   config = protocol.load_stage_config("probe_random", "tiny", "mae", 5)
   config.data.dir = data
-  model = trainer.build_model(config, (25, 25, 3))
-  fresh = trainer.create_state(config, model, parallel.make_mesh(config.mesh), (25, 25, 3))[0]
+  model = experiment.build_model(config, (25, 25, 3))
+  fresh = experiment.create_state(config, model, parallel.make_mesh(config.mesh), (25, 25, 3)).state
   rand = checkpoint.read_arrays(str(root / "seed0" / "probe_random"), item="params")[0]
   pre = checkpoint.read_arrays(str(root / "seed0" / "pretrain"), item="params")[0]
   enc = rand["params"]["backbone"]["encoder"]

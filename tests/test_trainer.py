@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mae_jax import checkpoint, trainer
+from mae_jax import checkpoint, errors, experiment, trainer
 from helpers import converted_dataset, load_config, run_main
 
 
@@ -38,8 +38,11 @@ def test_train_writes_logs_figures_checkpoints_and_resumes_exactly(dataset, tmp_
   for name in ("metrics.jsonl", "loss_curve.png", "reconstruction.png", "config.json"):
     assert os.path.exists(os.path.join(full, name)), name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(full))
-  rows = [json.loads(line) for line in open(os.path.join(full, "metrics.jsonl"))]
+  rows = trainer.read_history(full)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  # validation and test summaries are machine-readable there too (not only in TensorBoard)
+  evals = trainer.read_history(full, train=False)
+  assert any("validation/masked_mse" in r for r in evals) and "test/masked_mse" in evals[-1]
   assert final["validation/examples"] == 16 and np.isfinite(final["validation/masked_mse"])
   assert sorted(ocp.CheckpointManager(os.path.join(full, "checkpoints")).all_steps()) == [3, 6]
 
@@ -49,7 +52,7 @@ def test_train_writes_logs_figures_checkpoints_and_resumes_exactly(dataset, tmp_
   with pytest.raises(ValueError, match="different 'batch_size'"):
     trainer.train_and_evaluate(config_for(dataset, batch_size=16), part)
   trainer.train_and_evaluate(config_for(dataset, total_steps=6), part)
-  resumed_rows = [json.loads(line) for line in open(os.path.join(part, "metrics.jsonl"))]
+  resumed_rows = trainer.read_history(part)
   assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4, 5, 6]  # continued at step 4
   # Same data order and masks after resume: same losses and bit-identical parameters.
   assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]
@@ -62,14 +65,14 @@ def test_loss_goes_down(dataset, tmp_path):
   c = config_for(dataset, total_steps=40, warmup_steps=5, lr=1.5e-2, ckpt_every=100, figures=False)
   c.data.eval_split = ""
   trainer.train_and_evaluate(c, str(tmp_path / "w"))
-  rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  rows = trainer.read_history(str(tmp_path / "w"))
   first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
   assert last < 0.8 * first, (first, last)
 
 
 def test_nan_stops_with_step_and_last_checkpoint(dataset, tmp_path):
   c = config_for(dataset, lr=1e30, total_steps=6, warmup_steps=0, figures=False)
-  with pytest.raises(trainer.NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
+  with pytest.raises(errors.NonFiniteError, match=r"non-finite loss or gradient at step \d+"):
     trainer.train_and_evaluate(c, str(tmp_path / "nan"))
   c = config_for(dataset, lr=1e30, total_steps=4, warmup_steps=0, figures=False, nan_policy="skip")
   c.data.eval_split = c.data.test_split = ""
@@ -78,7 +81,7 @@ def test_nan_stops_with_step_and_last_checkpoint(dataset, tmp_path):
   # step 1's update (finite loss and gradient) already made the parameters diverge, so every
   # later step was skipped: evaluating them must fail, not report metrics of NaN outputs
   c.data.test_split = "test"
-  with pytest.raises(trainer.NonFiniteError, match="non-finite model outputs"):
+  with pytest.raises(errors.NonFiniteError, match="non-finite model outputs"):
     trainer.train_and_evaluate(c, str(tmp_path / "skip"))
 
 
@@ -122,10 +125,10 @@ def test_evaluate_refuses_non_finite_outputs():
 
   config = load_config("probe")
   config.batch_size = 8
-  with pytest.raises(trainer.NonFiniteError, match=r"non-finite model outputs \(score\) on the "
+  with pytest.raises(errors.NonFiniteError, match=r"non-finite model outputs \(score\) on the "
                                                    r"'validation' split"):
-    trainer.evaluate(eval_step, {"params": {}, "model_state": {}}, Pipe(), "validation",
-                     config, mesh, task=None)
+    experiment.evaluate(eval_step, {"params": {}, "model_state": {}}, Pipe(), "validation",
+                        config, mesh, task=None)
 
 
 def test_check_workdir_ignores_fields_added_later_at_their_default(tmp_path):

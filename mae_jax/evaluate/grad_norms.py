@@ -6,7 +6,7 @@ r"""Gradient norms of MAE-family models at initialisation, on real batches.
 
 A diagnostic for sparse detector images: most pixels are empty, and a per-pixel
 LayerNorm over an all-zero feature vector multiplies gradients by scale/sqrt(eps)
-(see `hybrid.SPARSE_LN_EPS`). Prints, per model, the global norm of d loss / d params
+(see `models.conv.SPARSE_LN_EPS`). Prints, per model, the global norm of d loss / d params
 at initialisation and the parameter holding the largest entry; with `--steps N` also
 N AdamW steps on successive batches (the step-1 and largest global norms, and the mean
 loss of the last 5 steps). `--conv-ln-eps` overrides ConvMAE's conv-stage eps.
@@ -59,14 +59,15 @@ def adamw_run(model, batches, lr, seed=0):
 
 
 def build(name, variant, patch, channels, conv_ln_eps=None):
-  from mae_jax.models import hybrid, registry
+  from mae_jax.models import registry, vit
+  from mae_jax.models.hybrids import convmae
   classes = registry.MAE_FAMILY
   if name not in classes:
     raise ValueError(f"--models: unknown model {name!r}; known: {sorted(classes)}")
   if conv_ln_eps is not None and name == "convmae":
-    size, fixed = hybrid.parse_hybrid_variant(hybrid.CONVMAE_VARIANTS, variant, "ConvMAE")
+    size, fixed = vit.decode_variant(convmae.CONVMAE_VARIANTS, variant, "ConvMAE")
     entry = f"{variant.split('/')[0]}-eps{conv_ln_eps:g}".replace(".", "p").replace("+", "")
-    hybrid.CONVMAE_VARIANTS[entry] = dataclasses.replace(size, conv_ln_eps=conv_ln_eps)
+    convmae.CONVMAE_VARIANTS[entry] = dataclasses.replace(size, conv_ln_eps=conv_ln_eps)
     variant = entry if fixed is None else f"{entry}/{fixed}"
   return classes[name](variant=variant, patch=patch, channels=channels)
 

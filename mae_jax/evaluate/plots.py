@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -18,8 +17,8 @@ from mae_jax.models import mae as mae_lib  # noqa: E402
 
 
 def loss_curve(history_path: str, out_path: str) -> None:
-  with open(history_path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  from mae_jax import trainer
+  rows = trainer.read_history(history_path)
   if not rows:
     return
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -103,14 +102,14 @@ def protocol_figures(root: str, workdirs: dict) -> list[str]:
   """
   import shutil
 
+  from mae_jax import trainer
   from mae_jax.evaluate import metrics
 
   stages = [s for s in workdirs if os.path.exists(os.path.join(workdirs[s], "metrics.jsonl"))]
   out = []
   fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
   for ax, stage in zip(axes[0], stages):
-    with open(os.path.join(workdirs[stage], "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+    rows = trainer.read_history(workdirs[stage])
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
     ax.set_title(stage, fontsize=9)
     ax.set_xlabel("step")

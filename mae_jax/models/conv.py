@@ -33,6 +33,16 @@ from jax import lax
 Dtype = Any
 
 
+# LayerNorm eps of the per-pixel norms in the conv stem and ConvMAE's conv stages. Most
+# pixels of a jet image are empty, so their features are the zero vector (or one constant
+# vector), where LayerNorm's Jacobian is scale/sqrt(eps): 1000x per norm at the ViT's 1e-6.
+# Stacked over the conv stages this gave step-1 gradient norms of 2e17 (ConvMAE tiny), inf
+# (ConvMAE e2e-base) and 4e3 (conv-stem tiny) against the ViT's 0.5. eps = 1 caps the gain
+# at |scale| and still normalises features whose channel variance is >> 1; the step-1
+# gradient norms then match the ViT's (docs/models.md, tests/test_hybrid.py). ImageNet
+# ConvMAE keeps 1e-6: natural images have no exactly-empty regions.
+SPARSE_LN_EPS = 1.0
+
 IMPLS = ("auto", "lax", "direct")  # direct: written out in XLA ops (einsum / shifted sums)
 
 
@@ -123,6 +133,19 @@ def depthwise_conv_same(x, kernel, impl: str = "auto"):
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", feature_group_count=d,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return _depthwise_shifts(x, kernel)
+
+
+def prime_factors(n: int) -> list[int]:
+  """Prime factors in decreasing order: 5 -> [5], 25 -> [5, 5], 16 -> [2, 2, 2, 2]."""
+  out, f = [], 2
+  while n > 1 and f * f <= n:
+    while n % f == 0:
+      out.append(f)
+      n //= f
+    f += 1
+  if n > 1:
+    out.append(n)
+  return sorted(out, reverse=True)
 
 
 def conv_init():

@@ -1,10 +1,15 @@
 """Masked autoencoder (He et al. 2021) for multi-channel detector images.
 
-`MAE.__call__(images)` returns `(loss, aux)`:
+`MaskedAutoencoder` is the one forward pass of every MAE family (patchify, masking,
+encoder on visible tokens, decoder, masked-patch loss, `encode`); the ViT MAE
+(`MAE`, here), the hybrids (`models/hybrids/`) and the channel-aware MAE specialise
+only their variant table, encoder and decoder.
+
+`__call__(images)` returns `(loss, aux)`:
   loss: per-pixel MSE averaged over **masked patches only**;
   aux:  {"pred": [B, N, p*p*C], "mask": [B, N] (1 = masked), "latent": encoder
          output [B, 1 + visible, D], "ids_restore": [B, N], "target": [B, N, p*p*C]}.
-`MAE.encode(images)` runs the encoder on all patches (no masking) and returns
+`encode(images)` runs the encoder on all patches (no masking) and returns
 {"cls": [B, D], "mean": [B, D] (mean over patch tokens), "tokens": [B, 1+N, D]}.
 
 Randomness: masking noise comes from the "masking" rng stream, or is passed in
@@ -54,23 +59,47 @@ def unpatchify(x: jax.Array, patch: int, grid_hw: tuple[int, int], channels: int
   return x.reshape(b, gh * patch, gw * patch, channels)
 
 
-def random_masking(x: jax.Array, mask_ratio: float, noise: jax.Array):
+def draw_mask(mask_ratio: float, noise: jax.Array):
   """Per-sample random masking by argsort of uniform noise (MAE).
 
   Keeps the `int(N * (1 - mask_ratio))` tokens with the smallest noise.
-  Returns (x_visible [B, keep, D], mask [B, N] with 1 = masked, ids_restore [B, N]).
+  Returns (mask [B, N] float32 with 1 = masked, ids_restore [B, N], ids_keep [B, keep]).
   """
-  b, n, d = x.shape
+  b, n = noise.shape
   keep = int(n * (1.0 - mask_ratio))
   if not 0 < keep <= n:
     raise ValueError(f"mask_ratio {mask_ratio} leaves {keep} of {n} patches visible")
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
-  ids_keep = ids_shuffle[:, :keep]
-  x_visible = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)
-  mask = jnp.ones((b, n), x.dtype).at[:, :keep].set(0.0)
+  mask = jnp.ones((b, n), jnp.float32).at[:, :keep].set(0.0)
   mask = jnp.take_along_axis(mask, ids_restore, axis=1)
-  return x_visible, mask, ids_restore
+  return mask, ids_restore, ids_shuffle[:, :keep]
+
+
+def take_tokens(x: jax.Array, ids: jax.Array) -> jax.Array:
+  """x [B, N, ...] -> x[b, ids[b]] [B, K, ...]."""
+  ids = ids.reshape(ids.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, ids, axis=1)
+
+
+def random_masking(x: jax.Array, mask_ratio: float, noise: jax.Array):
+  """(x_visible [B, keep, D], mask [B, N] with 1 = masked, ids_restore [B, N])."""
+  mask, ids_restore, ids_keep = draw_mask(mask_ratio, noise)
+  return take_tokens(x, ids_keep), mask.astype(x.dtype), ids_restore
+
+
+def pixel_mask(mask, grid_hw, scale: int):
+  """Token mask [B, gh*gw] -> [B, gh*scale, gw*scale, 1] (each token covers scale x scale)."""
+  b = mask.shape[0]
+  m = mask.reshape(b, grid_hw[0], 1, grid_hw[1], 1, 1)
+  m = jnp.broadcast_to(m, (b, grid_hw[0], scale, grid_hw[1], scale, 1))
+  return m.reshape(b, grid_hw[0] * scale, grid_hw[1] * scale, 1)
+
+
+def zero_masked_pixels(images, mask, patch: int):
+  """Sets every pixel of a masked patch (mask 1) to exactly 0."""
+  grid = (images.shape[1] // patch, images.shape[2] // patch)
+  return jnp.where(pixel_mask(mask, grid, patch) > 0, jnp.zeros((), images.dtype), images)
 
 
 def patch_stats(target):
@@ -128,8 +157,16 @@ class Decoder(nn.Module):
     return x[:, 1:]
 
 
-class MAE(nn.Module):
-  """ViT masked autoencoder. Sizes from `variant` (see `vit.VARIANTS`)."""
+class MaskedAutoencoder(nn.Module):
+  """The masked-autoencoder base: masking, encoder on visible tokens, decoder, loss.
+
+  A family specialises only what differs: its variant table (`decode_size`), its
+  encoder (`make_encoder`; called as `encoder(images, mask, keep, deterministic)`
+  and returning [B, 1 + visible, D] with a CLS-like token first), its decoder
+  (`make_decoder`), whether masked pixels are zeroed before the encoder
+  (`zero_masked_input`: a convolution that spans patches must not see them) and
+  its fixed position tables (`num_fixed_params`).
+  """
   variant: str = "tiny"
   patch: int = 5
   channels: int = 8
@@ -139,15 +176,26 @@ class MAE(nn.Module):
   drop_path: float = 0.0  # stochastic depth in the encoder (finetuning)
   attention: str = "auto"  # softmax-attention kernel, see models/attention.py
 
+  zero_masked_input = False
+
+  def decode_size(self):
+    """(sizes, patch fixed by the variant or None) from the family's variant table."""
+    return vit.parse_variant(self.variant)
+
+  def make_encoder(self, size) -> nn.Module:
+    return vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
+                       attention=self.attention)
+
+  def make_decoder(self, size) -> nn.Module:
+    return Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype,
+                   attention=self.attention)
+
   def setup(self):
-    size, patch = vit.parse_variant(self.variant)
-    if patch is not None and patch != self.patch:
-      raise ValueError(f"variant {self.variant!r} fixes patch {patch} but patch={self.patch}")
+    size, fixed_patch = self.decode_size()
+    vit.check_variant_patch(self.variant, fixed_patch, self.patch)
     self.size = size
-    self.encoder = vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
-                               attention=self.attention)
-    self.decoder = Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype,
-                           attention=self.attention)
+    self.encoder = self.make_encoder(size)
+    self.decoder = self.make_decoder(size)
 
   def _check(self, images):
     if images.ndim != 4 or images.shape[-1] != self.channels:
@@ -159,35 +207,36 @@ class MAE(nn.Module):
     self._check(images)
     b, h, w, _ = images.shape
     grid = (h // self.patch, w // self.patch)
-    n = grid[0] * grid[1]
     if noise is None:
-      noise = jax.random.uniform(self.make_rng("masking"), (b, n))
-    masking = {}
-
-    def keep_fn(x):
-      x_vis, mask, ids_restore = random_masking(x, self.mask_ratio, noise)
-      masking.update(mask=mask, ids_restore=ids_restore)
-      return x_vis, {}
-
-    latent, _ = self.encoder(images.astype(self.dtype), keep_fn, deterministic=not train)
-    pred = self.decoder(latent, masking["ids_restore"], grid)
+      noise = jax.random.uniform(self.make_rng("masking"), (b, grid[0] * grid[1]))
+    mask, ids_restore, ids_keep = draw_mask(self.mask_ratio, noise)
+    x = images.astype(self.dtype)
+    if self.zero_masked_input:
+      x = zero_masked_pixels(x, mask, self.patch)
+    latent = self.encoder(x, mask, lambda t: take_tokens(t, ids_keep), deterministic=not train)
+    pred = self.decoder(latent, ids_restore, grid)
     target = patchify(images, self.patch)
-    loss = masked_mse(pred, target, masking["mask"], self.norm_pix_loss)
-    aux = {"pred": pred, "mask": masking["mask"], "latent": latent,
-           "ids_restore": masking["ids_restore"], "target": target}
+    mask = mask.astype(images.dtype)
+    loss = masked_mse(pred, target, mask, self.norm_pix_loss)
+    aux = {"pred": pred, "mask": mask, "latent": latent, "ids_restore": ids_restore,
+           "target": target}
     return loss, aux
 
   def encode(self, images, train: bool = False):
-    """Features of unmasked images: CLS and mean of patch tokens (after final norm).
+    """Features of unmasked images: token 0 ("cls") and the mean of the patch tokens.
 
     `train=True` only turns on drop path (finetuning); there is no masking here.
     """
     self._check(images)
-    tokens, _ = self.encoder(images.astype(self.dtype), None, deterministic=not train)
+    tokens = self.encoder(images.astype(self.dtype), None, None, deterministic=not train)
     return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(axis=1), "tokens": tokens}
 
   def num_fixed_params(self, image_hw) -> int:
     """Entries of the two fixed sin-cos tables (counted by the reference, not trained)."""
-    size, _ = vit.parse_variant(self.variant)
+    size, _ = self.decode_size()
     n = 1 + (image_hw[0] // self.patch) * (image_hw[1] // self.patch)
     return n * (size.width + size.dec_width)
+
+
+class MAE(MaskedAutoencoder):
+  """ViT masked autoencoder (He et al. 2021). Sizes from `variant` (see `vit.VARIANTS`)."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mae_jax.models import attention, channel_mae, classifier, hybrid, resnet
+from mae_jax.models import attention, classifier, resnet
 from mae_jax.models import mae as mae_lib
+from mae_jax.models.hybrids import channel, convmae, convstem, depthwise
 
-MAE_FAMILY = {**hybrid.MODELS, "channel_mae": channel_mae.ChannelMAE}  # MAE interface
+MAE_FAMILY = {"mae": mae_lib.MAE, "depthwise_mae": depthwise.DepthwiseMAE,
+              "convstem_mae": convstem.ConvStemMAE, "convmae": convmae.ConvMAE,
+              "channel_mae": channel.ChannelMAE}  # the MaskedAutoencoder interface
 BASELINES = {"resnet15": resnet.ResNet15, "resnet50": resnet.ResNet50}
 
 

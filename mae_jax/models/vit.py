@@ -56,14 +56,28 @@ VARIANTS: dict[str, VitSize] = {
 }
 
 
-def parse_variant(variant: str) -> tuple[VitSize, int | None]:
-  """'B' -> (size, None); 'B/5' -> (size, patch 5). Unknown names are an error."""
+def decode_variant(table: dict, variant: str, family: str = "model"):
+  """'B' -> (table['B'], None); 'B/5' -> (table['B'], patch 5). Unknown names are an error.
+
+  The one parser of variant strings: every model family keeps its own table of sizes.
+  """
   m = re.fullmatch(r"([A-Za-z0-9_-]+)(?:/(\d+))?", variant or "")
-  if not m or m.group(1) not in VARIANTS:
+  if not m or m.group(1) not in table:
     raise ValueError(
-        f"Unknown model variant {variant!r}; known variants: {sorted(VARIANTS)} "
-        "(optionally with a patch size, e.g. 'B/5').")
-  return VARIANTS[m.group(1)], (int(m.group(2)) if m.group(2) else None)
+        f"Unknown {family} variant {variant!r}; known variants: {sorted(table)} "
+        "(optionally with a patch size, e.g. 'e2e-base/5').")
+  return table[m.group(1)], (int(m.group(2)) if m.group(2) else None)
+
+
+def parse_variant(variant: str) -> tuple[VitSize, int | None]:
+  """ViT sizes of `variant` (see `decode_variant`)."""
+  return decode_variant(VARIANTS, variant, "model")
+
+
+def check_variant_patch(variant: str, fixed: int | None, patch: int) -> None:
+  """A variant like 'B/16' fixes the patch; a different `patch` is an error."""
+  if fixed is not None and fixed != patch:
+    raise ValueError(f"variant {variant!r} fixes patch {fixed} but patch={patch}")
 
 
 def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
@@ -174,12 +188,20 @@ class PatchEmbed(nn.Module):
     return x.reshape(b, gh * gw, d)
 
 
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+  """Stochastic depth rising linearly over the blocks, 0 for the first."""
+  return np.linspace(0.0, rate, depth).tolist() if depth > 1 else [rate] * depth
+
+
 class Encoder(nn.Module):
   """ViT encoder with CLS token and fixed sin-cos position embeddings.
 
-  `__call__(images, keep_fn)` embeds all patches, adds positions, lets
-  `keep_fn` (the MAE masking) select the visible tokens, prepends CLS and runs
-  the blocks: the encoder only ever sees visible tokens.
+  `__call__(images, mask, keep)` embeds all patches (`make_patch_embed`, a linear
+  patch embedding here; the hybrids swap it), adds positions, lets `keep` (the MAE
+  masking: [B, N, D] -> [B, visible, D]) select the visible tokens, prepends CLS
+  and runs the blocks: the encoder only ever sees visible tokens. `mask` (1 =
+  masked, [B, N]) is part of the encoder interface for models that mask inside
+  the encoder (ConvMAE); the ViT needs only `keep`.
   """
   size: VitSize
   patch: int
@@ -187,26 +209,28 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   attention: str = "auto"
 
+  def make_patch_embed(self) -> nn.Module:
+    return PatchEmbed(self.patch, self.size.width, dtype=self.dtype)
+
   def setup(self):
     s = self.size
-    self.patch_embed = PatchEmbed(self.patch, s.width, dtype=self.dtype)
+    self.patch_embed = self.make_patch_embed()
     self.cls_token = self.param("cls_token", token_init, (1, 1, s.width))
-    rates = np.linspace(0.0, self.drop_path, s.depth) if s.depth > 1 else [self.drop_path]
-    self.blocks = [Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype,
-                         attention=self.attention, name=f"block_{i:02d}")
-                   for i, r in enumerate(rates)]
+    self.blocks = [Block(s.heads, s.mlp_ratio, r, dtype=self.dtype, attention=self.attention,
+                         name=f"block_{i:02d}")
+                   for i, r in enumerate(drop_path_rates(self.drop_path, s.depth))]
     self.norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
 
-  def __call__(self, images, keep_fn=None, deterministic: bool = True):
+  def __call__(self, images, mask=None, keep=None, deterministic: bool = True):
+    del mask  # the ViT drops masked tokens with `keep`
     h, w = images.shape[1] // self.patch, images.shape[2] // self.patch
     x = self.patch_embed(images)
     pos = jnp.asarray(sincos_2d(self.size.width, (h, w)))
     x = x + pos[None, 1:].astype(x.dtype)
-    aux = {}
-    if keep_fn is not None:
-      x, aux = keep_fn(x)
+    if keep is not None:
+      x = keep(x)
     cls = jnp.broadcast_to(self.cls_token + pos[None, :1], (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
     for blk in self.blocks:
       x = blk(x, deterministic)
-    return self.norm(x), aux
+    return self.norm(x)

@@ -16,7 +16,7 @@ decoder input is built only from (a) the encoder output at visible positions and
 (b) one learned mask token (+ position and channel embeddings) at masked positions; it
 is sown as `intermediates/decoder/decoder_input` so a test can check that it is
 bit-identical whatever the masked pixels hold and that its gradient with respect to
-them is exactly 0 (tests/test_channel_mae.py).
+them is exactly 0 (tests/test_channel.py).
 
 Interface as `mae.MAE`: `__call__ -> (loss, aux)` with "pred"/"target" [B, N, p*p*C]
 (pixel order of `mae.patchify`), "mask"/"ids_restore" [B, N], "latent"
@@ -31,9 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mae_jax.models import mae as mae_lib
 from mae_jax.models import vit
@@ -68,8 +66,9 @@ class ChannelEncoder(nn.Module):
   attention: str = "auto"
 
   @nn.compact
-  def __call__(self, images, keep_fn=None, deterministic=True):
-    """keep_fn: [B, N, C*D] -> [B, keep, C*D] selects visible positions (None: all)."""
+  def __call__(self, images, mask=None, keep=None, deterministic=True):
+    """keep: [B, N, C*D] -> [B, visible, C*D] selects visible positions (None: all)."""
+    del mask  # masked positions are dropped by `keep`
     s = self.size
     b, h, w, c = images.shape
     grid = (h // self.patch, w // self.patch)
@@ -78,14 +77,13 @@ class ChannelEncoder(nn.Module):
     table = self.param("channel_embed", nn.initializers.normal(0.02), (c, s.width))
     x = x + position_channel_embed(s.width, grid, table)[None].astype(x.dtype)
     x = x.reshape(b, grid[0] * grid[1], c * s.width)
-    if keep_fn is not None:
-      x = keep_fn(x)
+    if keep is not None:
+      x = keep(x)
     x = x.reshape(b, -1, s.width)
     cls = self.param("cls_token", vit.token_init, (1, 1, s.width))
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, s.width)).astype(x.dtype), x], axis=1)
-    rates = np.linspace(0.0, self.drop_path, s.depth) if s.depth > 1 else [self.drop_path]
-    for i, r in enumerate(rates):
-      x = vit.Block(s.heads, s.mlp_ratio, float(r), dtype=self.dtype, attention=self.attention,
+    for i, r in enumerate(vit.drop_path_rates(self.drop_path, s.depth)):
+      x = vit.Block(s.heads, s.mlp_ratio, r, dtype=self.dtype, attention=self.attention,
                     name=f"block_{i:02d}")(x, deterministic)
     return nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x)
 
@@ -120,47 +118,19 @@ class ChannelDecoder(nn.Module):
     return patches_from_channel_tokens(x.reshape(b, n, c, self.patch * self.patch))
 
 
-class ChannelMAE(mae_lib.MAE):
+class ChannelMAE(mae_lib.MaskedAutoencoder):
   """MAE with one token per (patch, channel); see the module docstring."""
 
-  def setup(self):
-    size, patch = vit.parse_variant(self.variant)
-    if patch is not None and patch != self.patch:
-      raise ValueError(f"variant {self.variant!r} fixes patch {patch} but patch={self.patch}")
-    self.size = size
-    self.encoder = ChannelEncoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
-                                  attention=self.attention)
-    self.decoder = ChannelDecoder(size, self.patch, self.channels, dtype=self.dtype,
-                                  attention=self.attention)
+  def make_encoder(self, size):
+    return ChannelEncoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
+                          attention=self.attention)
 
-  def __call__(self, images, noise=None, train: bool = True):
-    self._check(images)
-    b, h, w, _ = images.shape
-    grid = (h // self.patch, w // self.patch)
-    if noise is None:
-      noise = jax.random.uniform(self.make_rng("masking"), (b, grid[0] * grid[1]))
-    masking = {}
-
-    def keep_fn(x):
-      x_vis, mask, ids_restore = mae_lib.random_masking(x, self.mask_ratio, noise)
-      masking.update(mask=mask.astype(images.dtype), ids_restore=ids_restore)
-      return x_vis
-
-    latent = self.encoder(images.astype(self.dtype), keep_fn, deterministic=not train)
-    pred = self.decoder(latent, masking["ids_restore"], grid)
-    target = mae_lib.patchify(images, self.patch)
-    loss = mae_lib.masked_mse(pred, target, masking["mask"], self.norm_pix_loss)
-    return loss, {"pred": pred, "mask": masking["mask"], "latent": latent,
-                  "ids_restore": masking["ids_restore"], "target": target}
-
-  def encode(self, images, train: bool = False):
-    """Unmasked features: "tokens" [B, 1 + N*C, D], "cls" [B, D], "mean" over the N*C tokens."""
-    self._check(images)
-    tokens = self.encoder(images.astype(self.dtype), None, deterministic=not train)
-    return {"cls": tokens[:, 0], "mean": tokens[:, 1:].mean(axis=1), "tokens": tokens}
+  def make_decoder(self, size):
+    return ChannelDecoder(size, self.patch, self.channels, dtype=self.dtype,
+                          attention=self.attention)
 
   def num_fixed_params(self, image_hw) -> int:
     """The sin-cos position tables of encoder and decoder (N x width each, shared by channels)."""
-    size, _ = vit.parse_variant(self.variant)
+    size, _ = self.decode_size()
     n = (image_hw[0] // self.patch) * (image_hw[1] // self.patch)
     return n * (size.width + size.dec_width)

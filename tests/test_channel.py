@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mae_jax import parallel, trainer
-from mae_jax.models import channel_mae
+from mae_jax import experiment, parallel
+from mae_jax.models.hybrids import channel as channel_mae
 from mae_jax.models import mae as mae_lib
-from helpers import load_config
+from helpers import load_config, train_setup
 
 RNGS = {"params": jax.random.key(0), "masking": jax.random.key(1)}
 
@@ -103,11 +103,10 @@ def test_sharded_train_step_learns():
   """Built from a config (model.name=channel_mae) by the trainer, on the 8-device mesh."""
   config = load_config(batch_size=8, total_steps=20, warmup_steps=2, lr=0.1)
   config.model.name = "channel_mae"
-  model = trainer.build_model(config, (25, 25, 3))
-  assert isinstance(model, channel_mae.ChannelMAE)
   mesh = parallel.make_mesh([("data", -1)], jax.devices())
-  state, shardings, tx, schedule = trainer.create_state(config, model, mesh, (25, 25, 3))
-  step = trainer.make_train_step(config, model, tx, schedule, mesh, shardings)
+  model, setup, step = train_setup(config, (25, 25, 3), mesh)
+  assert isinstance(model, channel_mae.ChannelMAE)
+  state = setup.state
   yy, xx = np.mgrid[0:25, 0:25]
   blob = np.exp(-((yy - 12.0) ** 2 + (xx - 11.0) ** 2) / 10.0)
   batch = np.stack([blob, blob ** 2, np.sqrt(blob)], -1)[None]
@@ -123,7 +122,7 @@ def test_probe_classifier_on_channel_tokens():
   """configs/probe.py:model=channel_mae builds the classifier on the channel-aware encoder;
   the pretrain encoder tree is exactly the classifier's backbone/encoder tree."""
   config = load_config("probe", "variant=tiny,model=channel_mae")
-  model = trainer.build_model(config, (25, 25, 3))
+  model = experiment.build_model(config, (25, 25, 3))
   x = jax.random.uniform(jax.random.key(0), (2, 25, 25, 3))
   variables = model.init(RNGS, x)
   out, feats = model.apply(variables, x)

@@ -1,0 +1,28 @@
+"""What a stage optimises and reports, chosen by `config.task.name` (big_vision picks
+losses and evaluators by name the same way).
+
+  mae       masked-patch MSE; eval: masked-patch MSE and the predict-zeros baseline.
+  classify  binary cross-entropy on the label; eval: exact ROC AUC, accuracy,
+            background rejection, from the scores of the whole split.
+  regress   MSE or Huber on standardised targets; eval: MAE, resolution, bias, R^2
+            in physical units.
+
+Every task has the interface of `base.Task`. Eval steps return per-batch sums or
+per-example arrays; the host accumulates them over the whole split (never
+per-batch averages).
+"""
+
+from __future__ import annotations
+
+from mae_jax.tasks import base, classify, mae, regress
+
+TASKS = {"mae": mae.MaeTask, "classify": classify.ClassifyTask, "regress": regress.RegressTask}
+
+
+def build(config, pipe=None) -> base.Task:
+  """The task of `config.task.name`; `pipe` (a data.pipeline.Pipeline) supplies what a task
+  needs from the data (label counts, regression target statistics)."""
+  name = config.task.name
+  if name not in TASKS:
+    raise ValueError(f"task.name={name!r}; choose one of {tuple(TASKS)}")
+  return TASKS[name].from_data(config, pipe)

@@ -1,0 +1,43 @@
+"""The interface every task implements."""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+
+class Task(abc.ABC):
+  """Loss for training, per-batch eval outputs, the split summary, the selection rule."""
+  name = ""
+
+  def __init__(self, config):
+    self.config = config
+
+  @classmethod
+  def from_data(cls, config, pipe):
+    """The task for `config`, with whatever it needs read from the data pipeline."""
+    del pipe
+    return cls(config)
+
+  @abc.abstractmethod
+  def loss(self, out, batch):
+    """Scalar training loss from the model output `(output, aux)` and the batch."""
+
+  @abc.abstractmethod
+  def eval_outputs(self, out, batch) -> dict:
+    """Per-batch sums or per-example arrays (jittable)."""
+
+  @abc.abstractmethod
+  def summarize(self, outputs: list[dict], split: str) -> dict:
+    """Metrics over a whole split from the eval outputs of all its batches (host, float64)."""
+
+  @abc.abstractmethod
+  def selection_metric(self, summary: dict, split: str) -> float:
+    """Larger is better; picks the checkpoint on the validation split."""
+
+
+def concat_valid(outputs: list[dict]) -> tuple[dict, np.ndarray]:
+  """Per-example arrays of all batches, and the mask of real (not padding) examples."""
+  cat = {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
+  return cat, cat["valid"] > 0
