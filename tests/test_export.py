@@ -274,6 +274,45 @@ def test_file_round_trips_bit_exact(tmp_path):
     assert all(z[k].dtype == np.float32 for k in z.files)
 
 
+@pytest.mark.parametrize("mode", ["none", "div255", "log1p", "zscore", "log1p_zscore"])
+def test_sidecar_normalization_is_the_pipelines(mode):
+  """The sidecar path (input_spec -> normalize_images) computes what the training pipeline
+  computes (mae_jax.data.meta.normalize), for every normalisation mode."""
+  from mae_jax.data import meta as meta_lib
+  rng = np.random.default_rng(0)
+  meta = {"channel_names": ["a", "b", "c"],
+          "channel_stats": {"mean": [0.5, 1.0, -0.2], "std": [1.0, 0.0, 2.0],
+                            "log1p_mean": [0.1, 0.2, 0.0], "log1p_std": [0.5, 1e-9, 1.5]}}
+  x = (rng.exponential(1.0, (2, 25, 25, 3)) * rng.choice([-1, 1], (2, 25, 25, 3)))
+  x = x.astype(np.float32)
+  side = json.loads(json.dumps(export.input_spec(meta, mode)))  # as a sidecar file holds it
+  assert side["formula"] == meta_lib.FORMULAS[mode]
+  got = export.normalize_images(x, side)
+  want = meta_lib.normalize(x, mode, meta["channel_stats"])
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["mae", "convmae"])
+def test_load_run_keeps_model_settings(name, tmp_path):
+  """load_run builds the model through the registry from the saved config, so the run's
+  compute dtype and attention kernel survive (not the class defaults)."""
+  from helpers import load_config
+  c = load_config()
+  c.model.name, c.model.attention, c.model.dtype = name, "xla", "bfloat16"
+  with open(tmp_path / "config.json", "w") as f:
+    f.write(c.to_json_best_effort())
+  run = export.load_run(str(tmp_path), image_shape=(25, 25, 3))
+  assert run["model"].attention == "xla"
+  assert jnp.dtype(run["model"].dtype) == jnp.bfloat16
+  assert export.model_name(run["model"]) == name
+  c.model.name = "classifier"
+  with open(tmp_path / "config.json", "w") as f:
+    f.write(c.to_json_best_effort())
+  with pytest.raises(ValueError, match="export the pretraining run"):
+    export.load_run(str(tmp_path), image_shape=(25, 25, 3))
+
+
 # ----------------------------------------------------------------------------- CLI end to end
 
 
