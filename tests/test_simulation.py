@@ -1,4 +1,4 @@
-"""Tests for mae_jax.data.generate (Pythia 8 + FastJet jet-image generation).
+"""Tests for mae_jax.simulation (Pythia 8 + FastJet jet-image generation).
 
 The generation tests are skipped, with a reason, only when ``pythia8mc`` cannot
 be imported (install with ``pip install -e .[generate]``).  Each physics file is
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from mae_jax.data import generate as gen
+from mae_jax.simulation import detector, writer
 
 try:
     import pythia8mc  # noqa: F401
@@ -43,14 +43,14 @@ def _read_all(path):
 @pytest.fixture(scope="module")
 def qg_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "qg.h5"
-    summary = gen.generate("qcd_quark_gluon", N_QG, str(path), seed=11, workers=2, progress=False)
+    summary = writer.generate("qcd_quark_gluon", N_QG, str(path), seed=11, workers=2, progress=False)
     return path, summary
 
 
 @pytest.fixture(scope="module")
 def top_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "top.h5"
-    summary = gen.generate("boosted_top", N_TOP, str(path), seed=5, workers=2, progress=False)
+    summary = writer.generate("boosted_top", N_TOP, str(path), seed=5, workers=2, progress=False)
     return path, summary
 
 
@@ -58,7 +58,7 @@ def top_file(tmp_path_factory):
 # Image-derived observables
 # ---------------------------------------------------------------------------
 def _delta_r_grid():
-    c = (np.arange(gen.IMAGE_SIZE) - gen.IMAGE_SIZE // 2) * gen.PIXEL_SIZE
+    c = (np.arange(detector.IMAGE_SIZE) - detector.IMAGE_SIZE // 2) * detector.PIXEL_SIZE
     return np.hypot(c[:, None], c[None, :])
 
 
@@ -96,7 +96,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
     args = dict(process="boosted_top", num=4, output=str(tmp_path / "x.h5"))
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        gen.generate(**args)
+        writer.generate(**args)
     assert not (tmp_path / "x.h5").exists()
 
 
@@ -109,7 +109,7 @@ def test_cli_bad_arguments(tmp_path):
         (["--process", "boosted_top", "--num", "4", "--split", "a,b,c"], "comma-separated"),
     ]:
         r = subprocess.run(
-            [sys.executable, "-m", "mae_jax.data.generate", "--output", out, *extra],
+            [sys.executable, "-m", "mae_jax.simulation", "--output", out, *extra],
             capture_output=True,
             text=True,
         )
@@ -118,14 +118,14 @@ def test_cli_bad_arguments(tmp_path):
 
 
 def test_assign_splits_balanced_and_deterministic():
-    split_of, row_of, sizes = gen.assign_splits(1000, (0.8, 0.1, 0.1), seed=3)
+    split_of, row_of, sizes = writer.assign_splits(1000, (0.8, 0.1, 0.1), seed=3)
     assert sizes == [800, 100, 100]
     labels = np.arange(1000) % 2 == 0
     for s in range(3):
         members = split_of == s
         assert labels[members].sum() == (~labels[members]).sum()
         assert sorted(row_of[members]) == list(range(sizes[s]))
-    again = gen.assign_splits(1000, (0.8, 0.1, 0.1), seed=3)
+    again = writer.assign_splits(1000, (0.8, 0.1, 0.1), seed=3)
     assert np.array_equal(again[0], split_of) and np.array_equal(again[1], row_of)
 
 
@@ -142,7 +142,7 @@ def test_make_image_channels():
             [10.0, 0.0, 0.0, 10.0, 13, -1, 0, 0, 0],  # muon: tracks and pixels only
         ]
     )
-    img = gen.make_image(parts, 0.0, 0.0, rng)
+    img = detector.make_image(parts, 0.0, 0.0, rng)
     assert img.shape == (125, 125, 8) and img.dtype == np.float32
     c = 62
     assert img[c, c, 0] == pytest.approx(60.0, rel=0.05)  # two tracks on the axis
@@ -173,7 +173,7 @@ def test_schema(qg_file):
             total += len(meta)
         assert total == N_QG
         assert f["train_meta"].shape[0] == 160 and f["validation_meta"].shape[0] == 20
-        assert list(f.attrs["channel_names"]) == gen.CHANNEL_NAMES
+        assert list(f.attrs["channel_names"]) == detector.CHANNEL_NAMES
         assert list(f.attrs["meta_names"]) == ["label", "jet_mass", "jet_pt"]
         assert f.attrs["process"] == "qcd_quark_gluon"
         assert list(f.attrs["label_names"]) == ["quark", "gluon"]
@@ -228,7 +228,7 @@ def test_top_physics(top_file):
 def test_deterministic(tmp_path):
     def run(name, workers):
         path = tmp_path / name
-        gen.generate("boosted_top", 6, str(path), seed=123, workers=workers, progress=False)
+        writer.generate("boosted_top", 6, str(path), seed=123, workers=workers, progress=False)
         with h5py.File(path, "r") as f:
             return {k: f[k][:] for k in f}
 
@@ -238,3 +238,18 @@ def test_deterministic(tmp_path):
         assert np.array_equal(a[k], b[k]), k
     c = run("c.h5", 1)
     assert not all(np.array_equal(a[k], c[k]) for k in a if k.endswith("_meta"))
+
+
+def test_failed_worker_leaves_no_file(tmp_path, monkeypatch):
+    """A worker that raises mid-run: the error propagates and neither FILE nor FILE.partial remains."""
+    from mae_jax.simulation import events
+
+    def broken(process, seed, worker, indices):
+        yield "jets", worker, (indices[:1], np.zeros((1, 125, 125, 8), np.float32), np.zeros((1, 3), np.float32))
+        raise RuntimeError("simulated Pythia failure")
+
+    monkeypatch.setattr(events, "_produce", broken)
+    out = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError, match="simulated Pythia failure"):
+        writer.generate("boosted_top", 4, str(out), workers=1, progress=False)
+    assert not out.exists() and not (tmp_path / "x.h5.partial").exists()
