@@ -74,130 +74,130 @@ PIXEL_LAYER_HALF_LENGTH_MM = 265.0
 
 
 def _wrap(dphi):
-    return (dphi + np.pi) % (2.0 * np.pi) - np.pi
+  return (dphi + np.pi) % (2.0 * np.pi) - np.pi
 
 
 def _bend(phi, charge, pt, radius_m):
-    """Azimuth of the helix at cylinder radius ``radius_m`` and a reach mask."""
-    s = 0.3 * B_FIELD_T * radius_m / (2.0 * np.maximum(pt, 1e-12))
-    reach = (charge == 0) | (s < 1.0)
-    return phi - charge * np.arcsin(np.minimum(s, 1.0)), reach
+  """Azimuth of the helix at cylinder radius ``radius_m`` and a reach mask."""
+  s = 0.3 * B_FIELD_T * radius_m / (2.0 * np.maximum(pt, 1e-12))
+  reach = (charge == 0) | (s < 1.0)
+  return phi - charge * np.arcsin(np.minimum(s, 1.0)), reach
 
 
 def _pixel_index(eta, phi, jet_eta, jet_phi):
-    half = IMAGE_SIZE / 2.0
-    ie = np.floor((eta - jet_eta) / PIXEL_SIZE + half).astype(np.int64)
-    ip = np.floor(_wrap(phi - jet_phi) / PIXEL_SIZE + half).astype(np.int64)
-    inside = (ie >= 0) & (ie < IMAGE_SIZE) & (ip >= 0) & (ip < IMAGE_SIZE)
-    return ie, ip, inside
+  half = IMAGE_SIZE / 2.0
+  ie = np.floor((eta - jet_eta) / PIXEL_SIZE + half).astype(np.int64)
+  ip = np.floor(_wrap(phi - jet_phi) / PIXEL_SIZE + half).astype(np.int64)
+  inside = (ie >= 0) & (ie < IMAGE_SIZE) & (ip >= 0) & (ip < IMAGE_SIZE)
+  return ie, ip, inside
 
 
 def _smear_cells(flat, e, et, rel_sigma, rng, ncells):
-    """Sum E and E_T per cell, smear each occupied cell by rel_sigma(E)."""
-    out = np.zeros(ncells, np.float64)
-    if flat.size == 0:
-        return out
-    cells, inv = np.unique(flat, return_inverse=True)
-    e_sum = np.bincount(inv, weights=e)
-    et_sum = np.bincount(inv, weights=et)
-    sigma = rel_sigma(np.maximum(e_sum, 1e-9))
-    factor = np.maximum(1.0 + sigma * rng.standard_normal(cells.size), 0.0)
-    out[cells] = et_sum * factor
+  """Sum E and E_T per cell, smear each occupied cell by rel_sigma(E)."""
+  out = np.zeros(ncells, np.float64)
+  if flat.size == 0:
     return out
+  cells, inv = np.unique(flat, return_inverse=True)
+  e_sum = np.bincount(inv, weights=e)
+  et_sum = np.bincount(inv, weights=et)
+  sigma = rel_sigma(np.maximum(e_sum, 1e-9))
+  factor = np.maximum(1.0 + sigma * rng.standard_normal(cells.size), 0.0)
+  out[cells] = et_sum * factor
+  return out
 
 
 def _ecal_sigma(e):
-    a, b, c = ECAL_RESOLUTION
-    return np.sqrt((a / np.sqrt(e)) ** 2 + (b / e) ** 2 + c**2)
+  a, b, c = ECAL_RESOLUTION
+  return np.sqrt((a / np.sqrt(e)) ** 2 + (b / e) ** 2 + c**2)
 
 
 def _hcal_sigma(e):
-    a, c = HCAL_RESOLUTION
-    return np.sqrt((a / np.sqrt(e)) ** 2 + c**2)
+  a, c = HCAL_RESOLUTION
+  return np.sqrt((a / np.sqrt(e)) ** 2 + c**2)
 
 
 def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float, rng: np.random.Generator) -> np.ndarray:
-    """Build one [125,125,8] float32 image.
+  """Build one [125,125,8] float32 image.
 
-    ``parts``: float64 [n, 9] of visible final-state particles with columns
-    (px, py, pz, e, pdg id, charge, xProd, yProd, zProd); GeV and mm.
-    ``rng`` draws the per-event beam spot and all smearing.
-    """
-    S = IMAGE_SIZE
-    img = np.zeros((S, S, len(CHANNEL_NAMES)), np.float32)
-    px, py, pz, e = parts[:, 0], parts[:, 1], parts[:, 2], parts[:, 3]
-    pid = parts[:, 4].astype(np.int64)
-    q = parts[:, 5]
-    vx, vy, vz = parts[:, 6], parts[:, 7], parts[:, 8]
-    pt = np.hypot(px, py)
-    good = pt > 1e-6
-    if not np.all(good):
-        px, py, pz, e, pid, q, vx, vy, vz, pt = (a[good] for a in (px, py, pz, e, pid, q, vx, vy, vz, pt))
-    eta = np.arcsinh(pz / pt)
-    phi = np.arctan2(py, px)
-    absid = np.abs(pid)
-    charged = q != 0
-    rho = np.hypot(vx, vy)
-    beamspot = rng.normal(0.0, BEAMSPOT_SIGMA_XY_MM, size=2)
+  ``parts``: float64 [n, 9] of visible final-state particles with columns
+  (px, py, pz, e, pdg id, charge, xProd, yProd, zProd); GeV and mm.
+  ``rng`` draws the per-event beam spot and all smearing.
+  """
+  S = IMAGE_SIZE
+  img = np.zeros((S, S, len(CHANNEL_NAMES)), np.float32)
+  px, py, pz, e = parts[:, 0], parts[:, 1], parts[:, 2], parts[:, 3]
+  pid = parts[:, 4].astype(np.int64)
+  q = parts[:, 5]
+  vx, vy, vz = parts[:, 6], parts[:, 7], parts[:, 8]
+  pt = np.hypot(px, py)
+  good = pt > 1e-6
+  if not np.all(good):
+    px, py, pz, e, pid, q, vx, vy, vz, pt = (a[good] for a in (px, py, pz, e, pid, q, vx, vy, vz, pt))
+  eta = np.arcsinh(pz / pt)
+  phi = np.arctan2(py, px)
+  absid = np.abs(pid)
+  charged = q != 0
+  rho = np.hypot(vx, vy)
+  beamspot = rng.normal(0.0, BEAMSPOT_SIGMA_XY_MM, size=2)
 
-    # --- tracks: pT, d0, dz -------------------------------------------------
-    trk = charged & (pt > TRACK_PT_MIN) & (np.abs(eta) < TRACK_ETA_MAX) & (rho < TRACK_RHO_MAX_MM)
-    ie, ip, inside = _pixel_index(eta, phi, jet_eta, jet_phi)
-    sel = np.flatnonzero(trk & inside)
-    # draw all track randoms with fixed shapes (determinism independent of branches)
-    n_trk = sel.size
-    r_pt, r_d0, r_dz = rng.standard_normal((3, n_trk))
-    if n_trk:
-        tpt = pt[sel]
-        a, b = TRACK_PT_RESOLUTION
-        tpt_s = np.maximum(tpt * (1.0 + np.hypot(a, b * tpt) * r_pt), 0.0)
-        x = vx[sel] + beamspot[0]
-        y = vy[sel] + beamspot[1]
-        tpx, tpy, tpz = px[sel], py[sel], pz[sel]
-        d0 = (y * tpx - x * tpy) / tpt + D0_RESOLUTION_MM * r_d0
-        # dz w.r.t. the primary vertex at (beamspot, z = 0): z at closest approach
-        dz = vz[sel] - (vx[sel] * tpx + vy[sel] * tpy) * tpz / tpt**2 + DZ_RESOLUTION_MM * r_dz
-        flat = ie[sel] * S + ip[sel]
-        w = np.bincount(flat, weights=tpt_s, minlength=S * S)
-        wd0 = np.bincount(flat, weights=tpt_s * d0, minlength=S * S)
-        wdz = np.bincount(flat, weights=tpt_s * dz, minlength=S * S)
-        nz = w > 0
-        d0_img = np.zeros(S * S)
-        dz_img = np.zeros(S * S)
-        d0_img[nz] = wd0[nz] / w[nz]
-        dz_img[nz] = wdz[nz] / w[nz]
-        img[:, :, 0] = w.reshape(S, S)
-        img[:, :, 1] = d0_img.reshape(S, S)
-        img[:, :, 2] = dz_img.reshape(S, S)
+  # --- tracks: pT, d0, dz -------------------------------------------------
+  trk = charged & (pt > TRACK_PT_MIN) & (np.abs(eta) < TRACK_ETA_MAX) & (rho < TRACK_RHO_MAX_MM)
+  ie, ip, inside = _pixel_index(eta, phi, jet_eta, jet_phi)
+  sel = np.flatnonzero(trk & inside)
+  # draw all track randoms with fixed shapes (determinism independent of branches)
+  n_trk = sel.size
+  r_pt, r_d0, r_dz = rng.standard_normal((3, n_trk))
+  if n_trk:
+    tpt = pt[sel]
+    a, b = TRACK_PT_RESOLUTION
+    tpt_s = np.maximum(tpt * (1.0 + np.hypot(a, b * tpt) * r_pt), 0.0)
+    x = vx[sel] + beamspot[0]
+    y = vy[sel] + beamspot[1]
+    tpx, tpy, tpz = px[sel], py[sel], pz[sel]
+    d0 = (y * tpx - x * tpy) / tpt + D0_RESOLUTION_MM * r_d0
+    # dz w.r.t. the primary vertex at (beamspot, z = 0): z at closest approach
+    dz = vz[sel] - (vx[sel] * tpx + vy[sel] * tpy) * tpz / tpt**2 + DZ_RESOLUTION_MM * r_dz
+    flat = ie[sel] * S + ip[sel]
+    w = np.bincount(flat, weights=tpt_s, minlength=S * S)
+    wd0 = np.bincount(flat, weights=tpt_s * d0, minlength=S * S)
+    wdz = np.bincount(flat, weights=tpt_s * dz, minlength=S * S)
+    nz = w > 0
+    d0_img = np.zeros(S * S)
+    dz_img = np.zeros(S * S)
+    d0_img[nz] = wd0[nz] / w[nz]
+    dz_img[nz] = wdz[nz] / w[nz]
+    img[:, :, 0] = w.reshape(S, S)
+    img[:, :, 1] = d0_img.reshape(S, S)
+    img[:, :, 2] = dz_img.reshape(S, S)
 
-    # --- ECAL: photons and electrons ---------------------------------------
-    em = ((pid == 22) | (absid == 11)) & (np.abs(eta) < ECAL_ETA_MAX)
-    phi_e, reach_e = _bend(phi, q, pt, ECAL_RADIUS_M)
-    em &= reach_e
-    ie_e, ip_e, in_e = _pixel_index(eta, phi_e, jet_eta, jet_phi)
-    sel = np.flatnonzero(em & in_e)
-    ecal = _smear_cells(ie_e[sel] * S + ip_e[sel], e[sel], pt[sel], _ecal_sigma, rng, S * S)
-    img[:, :, 3] = ecal.reshape(S, S)
+  # --- ECAL: photons and electrons ---------------------------------------
+  em = ((pid == 22) | (absid == 11)) & (np.abs(eta) < ECAL_ETA_MAX)
+  phi_e, reach_e = _bend(phi, q, pt, ECAL_RADIUS_M)
+  em &= reach_e
+  ie_e, ip_e, in_e = _pixel_index(eta, phi_e, jet_eta, jet_phi)
+  sel = np.flatnonzero(em & in_e)
+  ecal = _smear_cells(ie_e[sel] * S + ip_e[sel], e[sel], pt[sel], _ecal_sigma, rng, S * S)
+  img[:, :, 3] = ecal.reshape(S, S)
 
-    # --- HCAL: hadrons in 5x5-pixel towers ----------------------------------
-    had = (pid != 22) & (absid != 11) & (absid != 13) & (np.abs(eta) < HCAL_ETA_MAX)
-    phi_h, reach_h = _bend(phi, q, pt, HCAL_RADIUS_M)
-    had &= reach_h
-    ie_h, ip_h, in_h = _pixel_index(eta, phi_h, jet_eta, jet_phi)
-    sel = np.flatnonzero(had & in_h)
-    T = S // HCAL_BLOCK
-    towers = _smear_cells(
-        (ie_h[sel] // HCAL_BLOCK) * T + ip_h[sel] // HCAL_BLOCK, e[sel], pt[sel], _hcal_sigma, rng, T * T
-    ).reshape(T, T) / float(HCAL_BLOCK * HCAL_BLOCK)
-    img[:, :, 4] = np.repeat(np.repeat(towers, HCAL_BLOCK, axis=0), HCAL_BLOCK, axis=1)
+  # --- HCAL: hadrons in 5x5-pixel towers ----------------------------------
+  had = (pid != 22) & (absid != 11) & (absid != 13) & (np.abs(eta) < HCAL_ETA_MAX)
+  phi_h, reach_h = _bend(phi, q, pt, HCAL_RADIUS_M)
+  had &= reach_h
+  ie_h, ip_h, in_h = _pixel_index(eta, phi_h, jet_eta, jet_phi)
+  sel = np.flatnonzero(had & in_h)
+  T = S // HCAL_BLOCK
+  towers = _smear_cells(
+      (ie_h[sel] // HCAL_BLOCK) * T + ip_h[sel] // HCAL_BLOCK, e[sel], pt[sel], _hcal_sigma, rng, T * T
+  ).reshape(T, T) / float(HCAL_BLOCK * HCAL_BLOCK)
+  img[:, :, 4] = np.repeat(np.repeat(towers, HCAL_BLOCK, axis=0), HCAL_BLOCK, axis=1)
 
-    # --- barrel pixel layers -------------------------------------------------
-    for layer, r_mm in enumerate(PIXEL_LAYER_RADII_MM):
-        phi_l, reach = _bend(phi, q, pt, (r_mm - np.minimum(rho, r_mm)) * 1e-3)
-        z_hit = vz + (r_mm - rho) * pz / pt
-        hit = charged & reach & (rho < r_mm) & (np.abs(z_hit) < PIXEL_LAYER_HALF_LENGTH_MM)
-        ie_l, ip_l, in_l = _pixel_index(eta, phi_l, jet_eta, jet_phi)
-        sel = np.flatnonzero(hit & in_l)
-        img[:, :, 5 + layer] = np.bincount(ie_l[sel] * S + ip_l[sel], minlength=S * S).reshape(S, S)
-    return img
+  # --- barrel pixel layers -------------------------------------------------
+  for layer, r_mm in enumerate(PIXEL_LAYER_RADII_MM):
+    phi_l, reach = _bend(phi, q, pt, (r_mm - np.minimum(rho, r_mm)) * 1e-3)
+    z_hit = vz + (r_mm - rho) * pz / pt
+    hit = charged & reach & (rho < r_mm) & (np.abs(z_hit) < PIXEL_LAYER_HALF_LENGTH_MM)
+    ie_l, ip_l, in_l = _pixel_index(eta, phi_l, jet_eta, jet_phi)
+    sel = np.flatnonzero(hit & in_l)
+    img[:, :, 5 + layer] = np.bincount(ie_l[sel] * S + ip_l[sel], minlength=S * S).reshape(S, S)
+  return img
 
