@@ -1,12 +1,12 @@
-"""Peak-memory and throughput benchmark of ``mae_jax.data.convert`` (not a test).
+"""Peak-memory and throughput benchmark of `mae_jax.data.convert` (not a test).
 
 Writes an e2e_split HDF5 file of sparse random 125x125x8 float32 images (about
-3% non-zero pixels, like real jets) of ``--gb`` gigabytes, converts it in a
-child process run under ``/usr/bin/time -v`` and prints images/s and the peak
-resident set size.  Usage::
+3% non-zero pixels, like real jets) of `--gb` gigabytes, converts it in a
+child process run under `/usr/bin/time -v` and prints images/s and the peak
+resident set size:
 
-    python benchmarks/convert_memory.py --gb 2.5 --workdir /tmp/mae_bench
-    python benchmarks/convert_memory.py --gb 2.5 --workdir /tmp/mae_bench --chunk-size 64
+  python benchmarks/convert_memory.py --gb 2.5 --workdir /tmp/mae_bench
+  python benchmarks/convert_memory.py --gb 2.5 --workdir /tmp/mae_bench --chunk-size 64
 
 The input file is reused if it already exists with the requested size.
 """
@@ -50,7 +50,8 @@ import json, sys, time
 t0 = time.time()
 from mae_jax.data import convert as C
 t1 = time.time()
-meta = C.convert([sys.argv[1]], sys.argv[2], chunk_size=int(sys.argv[3]), writer_buffer_mb=int(sys.argv[4]))
+meta = C.convert([sys.argv[1]], sys.argv[2], chunk_size=int(sys.argv[3]),
+                 writer_buffer_mb=int(sys.argv[4]))
 t2 = time.time()
 n = sum(s["num_examples"] for s in meta["splits"].values())
 print("BENCH " + json.dumps({"import_s": t1 - t0, "convert_s": t2 - t1, "images": n}))
@@ -71,10 +72,12 @@ def main() -> None:
   if not os.path.exists(src):
     t = time.time()
     write_input(src, n)
-    print(f"wrote {src}: {n} images, {os.path.getsize(src) / 1e9:.2f} GB in {time.time() - t:.0f} s")
+    print(f"wrote {src}: {n} images, {os.path.getsize(src) / 1e9:.2f} GB "
+          f"in {time.time() - t:.0f} s")
   out = os.path.join(a.workdir, "out")
   shutil.rmtree(out, ignore_errors=True)
-  cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, src, out, str(a.chunk_size), str(a.writer_buffer_mb)]
+  cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, src, out, str(a.chunk_size),
+         str(a.writer_buffer_mb)]
   print("running:", " ".join(cmd[:4]), "<child>", *cmd[5:])
   r = subprocess.run(cmd, capture_output=True, text=True)
   if r.returncode != 0:

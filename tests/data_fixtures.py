@@ -1,7 +1,7 @@
 """Writers of tiny files in exactly the public E2E layouts (reusable by other tests).
 
 Every writer returns the arrays it wrote (numpy, channels-last images) so a
-test can compare a conversion bit for bit.  Images are sparse (about 3% of
+test can compare a conversion bit for bit. Images are sparse (about 3% of
 pixels non-zero), non-negative except the d0/dz-like channels, float32.
 """
 
@@ -12,7 +12,8 @@ import numpy as np
 SPLITS = ("train", "validation", "test")
 
 
-def sparse_images(n: int, h: int = 125, w: int = 125, c: int = 8, seed: int = 0, frac: float = 0.03) -> np.ndarray:
+def sparse_images(n: int, h: int = 125, w: int = 125, c: int = 8, seed: int = 0,
+                  frac: float = 0.03) -> np.ndarray:
   rng = np.random.default_rng(seed)
   x = np.zeros((n, h, w, c), np.float32)
   mask = rng.random((n, h, w, c)) < frac
@@ -24,7 +25,7 @@ def sparse_images(n: int, h: int = 125, w: int = 125, c: int = 8, seed: int = 0,
 
 def write_e2e_split_h5(path, n_per_split=(8, 4, 4), channels: int = 8, seed: int = 0, k: int = 3,
                        splits=SPLITS, attrs: dict | None = None) -> dict:
-  """``{split}_jet`` [N,125,125,C] + ``{split}_meta`` [N,k] (label in column 0)."""
+  """`{split}_jet` [N,125,125,C] + `{split}_meta` [N,k] (label in column 0)."""
   import h5py
 
   rng = np.random.default_rng(seed)
@@ -47,7 +48,7 @@ def write_e2e_split_h5(path, n_per_split=(8, 4, 4), channels: int = 8, seed: int
 
 
 def write_ml4sci_h5(path, n: int = 10, labelled: bool = True, seed: int = 0) -> dict:
-  """``jet`` [N,125,125,8] with ``Y`` [N,1] (or unlabelled: ``jet`` alone)."""
+  """`jet` [N,125,125,8] with `Y` [N,1] (or unlabelled: `jet` alone)."""
   import h5py
 
   rng = np.random.default_rng(seed)
@@ -61,7 +62,7 @@ def write_ml4sci_h5(path, n: int = 10, labelled: bool = True, seed: int = 0) -> 
 
 
 def write_ml4sci_split_h5(path, n_train: int = 8, n_test: int = 4, seed: int = 0) -> dict:
-  """``X_train``, ``X_test`` [N,125,125,8], ``Y_train``, ``Y_test`` [N,1]."""
+  """`X_train`, `X_test` [N,125,125,8], `Y_train`, `Y_test` [N,1]."""
   import h5py
 
   rng = np.random.default_rng(seed)
@@ -77,7 +78,7 @@ def write_ml4sci_split_h5(path, n_train: int = 8, n_test: int = 4, seed: int = 0
 
 
 def write_qg_opendata_h5(path, n: int = 10, seed: int = 0) -> dict:
-  """``X_jets`` [N,125,125,3], ``y`` [N], ``m0`` [N], ``pt`` [N]."""
+  """`X_jets` [N,125,125,3], `y` [N], `m0` [N], `pt` [N]."""
   import h5py
 
   rng = np.random.default_rng(seed)
@@ -94,7 +95,7 @@ def write_qg_opendata_h5(path, n: int = 10, seed: int = 0) -> dict:
 
 
 def write_egamma_h5(path, n: int = 12, seed: int = 0) -> dict:
-  """``X`` [N,32,32,2] (energy, time), ``y`` [N] (electron = 0)."""
+  """`X` [N,32,32,2] (energy, time), `y` [N] (electron = 0)."""
   import h5py
 
   rng = np.random.default_rng(seed)
@@ -106,11 +107,12 @@ def write_egamma_h5(path, n: int = 12, seed: int = 0) -> dict:
   return {"images": x, "labels": y.astype(np.int64)}
 
 
-def write_qg_parquet(path, n: int = 10, row_group_size: int = 4, seed: int = 0, dtype=np.float64) -> dict:
-  """Parquet with ``X_jets`` as nested lists [3][125][125] (channels-first), ``y``, ``m0``, ``pt``.
+def write_qg_parquet(path, n: int = 10, row_group_size: int = 4, seed: int = 0,
+                     dtype=np.float64) -> dict:
+  """Parquet with `X_jets` as nested lists [3][125][125] (channels-first), `y`, `m0`, `pt`.
 
-  ``dtype`` is the stored leaf type (the public release uses doubles).  The
-  returned ``images`` are channels-last float32, as the converter outputs.
+  `dtype` is the stored leaf type (the public release uses doubles). The
+  returned `images` are channels-last float32, as the converter outputs.
   """
   import pyarrow as pa
   import pyarrow.parquet as pq

@@ -38,17 +38,20 @@ def assert_same(got, want, rows=None):
   sl = slice(None) if rows is None else rows
   assert got["images"].dtype == np.float32
   np.testing.assert_array_equal(got["images"], want["images"][sl])
-  assert got["images"].tobytes() == np.ascontiguousarray(want["images"][sl]).tobytes()  # bit-identical
+  # bit-identical
+  assert got["images"].tobytes() == np.ascontiguousarray(want["images"][sl]).tobytes()
   np.testing.assert_array_equal(got["labels"], want["labels"][sl])
   if "targets" in want:
-    assert got["targets"].tobytes() == np.ascontiguousarray(want["targets"][sl], dtype=np.float32).tobytes()
+    want_targets = np.ascontiguousarray(want["targets"][sl], dtype=np.float32)
+    assert got["targets"].tobytes() == want_targets.tobytes()
 
 
 def no_leftovers(tmp_path, name="out"):
-  return not [p for p in os.listdir(tmp_path) if p.startswith(name + ".partial") or p.startswith(name + ".old")]
+  return not [p for p in os.listdir(tmp_path)
+              if p.startswith(name + ".partial") or p.startswith(name + ".old")]
 
 
-# --- round trips per format --------------------------------------------------------
+# Round trips per format.
 
 
 def test_e2e_split_roundtrip_and_verify(tmp_path):
@@ -74,9 +77,12 @@ def test_e2e_split_roundtrip_and_verify(tmp_path):
     assert (got["source"] == 0).all()
     sm = meta["splits"][s]
     assert sm["num_examples"] == sm["num_input"] == n and sm["num_dropped"] == 0
-    assert sm["label_counts"] == {str(k): int(v) for k, v in zip(*np.unique(d[s]["labels"], return_counts=True))}
-    np.testing.assert_allclose(sm["image_sum"], d[s]["images"].sum(axis=(0, 1, 2), dtype=np.float64), rtol=1e-12)
-    np.testing.assert_allclose(sm["target_sum"], d[s]["targets"].sum(axis=0, dtype=np.float64), rtol=1e-12)
+    values, counts = np.unique(d[s]["labels"], return_counts=True)
+    assert sm["label_counts"] == {str(k): int(v) for k, v in zip(values, counts)}
+    image_sum = d[s]["images"].sum(axis=(0, 1, 2), dtype=np.float64)
+    np.testing.assert_allclose(sm["image_sum"], image_sum, rtol=1e-12)
+    np.testing.assert_allclose(sm["target_sum"], d[s]["targets"].sum(axis=0, dtype=np.float64),
+                               rtol=1e-12)
   # channel statistics on train, float64
   x = d["train"]["images"].astype(np.float64).reshape(-1, 8)
   cs = meta["channel_stats"]
@@ -95,7 +101,8 @@ def test_e2e_split_roundtrip_and_verify(tmp_path):
   assert set(C.verify(str(out))) == {"train", "validation", "test"}
 
 
-@pytest.mark.parametrize("kind", ["ml4sci", "ml4sci_unlabelled", "ml4sci_split", "qg_opendata", "egamma"])
+@pytest.mark.parametrize("kind", ["ml4sci", "ml4sci_unlabelled", "ml4sci_split", "qg_opendata",
+                                  "egamma"])
 def test_single_formats_roundtrip(tmp_path, kind):
   src = tmp_path / f"{kind}.h5"
   if kind == "ml4sci":
@@ -152,7 +159,8 @@ def test_holdout_split_by_index(tmp_path):
   d = F.write_qg_opendata_h5(src, 10)
   out = tmp_path / "out"
   meta = C.convert([str(src)], str(out), holdout="0.2,0.3")
-  assert {s: m["num_examples"] for s, m in meta["splits"].items()} == {"train": 5, "validation": 2, "test": 3}
+  counts = {s: m["num_examples"] for s, m in meta["splits"].items()}
+  assert counts == {"train": 5, "validation": 2, "test": 3}
   for s, rows in (("train", slice(0, 5)), ("validation", slice(5, 7)), ("test", slice(7, 10))):
     got = read_split(out, s)
     assert_same(got, d, rows)
@@ -160,7 +168,7 @@ def test_holdout_split_by_index(tmp_path):
   C.verify(str(out))
 
 
-# --- multi-file -----------------------------------------------------------------------------
+# Multi-file.
 
 
 def test_multi_file_concatenation(tmp_path):
@@ -171,7 +179,8 @@ def test_multi_file_concatenation(tmp_path):
   meta = C.convert([str(a), str(b)], str(out), chunk_size=3)
   assert meta["inputs"] == [str(a), str(b)]
   got = read_split(out, "train")
-  want = {k: np.concatenate([da["train"][k], db["train"][k]]) for k in ("images", "labels", "targets")}
+  want = {k: np.concatenate([da["train"][k], db["train"][k]])
+          for k in ("images", "labels", "targets")}
   assert_same(got, want)
   np.testing.assert_array_equal(got["source"], [0] * 5 + [1] * 4)
   np.testing.assert_array_equal(got["index"], list(range(5)) + list(range(4)))
@@ -197,7 +206,7 @@ def test_multi_file_format_mismatch(tmp_path):
     C.convert([str(a), str(b)], str(tmp_path / "out"))
 
 
-# --- NaN / bad indices ------------------------------------------------------------------
+# NaN / bad indices.
 
 
 def _e2e_with_nans(path):
@@ -220,7 +229,8 @@ def test_nan_reject_names_file_key_index(tmp_path):
   src = tmp_path / "nan.h5"
   _e2e_with_nans(src)
   out = tmp_path / "out"
-  with pytest.raises(C.NonFiniteError, match=r"nan.h5 key 'train_jet' \(split 'train'\): 2 images .* \[2, 7\]"):
+  with pytest.raises(C.NonFiniteError,
+                     match=r"nan.h5 key 'train_jet' \(split 'train'\): 2 images .* \[2, 7\]"):
     C.convert([str(src)], str(out), chunk_size=4)
   assert not out.exists() and no_leftovers(tmp_path)
 
@@ -268,7 +278,7 @@ def test_bad_indices_cover_nan_rows_under_reject(tmp_path):
   assert meta["splits"]["train"]["num_examples"] == 8
 
 
-# --- bad inputs through convert ---------------------------------------------------------
+# Bad inputs through convert.
 
 
 def _bad_inputs(tmp_path):
@@ -327,7 +337,7 @@ def test_bad_input_errors(tmp_path, case):
   assert not out.exists() and no_leftovers(tmp_path)
 
 
-# --- atomicity / overwrite --------------------------------------------------------------
+# Atomicity / overwrite.
 
 
 def test_interrupted_conversion_leaves_no_dir(tmp_path, monkeypatch):
@@ -364,7 +374,7 @@ def test_refuses_existing_output_unless_overwrite(tmp_path):
   assert no_leftovers(tmp_path)
 
 
-# --- verify failures -------------------------------------------------------------------
+# Verify failures.
 
 
 @pytest.fixture
@@ -412,21 +422,23 @@ def test_verify_detects_checksum_edit(good_out):
     C.verify(str(good_out))
 
 
-# --- CLI -------------------------------------------------------------------------------------
+# CLI.
 
 
 def test_cli_convert_and_verify(tmp_path, capsys):
   src = tmp_path / "eg.h5"
   F.write_egamma_h5(src, 10)
   out = tmp_path / "cli_out"
-  rc = C.main(["--input", str(src), "--output", str(out), "--holdout", "0.2,0.2", "--chunk-size", "3"])
+  rc = C.main(["--input", str(src), "--output", str(out), "--holdout", "0.2,0.2",
+               "--chunk-size", "3"])
   assert rc == 0
   printed = json.loads(capsys.readouterr().out)
   assert printed["splits"]["train"]["num_examples"] == 6
   assert C.main(["verify", str(out)]) == 0
   assert "OK" in capsys.readouterr().out
   assert C.main(["--input", str(src), "--output", str(out)]) == 2  # exists
-  (out / C.META_FILE).write_text(json.dumps({**C.load_meta(out), "splits": {
-      **C.load_meta(out)["splits"], "test": {**C.load_meta(out)["splits"]["test"], "sha256": "x"}}}))
+  meta = C.load_meta(out)
+  meta["splits"]["test"]["sha256"] = "x"
+  (out / C.META_FILE).write_text(json.dumps(meta))
   assert C.main(["verify", str(out)]) == 1
   assert "split 'test'" in capsys.readouterr().err

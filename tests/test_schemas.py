@@ -35,7 +35,8 @@ def test_e2e_split_8ch(tmp_path):
   assert lay.image_shape == (125, 125, 8)
   assert lay.channel_names == schemas.CHANNELS_8
   assert lay.target_names == ["jet_mass", "jet_pt"]
-  assert lay.image_keys() == {"train": "train_jet", "validation": "validation_jet", "test": "test_jet"}
+  assert lay.image_keys() == {"train": "train_jet", "validation": "validation_jet",
+                              "test": "test_jet"}
   assert lay.label_key() is None  # differs per split
   assert lay.splits["train"].label_key == "train_meta" and lay.splits["train"].label_column == 0
   assert lay.target_keys() == ["train_meta[:,1]", "train_meta[:,2]"]
@@ -49,7 +50,8 @@ def test_e2e_split_8ch(tmp_path):
 def test_e2e_split_3ch_subset_and_attrs(tmp_path):
   p = tmp_path / "Quark_Gluon.h5"
   F.write_e2e_split_h5(p, (4, None, 2), channels=3, k=4,
-                       attrs={"meta_names": ["label", "m", "pt", "eta"], "channel_names": ["Tracks", "ECAL", "HCAL"]})
+                       attrs={"meta_names": ["label", "m", "pt", "eta"],
+                              "channel_names": ["Tracks", "ECAL", "HCAL"]})
   lay = schemas.inspect_file(str(p))
   assert set(lay.splits) == {"train", "test"}
   assert lay.image_shape == (125, 125, 3)
@@ -149,7 +151,8 @@ def test_parquet_holdout_reads_only_needed_groups(tmp_path):
 
 def test_holdout_ranges():
   assert schemas.holdout_ranges(100, None) == {"train": (0, 100)}
-  assert schemas.holdout_ranges(100, (0.1, 0.2)) == {"train": (0, 70), "validation": (70, 80), "test": (80, 100)}
+  assert schemas.holdout_ranges(100, (0.1, 0.2)) == {"train": (0, 70), "validation": (70, 80),
+                                                      "test": (80, 100)}
   assert schemas.holdout_ranges(10, (0.0, 0.3)) == {"train": (0, 7), "test": (7, 10)}
   with pytest.raises(ValueError):
     schemas.parse_holdout("0.6,0.5")
@@ -164,7 +167,7 @@ def test_holdout_rejected_for_split_formats(tmp_path):
     schemas.inspect_file(str(p), holdout="0.1,0.1")
 
 
-# --- bad inputs ---------------------------------------------------------------
+# Bad inputs.
 
 
 def test_missing_file(tmp_path):
@@ -186,7 +189,8 @@ def test_unknown_layout_lists_keys(tmp_path):
   with h5py.File(p, "w") as f:
     f["images"] = np.zeros((2, 4, 4, 1), np.float32)
     f["labels"] = np.zeros(2)
-  with pytest.raises(DataFormatError, match=r"odd.h5.*no known layout.*images \[2, 4, 4, 1\].*labels"):
+  with pytest.raises(DataFormatError,
+                     match=r"odd.h5.*no known layout.*images \[2, 4, 4, 1\].*labels"):
     schemas.inspect_file(str(p))
 
 
@@ -220,7 +224,8 @@ def test_length_mismatch(tmp_path):
   with h5py.File(p, "w") as f:
     f["train_jet"] = np.zeros((4, 125, 125, 3), np.float32)
     f["train_meta"] = np.zeros((3, 3), np.float32)
-  with pytest.raises(DataFormatError, match=r"len.h5 key 'train_meta'.*3 rows.*\[3, 3\].*'train_jet' has 4"):
+  with pytest.raises(DataFormatError,
+                     match=r"len.h5 key 'train_meta'.*3 rows.*\[3, 3\].*'train_jet' has 4"):
     schemas.inspect_file(str(p))
 
 
@@ -252,7 +257,8 @@ def test_ragged_parquet(tmp_path):
   p = tmp_path / "ragged.parquet"
   F.write_ragged_parquet(p)
   lay = schemas.inspect_file(str(p))  # first row is fine
-  with pytest.raises(DataFormatError, match=r"ragged.parquet key 'X_jets'.*inconsistent nested shape"):
+  with pytest.raises(DataFormatError,
+                     match=r"ragged.parquet key 'X_jets'.*inconsistent nested shape"):
     list(schemas.iter_chunks(lay, "train", 4))
 
 
@@ -271,5 +277,6 @@ def test_channel_mismatch_across_files(tmp_path):
   F.write_e2e_split_h5(a, (3, 2, 2), channels=8)
   F.write_e2e_split_h5(b, (3, 2, 2), channels=3)
   la, lb = schemas.inspect_file(str(a)), schemas.inspect_file(str(b))
-  with pytest.raises(DataFormatError, match=r"channel count.*a.h5 key 'train_jet'.*\[125, 125, 8\].*b.h5.*\[125, 125, 3\]"):
+  with pytest.raises(DataFormatError, match=r"channel count.*a.h5 key 'train_jet'.*\[125, 125, 8\]"
+                                            r".*b.h5.*\[125, 125, 3\]"):
     schemas.check_compatible([la, lb])

@@ -1,7 +1,7 @@
 """Tests for mae_jax.simulation (Pythia 8 + FastJet jet-image generation).
 
-The generation tests are skipped, with a reason, only when ``pythia8mc`` cannot
-be imported (install with ``pip install -e .[generate]``).  Each physics file is
+The generation tests are skipped, with a reason, only when `pythia8mc` cannot
+be imported (install with `pip install -e .[generate]`). Each physics file is
 generated once per module (a few hundred jets with 2 workers, ~10-20 s each on
 two cores); the physics checks are computed from the written HDF5 files.
 """
@@ -23,7 +23,8 @@ try:
 except ImportError:
   HAVE_PYTHIA = False
 requires_pythia = pytest.mark.skipif(
-    not HAVE_PYTHIA, reason="pythia8mc is not importable (install the 'generate' extra: pip install -e .[generate])"
+    not HAVE_PYTHIA,
+    reason="pythia8mc is not importable (install the 'generate' extra: pip install -e .[generate])"
 )
 
 h5py = pytest.importorskip("h5py")
@@ -54,16 +55,14 @@ def top_file(tmp_path_factory):
   return path, summary
 
 
-# ---------------------------------------------------------------------------
-# Image-derived observables
-# ---------------------------------------------------------------------------
+# Image-derived observables.
 def _delta_r_grid():
   c = (np.arange(detector.IMAGE_SIZE) - detector.IMAGE_SIZE // 2) * detector.PIXEL_SIZE
   return np.hypot(c[:, None], c[None, :])
 
 
 def _multiplicity(jets, radius):
-  """Non-zero track-pT and ECAL pixels within ``radius`` of the jet axis."""
+  """Non-zero track-pT and ECAL pixels within `radius` of the jet axis."""
   inside = _delta_r_grid() < radius
   tracks = (jets[..., 0] > 0) & inside
   ecal = (jets[..., 3] > 0) & inside
@@ -71,15 +70,13 @@ def _multiplicity(jets, radius):
 
 
 def _girth(jets, radius):
-  """pT-weighted mean ΔR from the axis of track + ECAL + HCAL within ``radius``."""
+  """pT-weighted mean ΔR from the axis of track + ECAL + HCAL within `radius`."""
   dr = _delta_r_grid()
   w = (jets[..., 0] + jets[..., 3] + jets[..., 4]) * (dr < radius)
   return (w * dr).sum(axis=(1, 2)) / np.maximum(w.sum(axis=(1, 2)), 1e-9)
 
 
-# ---------------------------------------------------------------------------
-# Argument validation (no Pythia needed)
-# ---------------------------------------------------------------------------
+# Argument validation (no Pythia needed).
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -153,9 +150,7 @@ def test_make_image_channels():
   assert img[..., 5:].sum() == 6  # two charged particles x three layers
 
 
-# ---------------------------------------------------------------------------
-# Generation (needs pythia8mc)
-# ---------------------------------------------------------------------------
+# Generation (needs pythia8mc).
 @requires_pythia
 def test_schema(qg_file):
   path, summary = qg_file
@@ -205,7 +200,8 @@ def test_quark_gluon_physics(qg_file):
   mult = _multiplicity(jets, 0.4)
   girth = _girth(jets, 0.4)
   assert mult[gluon].mean() > 1.15 * mult[quark].mean(), (mult[gluon].mean(), mult[quark].mean())
-  assert girth[gluon].mean() > 1.15 * girth[quark].mean(), (girth[gluon].mean(), girth[quark].mean())
+  g, q = girth[gluon].mean(), girth[quark].mean()
+  assert g > 1.15 * q, (g, q)
   assert np.median(meta[gluon, 1]) > np.median(meta[quark, 1])  # gluon jets are heavier
 
 
@@ -241,11 +237,12 @@ def test_deterministic(tmp_path):
 
 
 def test_failed_worker_leaves_no_file(tmp_path, monkeypatch):
-  """A worker that raises mid-run: the error propagates and neither FILE nor FILE.partial remains."""
+  """A worker that raises mid-run: the error propagates, neither FILE nor FILE.partial remains."""
   from mae_jax.simulation import events
 
   def broken(process, seed, worker, indices):
-    yield "jets", worker, (indices[:1], np.zeros((1, 125, 125, 8), np.float32), np.zeros((1, 3), np.float32))
+    image, meta = np.zeros((1, 125, 125, 8), np.float32), np.zeros((1, 3), np.float32)
+    yield "jets", worker, (indices[:1], image, meta)
     raise RuntimeError("simulated Pythia failure")
 
   monkeypatch.setattr(events, "_produce", broken)

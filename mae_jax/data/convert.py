@@ -1,26 +1,23 @@
-"""Convert public E2E jet-image files (HDF5 / parquet) into a TFDS dataset.
+r"""Convert public E2E jet-image files (HDF5 / parquet) into a TFDS dataset.
 
-Command line::
+  python -m mae_jax.data.convert --input FILE [FILE ...] --output DIR \
+      [--format auto] [--nan-policy reject|drop] [--bad-indices SPEC] \
+      [--holdout V,T] [--chunk-size 256] [--writer-buffer-mb 256] [--overwrite] [--verify]
+  python -m mae_jax.data.convert verify DIR
 
-    python -m mae_jax.data.convert --input FILE [FILE ...] --output DIR \
-        [--format auto] [--nan-policy reject|drop] [--bad-indices SPEC] \
-        [--holdout V,T] [--chunk-size 256] [--overwrite]
-    python -m mae_jax.data.convert verify DIR
+Output contract (read by `mae_jax.data.pipeline`): `DIR` is a TFDS builder
+directory (TFRecord shards + `dataset_info.json` + `features.json`) readable
+with `tfds.builder_from_directory(DIR)`; records are kept in input order
+(`disable_shuffling=True`). Features per record:
+  image    float32 `(H, W, C)` channels-last, zlib-encoded tensor
+  label    int64 scalar (-1 when unlabelled)
+  targets  float32 `(K,)` regression targets (only present when K > 0)
+  index    int64 row index in the source file's array (for single-split formats
+           with `--holdout` this is the row in the whole array)
+  source   int64 index into the list of input files
 
-Output contract (read by :mod:`mae_jax.data.pipeline`): ``DIR`` is a TFDS
-builder directory (TFRecord shards + ``dataset_info.json`` + ``features.json``)
-readable with ``tfds.builder_from_directory(DIR)``; records are kept in input
-order (``disable_shuffling=True``).  Features per record:
-
-* ``image``   float32 ``(H, W, C)`` channels-last, zlib-encoded tensor
-* ``label``   int64 scalar (``-1`` when unlabelled)
-* ``targets`` float32 ``(K,)`` regression targets (only present when ``K > 0``)
-* ``index``   int64 row index in the source file's array (for single-split
-  formats with ``--holdout`` this is the row in the whole array)
-* ``source``  int64 index into the list of input files
-
-``DIR/mae_jax_meta.json`` holds provenance, per-split counts / checksums and
-per-channel statistics of the train split; see ``docs/data.md``.
+`DIR/mae_jax_meta.json` holds provenance, per-split counts / checksums and
+per-channel statistics of the train split; see `docs/data.md`.
 """
 
 from __future__ import annotations
@@ -58,7 +55,7 @@ _HKEY_SPACE = 1 << 128  # TFDS shuffler key space (keys spread over it keep buck
 
 
 class NonFiniteError(DataFormatError):
-  """Images or targets contain NaN/Inf and ``nan_policy='reject'``."""
+  """Images or targets contain NaN/Inf and `nan_policy='reject'`."""
 
 
 class VerificationError(ValueError):
@@ -82,19 +79,17 @@ def _version() -> str:
     return "unknown"
 
 
-# --------------------------------------------------------------------------
-# Bad indices
-# --------------------------------------------------------------------------
+# Bad indices.
 
 
 def parse_bad_indices(spec) -> dict[str, set[tuple[int | None, int]]]:
-  """Parse a bad-index spec into ``{split: {(source or None, index)}}``.
+  """Parse a bad-index spec into `{split: {(source or None, index)}}`.
 
-  ``spec`` is a dict or the path of a JSON file ``{split: [index | [source,
-  index], ...]}`` or of a text file with one ``split:index`` (or
-  ``split:source:index``) per line (``#`` comments allowed).  ``split`` is
-  the output split name, or ``*`` for any split; ``index`` is the source row
-  index (the value stored in the ``index`` feature); without ``source`` the
+  `spec` is a dict or the path of a JSON file `{split: [index | [source,
+  index], ...]}` or of a text file with one `split:index` (or
+  `split:source:index`) per line (`#` comments allowed). `split` is
+  the output split name, or `*` for any split; `index` is the source row
+  index (the value stored in the `index` feature); without `source` the
   index applies to every input file.
   """
   if spec is None:
@@ -126,9 +121,8 @@ def parse_bad_indices(spec) -> dict[str, set[tuple[int | None, int]]]:
           else:
             raise ValueError
         except ValueError:
-          raise ValueError(
-              f"bad-indices file {path} line {ln}: expected 'split:index' or 'split:source:index', got {line!r}"
-          ) from None
+          raise ValueError(f"bad-indices file {path} line {ln}: expected 'split:index' or "
+                           f"'split:source:index', got {line!r}") from None
         out.setdefault(parts[0], set()).add(item)
       return out
   if not isinstance(spec, dict):
@@ -139,16 +133,15 @@ def parse_bad_indices(spec) -> dict[str, set[tuple[int | None, int]]]:
     for it in items:
       if isinstance(it, (list, tuple)):
         if len(it) != 2:
-          raise ValueError(f"bad index entry {it!r} for split {split!r}: expected index or [source, index]")
+          raise ValueError(f"bad index entry {it!r} for split {split!r}: "
+                           "expected index or [source, index]")
         s.add((int(it[0]), int(it[1])))
       else:
         s.add((None, int(it)))
   return out
 
 
-# --------------------------------------------------------------------------
-# Streaming statistics
-# --------------------------------------------------------------------------
+# Streaming statistics.
 
 
 class _SplitAccumulator:
@@ -171,7 +164,7 @@ class _SplitAccumulator:
     self.lsumsq = np.zeros(num_channels, np.float64)
 
   def update(self, images: np.ndarray, labels: np.ndarray, targets: np.ndarray) -> None:
-    """``images`` float32 [B,H,W,C], ``labels`` int64 [B], ``targets`` float32 [B,K] (record order)."""
+    """`images` float32 [B,H,W,C], `labels` int64 [B], `targets` float32 [B,K] (record order)."""
     b = images.shape[0]
     if b == 0:
       return
@@ -229,9 +222,7 @@ class _SplitAccumulator:
     }
 
 
-# --------------------------------------------------------------------------
-# Conversion plan and TFDS builder
-# --------------------------------------------------------------------------
+# Conversion plan and TFDS builder.
 
 
 @dataclasses.dataclass
@@ -279,8 +270,9 @@ def _nonfinite_rows(chunk: schemas.Chunk) -> tuple[np.ndarray, np.ndarray]:
   return img_bad, tgt_bad
 
 
-def _raise_nonfinite(plan: _Plan, split: str, layout: Layout, source: int, first_chunk: schemas.Chunk,
-                     img_bad: np.ndarray, tgt_bad: np.ndarray, known_bad: np.ndarray) -> None:
+def _raise_nonfinite(plan: _Plan, split: str, layout: Layout, source: int,
+                     first_chunk: schemas.Chunk, img_bad: np.ndarray, tgt_bad: np.ndarray,
+                     known_bad: np.ndarray) -> None:
   """Scan the rest of this file's split for non-finite rows, then raise."""
   spec = layout.splits[split]
   img_idx = list((first_chunk.start + np.flatnonzero(img_bad & ~known_bad)).tolist())
@@ -297,8 +289,8 @@ def _raise_nonfinite(plan: _Plan, split: str, layout: Layout, source: int, first
   name = os.path.basename(layout.path)
   if img_idx:
     parts.append(
-        f"{name} key '{spec.image_key}' (split '{split}'): {len(img_idx)} images with NaN/Inf at indices "
-        f"{img_idx[:10]}{' ...' if len(img_idx) > 10 else ''}"
+        f"{name} key '{spec.image_key}' (split '{split}'): {len(img_idx)} images with NaN/Inf "
+        f"at indices {img_idx[:10]}{' ...' if len(img_idx) > 10 else ''}"
     )
   if tgt_idx:
     keys = ", ".join(f"'{k}'" for k in first_chunk.target_keys)
@@ -307,8 +299,8 @@ def _raise_nonfinite(plan: _Plan, split: str, layout: Layout, source: int, first
         f"{tgt_idx[:10]}{' ...' if len(tgt_idx) > 10 else ''}"
     )
   raise NonFiniteError(
-      "; ".join(parts) + f" (file: {layout.path}). Use nan_policy='drop' (--nan-policy drop) to drop them, "
-      "or list them with --bad-indices."
+      "; ".join(parts) + f" (file: {layout.path}). Use nan_policy='drop' (--nan-policy drop) to "
+      "drop them, or list them with --bad-indices."
   )
 
 
@@ -337,8 +329,8 @@ def _generate_split(plan: _Plan, split: str) -> Iterable[tuple[int, dict[str, An
       if drop.any():
         keep_rows = np.flatnonzero(~drop)
         dropped += [[source, int(i)] for i in idx[drop]]
-        images, labels, targets, idx_k = (
-            chunk.images[keep_rows], chunk.labels[keep_rows], chunk.targets[keep_rows], idx[keep_rows])
+        images, labels, targets, idx_k = (chunk.images[keep_rows], chunk.labels[keep_rows],
+                                          chunk.targets[keep_rows], idx[keep_rows])
       else:
         images, labels, targets, idx_k = chunk.images, chunk.labels, chunk.targets, idx
       acc.update(images, labels, targets)
@@ -437,9 +429,7 @@ def _writer_buffer(limit_bytes: int | None):
     tfds_shuffle.MAX_MEM_BUFFER_SIZE = old
 
 
-# --------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------
+# Public API.
 
 
 def load_meta(output) -> dict:
@@ -493,17 +483,18 @@ def convert(
     overwrite: bool = False,
     writer_buffer_mb: int | None = 256,
 ) -> dict:
-  """Convert ``inputs`` into a TFDS dataset at ``output``; return the metadata.
+  """Convert `inputs` into a TFDS dataset at `output`; return the metadata.
 
-  The dataset is built under a temporary sibling ``OUTPUT.partial-XXXX`` and
-  moved into place with one ``os.rename`` at the very end, so ``output``
-  never exists in an incomplete state.  ``writer_buffer_mb`` caps the TFDS
+  The dataset is built under a temporary sibling `OUTPUT.partial-XXXX` and
+  moved into place with one `os.rename` at the very end, so `output`
+  never exists in an incomplete state. `writer_buffer_mb` caps the TFDS
   writer's in-memory record buffer (records spill to temporary bucket files
-  beyond it); ``None`` keeps TFDS's 1 GB default.
+  beyond it); `None` keeps TFDS's 1 GB default.
   """
   output = os.path.abspath(os.fspath(output))
   if os.path.exists(output) and not overwrite:
-    raise FileExistsError(f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
+    raise FileExistsError(
+        f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
   plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size)
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
@@ -519,7 +510,8 @@ def convert(
       tempfile.tempdir = old_tempdir
     dl_config = tfds.download.DownloadConfig(try_download_gcs=False)
     with _writer_buffer(None if writer_buffer_mb is None else int(writer_buffer_mb) << 20):
-      builder.download_and_prepare(download_dir=os.path.join(partial, "downloads"), download_config=dl_config)
+      builder.download_and_prepare(download_dir=os.path.join(partial, "downloads"),
+                                   download_config=dl_config)
     version_dir = os.fspath(builder.data_path)
     meta = {
         "format": plan.layouts[0].format,
@@ -539,7 +531,8 @@ def convert(
             "label int64 little-endian, targets float32 little-endian (if K>0)"
         ),
         "log1p_definition": "sign(x) * log1p(|x|), per pixel",
-        "tfds_builder": {"name": BUILDER_NAME, "version": BUILDER_VERSION, "file_format": "tfrecord"},
+        "tfds_builder": {"name": BUILDER_NAME, "version": BUILDER_VERSION,
+                         "file_format": "tfrecord"},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mae_jax_version": _version(),
     }
@@ -561,32 +554,36 @@ def convert(
 
 
 def _wrap_read_error(split: str, output: str, e: Exception) -> VerificationError:
-  return VerificationError(f"split '{split}' of {output}: cannot read records back ({type(e).__name__}: {e})")
+  return VerificationError(
+      f"split '{split}' of {output}: cannot read records back ({type(e).__name__}: {e})")
 
 
 def verify(output: str, batch_size: int = 64) -> dict:
-  """Re-read ``output`` through TFDS and check it against its metadata.
+  """Re-read `output` through TFDS and check it against its metadata.
 
   Recomputes per split the record count, label counts, image/target sums and
-  the sha256 over records; raises :class:`VerificationError` naming the split
-  and what mismatched.  Returns ``{split: recomputed summary}``.
+  the sha256 over records; raises `VerificationError` naming the split
+  and what mismatched. Returns `{split: recomputed summary}`.
   """
   output = os.path.abspath(os.fspath(output))
   meta = load_meta(output)
   try:
     builder = tfds.builder_from_directory(output)
   except Exception as e:
-    raise VerificationError(f"{output}: not a readable TFDS directory ({type(e).__name__}: {e})") from e
+    raise VerificationError(
+        f"{output}: not a readable TFDS directory ({type(e).__name__}: {e})") from e
   shape = tuple(meta["image_shape"])
   k = len(meta.get("target_names", []))
   feats = builder.info.features
   if tuple(feats["image"].shape) != shape:
-    raise VerificationError(f"{output}: image feature shape {feats['image'].shape} != meta {list(shape)}")
+    raise VerificationError(
+        f"{output}: image feature shape {feats['image'].shape} != meta {list(shape)}")
   if (k > 0) != ("targets" in feats):
     raise VerificationError(f"{output}: targets feature presence does not match {k} target names")
   extra = set(builder.info.splits.keys()) - set(meta["splits"])
   if extra:
-    raise VerificationError(f"{output}: split(s) {sorted(extra)} in TFDS info but not in {META_FILE}")
+    raise VerificationError(
+        f"{output}: split(s) {sorted(extra)} in TFDS info but not in {META_FILE}")
   out = {}
   for split, sm in meta["splits"].items():
     if split not in builder.info.splits:
@@ -594,12 +591,13 @@ def verify(output: str, batch_size: int = 64) -> dict:
     info_n = builder.info.splits[split].num_examples
     if sm["num_examples"] != sm["num_input"] - sm["num_dropped"]:
       raise VerificationError(
-          f"split '{split}': meta num_examples {sm['num_examples']} != num_input {sm['num_input']} - "
-          f"num_dropped {sm['num_dropped']}"
+          f"split '{split}': meta num_examples {sm['num_examples']} != "
+          f"num_input {sm['num_input']} - num_dropped {sm['num_dropped']}"
       )
     if sm["num_dropped"] != len(sm["dropped_indices"]):
       raise VerificationError(
-          f"split '{split}': num_dropped {sm['num_dropped']} != {len(sm['dropped_indices'])} dropped_indices"
+          f"split '{split}': num_dropped {sm['num_dropped']} != "
+          f"{len(sm['dropped_indices'])} dropped_indices"
       )
     if info_n != sm["num_examples"]:
       raise VerificationError(
@@ -614,7 +612,8 @@ def verify(output: str, batch_size: int = 64) -> dict:
       for batch in tfds.as_numpy(ds):
         img = batch["image"]
         if img.dtype != np.float32 or tuple(img.shape[1:]) != shape:
-          raise VerificationError(f"split '{split}': image batch {img.dtype} {img.shape} != float32 {shape}")
+          raise VerificationError(
+              f"split '{split}': image batch {img.dtype} {img.shape} != float32 {shape}")
         tgt = batch["targets"] if k else np.zeros((img.shape[0], 0), np.float32)
         for s, i in zip(batch["source"].tolist(), batch["index"].tolist()):
           if s in last_idx and i <= last_idx[s]:
@@ -637,18 +636,18 @@ def verify(output: str, batch_size: int = 64) -> dict:
           f"split '{split}': label counts {got['label_counts']} != meta {sm['label_counts']}"
       )
     if not np.allclose(got["image_sum"], sm["image_sum"], rtol=1e-6, atol=1e-6):
-      raise VerificationError(f"split '{split}': image sums {got['image_sum']} != meta {sm['image_sum']}")
+      raise VerificationError(
+          f"split '{split}': image sums {got['image_sum']} != meta {sm['image_sum']}")
     if not np.allclose(got["target_sum"], sm["target_sum"], rtol=1e-6, atol=1e-6):
-      raise VerificationError(f"split '{split}': target sums {got['target_sum']} != meta {sm['target_sum']}")
+      raise VerificationError(
+          f"split '{split}': target sums {got['target_sum']} != meta {sm['target_sum']}")
     if got["sha256"] != sm["sha256"]:
       raise VerificationError(f"split '{split}': sha256 {got['sha256']} != meta {sm['sha256']}")
     out[split] = got
   return out
 
 
-# --------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------
+# CLI.
 
 
 def _convert_parser() -> argparse.ArgumentParser:
@@ -657,14 +656,18 @@ def _convert_parser() -> argparse.ArgumentParser:
       description="Convert E2E jet-image files to a TFDS (TFRecord) dataset. "
       "Use 'python -m mae_jax.data.convert verify DIR' to check a converted dataset.",
   )
-  p.add_argument("--input", "-i", nargs="+", required=True, help="input HDF5/parquet file(s), concatenated in order")
+  p.add_argument("--input", "-i", nargs="+", required=True,
+                 help="input HDF5/parquet file(s), concatenated in order")
   p.add_argument("--output", "-o", required=True, help="output dataset directory (must not exist)")
   p.add_argument("--format", default="auto", choices=("auto",) + schemas.FORMATS)
   p.add_argument("--nan-policy", default="reject", choices=("reject", "drop"))
-  p.add_argument("--bad-indices", default=None, help="JSON {split: [idx]} or text file of 'split:index' lines")
-  p.add_argument("--holdout", default=None, help="VAL,TEST fractions for single-split formats (last rows)")
+  p.add_argument("--bad-indices", default=None,
+                 help="JSON {split: [idx]} or text file of 'split:index' lines")
+  p.add_argument("--holdout", default=None,
+                 help="VAL,TEST fractions for single-split formats (last rows)")
   p.add_argument("--chunk-size", type=int, default=256, help="images read per chunk")
-  p.add_argument("--writer-buffer-mb", type=int, default=256, help="TFDS writer in-memory buffer cap (MB)")
+  p.add_argument("--writer-buffer-mb", type=int, default=256,
+                 help="TFDS writer in-memory buffer cap (MB)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   p.add_argument("--verify", action="store_true", help="run verify on the output after converting")
   return p
@@ -682,7 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VerificationError, FileNotFoundError) as e:
       print(f"VERIFY FAILED: {e}", file=sys.stderr)
       return 1
-    print(json.dumps({s: {"num_examples": r["num_examples"], "sha256": r["sha256"]} for s, r in res.items()}))
+    print(json.dumps({s: {"num_examples": r["num_examples"], "sha256": r["sha256"]}
+                      for s, r in res.items()}))
     print(f"OK: {a.dir}")
     return 0
   a = _convert_parser().parse_args(argv)
@@ -697,8 +701,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (DataFormatError, FileExistsError, ValueError) as e:
     print(f"ERROR: {e}", file=sys.stderr)
     return 2
-  summary = {s: {k: v for k, v in m.items() if k != "dropped_indices"} for s, m in meta["splits"].items()}
-  print(json.dumps({"output": os.path.abspath(a.output), "format": meta["format"], "splits": summary}, indent=1))
+  summary = {s: {k: v for k, v in m.items() if k != "dropped_indices"}
+             for s, m in meta["splits"].items()}
+  print(json.dumps({"output": os.path.abspath(a.output), "format": meta["format"],
+                    "splits": summary}, indent=1))
   if a.verify:
     try:
       verify(a.output)

@@ -1,40 +1,39 @@
 """Detection and validation of the public CMS End-to-End jet-image layouts.
 
-This module never imports TensorFlow.  It inspects a file (HDF5 or parquet),
+This module never imports TensorFlow. It inspects a file (HDF5 or parquet),
 decides which public layout it follows from the keys present (names, dtypes,
-shapes) and returns a :class:`Layout` describing where the images, labels and
-regression targets live for every split.  It also provides the chunked readers
-used by :mod:`mae_jax.data.convert`.
+shapes) and returns a `Layout` describing where the images, labels and
+regression targets live for every split. It also provides the chunked readers
+used by `mae_jax.data.convert`.
 
-Supported layouts (``format`` names):
-
-``e2e_split``
-    ``{train,validation,test}_jet`` float32 ``[N,125,125,C]`` channels-last
+Supported layouts (`format` names):
+  e2e_split
+    `{train,validation,test}_jet` float32 `[N,125,125,C]` channels-last
     (C=8 boosted top: track_pt, track_d0, track_dz, ecal, hcal, bpix1, bpix2,
-    bpix3; C=3 quark/gluon: tracks, ecal, hcal) and ``{split}_meta`` float32
-    ``[N,k]`` with the label in column 0 and regression targets in columns
-    1..k-1 (names from the file attribute ``meta_names`` when present, else
-    ``["jet_mass", "jet_pt"]`` for k=3 and ``meta_i`` otherwise).  Any subset of
+    bpix3; C=3 quark/gluon: tracks, ecal, hcal) and `{split}_meta` float32
+    `[N,k]` with the label in column 0 and regression targets in columns
+    1..k-1 (names from the file attribute `meta_names` when present, else
+    `["jet_mass", "jet_pt"]` for k=3 and `meta_i` otherwise). Any subset of
     the three splits may be present.
-``ml4sci``
-    ``jet`` ``[N,125,125,8]`` with ``Y`` ``[N,1]`` (labelled) or ``jet`` alone
+  ml4sci
+    `jet` `[N,125,125,8]` with `Y` `[N,1]` (labelled) or `jet` alone
     (unlabelled: label = -1).
-``ml4sci_split``
-    ``X_train``, ``X_test``, ``Y_train``, ``Y_test``.
-``qg_opendata``
-    ``X_jets`` ``[N,125,125,3]``, ``y``, ``m0`` (jet mass), ``pt``.
-``egamma``
-    ``X`` ``[N,32,32,2]`` (energy, time), ``y`` (electron = 0, photon = 1).
-``parquet``
-    parquet file with columns ``X_jets`` (nested lists; ``[3][125][125]``
+  ml4sci_split
+    `X_train`, `X_test`, `Y_train`, `Y_test`.
+  qg_opendata
+    `X_jets` `[N,125,125,3]`, `y`, `m0` (jet mass), `pt`.
+  egamma
+    `X` `[N,32,32,2]` (energy, time), `y` (electron = 0, photon = 1).
+  parquet
+    parquet file with columns `X_jets` (nested lists; `[3][125][125]`
     channels-first in the public release, transposed here to channels-last),
-    ``y``, ``m0``, ``pt``.  Read row group by row group, never whole.
+    `y`, `m0`, `pt`. Read row group by row group, never whole.
 
-Single-split layouts (``ml4sci``, ``qg_opendata``, ``egamma``, ``parquet``)
-go to split ``train`` unless hold-out fractions ``(V, T)`` are given, in which
-case the split is deterministic by row index: with ``n_val = round(V*N)`` and
-``n_test = round(T*N)``, rows ``[0, N-n_val-n_test)`` are ``train``, the next
-``n_val`` rows are ``validation`` and the last ``n_test`` rows are ``test``.
+Single-split layouts (`ml4sci`, `qg_opendata`, `egamma`, `parquet`)
+go to split `train` unless hold-out fractions `(V, T)` are given, in which
+case the split is deterministic by row index: with `n_val = round(V*N)` and
+`n_test = round(T*N)`, rows `[0, N-n_val-n_test)` are `train`, the next
+`n_val` rows are `validation` and the last `n_test` rows are `test`.
 """
 
 from __future__ import annotations
@@ -65,10 +64,10 @@ class DataFormatError(ValueError):
 class SplitSpec:
   """Where one output split of one input file lives.
 
-  ``start``/``stop`` are row indices in ``image_key``; ``label_column`` is the
-  column of ``label_key`` holding the label (``None`` for 1-D labels or
-  ``[N,1]`` arrays); ``target_keys`` is a list of ``(key, column)`` pairs,
-  ``column=None`` meaning a 1-D (or ``[N,1]``) array.
+  `start`/`stop` are row indices in `image_key`; `label_column` is the
+  column of `label_key` holding the label (`None` for 1-D labels or
+  `[N,1]` arrays); `target_keys` is a list of `(key, column)` pairs,
+  `column=None` meaning a 1-D (or `[N,1]`) array.
   """
 
   image_key: str
@@ -128,9 +127,7 @@ class Layout:
     }
 
 
-# --------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------
+# Small helpers.
 
 
 def _name(path: str) -> str:
@@ -159,7 +156,7 @@ def _is_numeric_image_dtype(dt: np.dtype) -> bool:
 
 
 def parse_holdout(holdout) -> tuple[float, float] | None:
-  """Parse ``"V,T"`` (or a 2-sequence) into validated fractions."""
+  """Parse `"V,T"` (or a 2-sequence) into validated fractions."""
   if holdout is None:
     return None
   if isinstance(holdout, str):
@@ -179,7 +176,7 @@ def parse_holdout(holdout) -> tuple[float, float] | None:
 
 
 def holdout_ranges(n: int, holdout: tuple[float, float] | None) -> dict[str, tuple[int, int]]:
-  """Deterministic by-index split of ``n`` rows (see module docstring)."""
+  """Deterministic by-index split of `n` rows (see module docstring)."""
   if holdout is None:
     return {"train": (0, n)}
   n_val = int(round(holdout[0] * n))
@@ -193,9 +190,7 @@ def holdout_ranges(n: int, holdout: tuple[float, float] | None) -> dict[str, tup
   return out
 
 
-# --------------------------------------------------------------------------
-# Detection
-# --------------------------------------------------------------------------
+# Detection.
 
 
 def is_parquet(path: str) -> bool:
@@ -232,7 +227,7 @@ def _dataset_summary(f) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def detect_format(path: str) -> str:
-  """Return the format name of ``path`` from the keys it contains."""
+  """Return the format name of `path` from the keys it contains."""
   path = str(path)
   if not os.path.exists(path):
     raise _err(path, None, "file does not exist")
@@ -264,10 +259,10 @@ def _detect_h5(path: str, keys: set[str], f) -> str:
 
 
 def inspect_file(path: str, format: str = "auto", holdout=None) -> Layout:
-  """Detect (or check) the layout of ``path`` and validate names/dtypes/shapes.
+  """Detect (or check) the layout of `path` and validate names/dtypes/shapes.
 
   Label values are validated too (must be in {0, 1}); this reads only the
-  label arrays.  Returns a :class:`Layout`.
+  label arrays. Returns a `Layout`.
   """
   path = os.path.abspath(str(path))
   holdout = parse_holdout(holdout)
@@ -283,7 +278,8 @@ def inspect_file(path: str, format: str = "auto", holdout=None) -> Layout:
     if format != "auto" and format != detected:
       summ = _dataset_summary(f)
       found = ", ".join(f"{k} {list(s)}" for k, (s, _) in sorted(summ.items()))
-      raise _err(path, None, f"requested format '{format}' but keys look like '{detected}'; keys found: {found}")
+      raise _err(path, None, f"requested format '{format}' but keys look like '{detected}'; "
+                 f"keys found: {found}")
     fn = {
         "e2e_split": _inspect_e2e_split,
         "ml4sci": _inspect_ml4sci,
@@ -296,7 +292,7 @@ def inspect_file(path: str, format: str = "auto", holdout=None) -> Layout:
   return layout
 
 
-# --- HDF5 validation helpers -------------------------------------------------
+# HDF5 validation helpers.
 
 
 def _get_ds(path, f, key):
@@ -310,35 +306,39 @@ def _get_ds(path, f, key):
   return ds
 
 
-def _check_images(path, f, key, expect_hw=None, expect_c=None) -> tuple[int, tuple[int, int, int], str]:
+def _check_images(path, f, key, expect_hw=None,
+                  expect_c=None) -> tuple[int, tuple[int, int, int], str]:
   ds = _get_ds(path, f, key)
   shape = tuple(ds.shape)
   if len(shape) != 4:
-    raise _err(path, key, f"expected rank-4 images [N,H,W,C] (channels-last), got shape {list(shape)}")
+    raise _err(path, key,
+               f"expected rank-4 images [N,H,W,C] (channels-last), got shape {list(shape)}")
   if not _is_numeric_image_dtype(ds.dtype):
     raise _err(path, key, f"expected float32 images, got dtype {ds.dtype} with shape {list(shape)}")
   n, h, w, c = shape
   if expect_hw is not None and (h, w) != tuple(expect_hw):
-    raise _err(path, key, f"expected images of {expect_hw[0]}x{expect_hw[1]}, got shape {list(shape)}")
+    raise _err(path, key,
+               f"expected images of {expect_hw[0]}x{expect_hw[1]}, got shape {list(shape)}")
   if expect_c is not None and c not in expect_c:
-    raise _err(path, key, f"expected {' or '.join(map(str, expect_c))} channels (last axis), got shape {list(shape)}")
+    raise _err(path, key, f"expected {' or '.join(map(str, expect_c))} channels (last axis), "
+               f"got shape {list(shape)}")
   if c > 64 and h <= 64:
     raise _err(path, key, f"images look channels-first ({list(shape)}); expected [N,H,W,C]")
   return n, (h, w, c), str(ds.dtype)
 
 
 def _check_vector(path, f, key, n, image_key, max_cols=1) -> int | None:
-  """Check a [N] or [N,k] array matches ``n`` rows; return its column count."""
+  """Check a [N] or [N,k] array matches `n` rows; return its column count."""
   ds = _get_ds(path, f, key)
   shape = tuple(ds.shape)
   if ds.dtype.kind not in "fiub":
-    raise _err(path, key, f"expected a numeric array, got dtype {ds.dtype} with shape {list(shape)}")
+    raise _err(path, key,
+               f"expected a numeric array, got dtype {ds.dtype} with shape {list(shape)}")
   if len(shape) not in (1, 2):
     raise _err(path, key, f"expected shape [N] or [N,k], got {list(shape)}")
   if shape[0] != n:
-    raise _err(
-        path, key, f"length mismatch: '{key}' has {shape[0]} rows (shape {list(shape)}) but '{image_key}' has {n}"
-    )
+    raise _err(path, key, f"length mismatch: '{key}' has {shape[0]} rows (shape {list(shape)}) "
+               f"but '{image_key}' has {n}")
   if len(shape) == 2 and max_cols is not None and shape[1] > max_cols:
     raise _err(path, key, f"expected shape [N] or [N,1], got {list(shape)}")
   return shape[1] if len(shape) == 2 else None
@@ -350,7 +350,8 @@ def _channel_names(f, c: int, path: str, key: str) -> list[str]:
     names = _attr_list(f[key].attrs, "channel_names")
   if names is not None:
     if len(names) != c:
-      raise _err(path, key, f"attribute channel_names has {len(names)} entries but images have {c} channels")
+      raise _err(path, key, f"attribute channel_names has {len(names)} entries but images "
+                 f"have {c} channels")
     return names
   if c == 8:
     return list(CHANNELS_8)
@@ -361,7 +362,8 @@ def _channel_names(f, c: int, path: str, key: str) -> list[str]:
 
 def _inspect_e2e_split(path, f, holdout) -> Layout:
   if holdout is not None:
-    raise _err(path, None, "--holdout is only for single-split formats; this e2e_split file already has splits")
+    raise _err(path, None, "--holdout is only for single-split formats; this e2e_split file "
+               "already has splits")
   splits: dict[str, SplitSpec] = {}
   shape = None
   dtype = "float32"
@@ -377,7 +379,8 @@ def _inspect_e2e_split(path, f, holdout) -> Layout:
     if shape is None:
       shape, first_key = shp, ik
     elif shp != shape:
-      raise _err(path, ik, f"image shape {list(shp)} differs from '{first_key}' shape {list(shape)}")
+      raise _err(path, ik,
+                 f"image shape {list(shp)} differs from '{first_key}' shape {list(shape)}")
     if mk not in f:
       raise _err(path, mk, f"missing '{mk}' (labels) for images '{ik}' of shape {[n, *shp]}")
     cols = _check_vector(path, f, mk, n, ik, max_cols=None)
@@ -410,8 +413,8 @@ def _inspect_e2e_split(path, f, holdout) -> Layout:
   )
 
 
-def _single(path, f, fmt, ik, lk, targets, holdout, expect_hw=None, expect_c=None, channel_names=None,
-            target_names=(), label_names=None) -> Layout:
+def _single(path, f, fmt, ik, lk, targets, holdout, expect_hw=None, expect_c=None,
+            channel_names=None, target_names=(), label_names=None) -> Layout:
   n, shape, dtype = _check_images(path, f, ik, expect_hw, expect_c)
   lcol = None
   if lk is not None:
@@ -443,7 +446,8 @@ def _inspect_ml4sci(path, f, holdout) -> Layout:
 
 def _inspect_ml4sci_split(path, f, holdout) -> Layout:
   if holdout is not None:
-    raise _err(path, None, "--holdout is only for single-split formats; this ml4sci_split file already has splits")
+    raise _err(path, None, "--holdout is only for single-split formats; this ml4sci_split file "
+               "already has splits")
   splits = {}
   shape = None
   dtype = "float32"
@@ -488,7 +492,7 @@ def _inspect_egamma(path, f, holdout) -> Layout:
                  label_names=_attr_list(f.attrs, "label_names") or ["electron", "photon"])
 
 
-# --- labels -----------------------------------------------------------------
+# Labels.
 
 
 def _label_column(arr: np.ndarray, column: int | None) -> np.ndarray:
@@ -532,9 +536,7 @@ def _validate_labels_h5(path: str, f, layout: Layout) -> None:
       check_label_values(path, spec.label_key, col, a)
 
 
-# --------------------------------------------------------------------------
-# Parquet
-# --------------------------------------------------------------------------
+# Parquet.
 
 
 def _list_depth_type(t):
@@ -559,7 +561,8 @@ def _nested_shape(col, path: str, key: str, row_offset: int) -> tuple[int, int, 
   for level in range(3):
     if arr.null_count:
       bad = np.flatnonzero(np.asarray(arr.is_null()))
-      raise _err(path, key, f"null nested list at level {level} (first flat position {int(bad[0])})")
+      raise _err(path, key,
+                 f"null nested list at level {level} (first flat position {int(bad[0])})")
     lengths = np.asarray(pc.list_value_length(arr))
     if lengths.size == 0:
       dims.append(0)
@@ -593,12 +596,14 @@ def _inspect_parquet(path: str, holdout) -> Layout:
   schema = pf.schema_arrow
   names = schema.names
   if "X_jets" not in names:
-    raise _err(path, None, f"no known parquet layout (expected columns X_jets, y[, m0, pt]); columns found: {names}")
+    raise _err(path, None, "no known parquet layout (expected columns X_jets, y[, m0, pt]); "
+               f"columns found: {names}")
   if "y" not in names:
     raise _err(path, "y", f"missing label column 'y'; columns found: {names}")
   depth, leaf = _list_depth_type(schema.field("X_jets").type)
   if depth != 3 or not (pa.types.is_floating(leaf) or pa.types.is_integer(leaf)):
-    raise _err(path, "X_jets", f"expected 3-deep nested numeric lists [C][H][W], got type {schema.field('X_jets').type}")
+    raise _err(path, "X_jets", "expected 3-deep nested numeric lists [C][H][W], "
+               f"got type {schema.field('X_jets').type}")
   n = pf.metadata.num_rows
   if n == 0:
     raise _err(path, "X_jets", "file has no rows")
@@ -634,10 +639,10 @@ def _inspect_parquet(path: str, holdout) -> Layout:
     y = _column_to_numpy(pf.read_row_group(rg, columns=["y"]).column(0), path, "y")
     check_label_values(path, "y", y, off)
     off += len(y)
-  splits = {
-      s: SplitSpec("X_jets", "y", None, list(targets), lo, hi) for s, (lo, hi) in holdout_ranges(n, holdout).items()
-  }
-  cnames = list(CHANNELS_3) if shape[2] == 3 else (list(CHANNELS_8) if shape[2] == 8 else [f"ch{i}" for i in range(shape[2])])
+  splits = {s: SplitSpec("X_jets", "y", None, list(targets), lo, hi)
+            for s, (lo, hi) in holdout_ranges(n, holdout).items()}
+  cnames = (list(CHANNELS_3) if shape[2] == 3 else
+            list(CHANNELS_8) if shape[2] == 8 else [f"ch{i}" for i in range(shape[2])])
   md = pf.schema_arrow.metadata or {}
   if b"channel_names" in md:
     import json
@@ -660,14 +665,13 @@ def _column_to_numpy(col, path, key) -> np.ndarray:
 
     lengths = np.asarray(pc.list_value_length(col))
     if lengths.size and not np.all(lengths == 1):
-      raise _err(path, key, f"expected length-1 lists per row, found lengths {np.unique(lengths)[:6].tolist()}")
+      raise _err(path, key, "expected length-1 lists per row, found lengths "
+                 f"{np.unique(lengths)[:6].tolist()}")
     col = col.flatten()
   return col.to_numpy(zero_copy_only=False)
 
 
-# --------------------------------------------------------------------------
-# Chunked readers
-# --------------------------------------------------------------------------
+# Chunked readers.
 
 
 @dataclasses.dataclass
@@ -689,7 +693,7 @@ def _as_f32_images(x: np.ndarray) -> np.ndarray:
 
 def iter_chunks(layout: Layout, split: str, chunk_size: int = 256,
                 start: int | None = None) -> Iterator[Chunk]:
-  """Yield :class:`Chunk` objects covering ``layout.splits[split]`` in order."""
+  """Yield `Chunk` objects covering `layout.splits[split]` in order."""
   spec = layout.splits[split]
   lo = spec.start if start is None else start
   if layout.format == "parquet":
@@ -707,10 +711,11 @@ def iter_chunks(layout: Layout, split: str, chunk_size: int = 256,
       try:
         x = _as_f32_images(img[a:b])
       except OSError as e:
-        raise _err(layout.path, spec.image_key, f"read error at rows {a}:{b} (truncated file?): {e}") from e
+        raise _err(layout.path, spec.image_key,
+                   f"read error at rows {a}:{b} (truncated file?): {e}") from e
       if lab is not None:
-        raw = lab[a:b]
-        y = check_label_values(layout.path, spec.label_key, _label_column(raw, spec.label_column), a)
+        raw = _label_column(lab[a:b], spec.label_column)
+        y = check_label_values(layout.path, spec.label_key, raw, a)
       else:
         y = np.full((b - a,), -1, np.int64)
       if tds:
@@ -749,17 +754,18 @@ def _iter_parquet(layout: Layout, spec: SplitSpec, chunk_size: int, lo: int) -> 
         dims = _nested_shape(sub.column(0), layout.path, "X_jets", a)
         expect = (c, h, w) if layout.channels_first else (h, w, c)
         if dims != expect:
-          raise _err(layout.path, "X_jets",
-                     f"inconsistent nested shape: rows {a}:{b} have {list(dims)}, expected {list(expect)}")
+          raise _err(layout.path, "X_jets", f"inconsistent nested shape: rows {a}:{b} have "
+                     f"{list(dims)}, expected {list(expect)}")
         vals = sub.column(0).flatten().flatten().flatten()
         x = vals.to_numpy(zero_copy_only=False).reshape((b - a,) + dims)
         if layout.channels_first:
           x = x.transpose(0, 2, 3, 1)
         x = _as_f32_images(x)
-        y = check_label_values(layout.path, "y", _column_to_numpy(sub.column(1), layout.path, "y"), a)
+        y = _column_to_numpy(sub.column(1), layout.path, "y")
+        y = check_label_values(layout.path, "y", y, a)
         if tkeys:
-          t = np.stack([_column_to_numpy(sub.column(2 + i), layout.path, k) for i, k in enumerate(tkeys)],
-                       axis=1).astype(np.float32)
+          t = np.stack([_column_to_numpy(sub.column(2 + i), layout.path, k)
+                        for i, k in enumerate(tkeys)], axis=1).astype(np.float32)
         else:
           t = np.zeros((b - a, 0), np.float32)
         yield Chunk(a, x, y, t, tkeys)
@@ -785,8 +791,8 @@ def check_compatible(layouts: Sequence[Layout]) -> None:
       what = "channel count" if other.image_shape[:2] == ref.image_shape[:2] else "image shape"
       raise DataFormatError(
           f"input files disagree on {what}: {_name(ref.path)} key '{rk}' has images "
-          f"{list(ref.image_shape)} but {_name(other.path)} key '{ok}' has {list(other.image_shape)} "
-          f"({ref.path}, {other.path})"
+          f"{list(ref.image_shape)} but {_name(other.path)} key '{ok}' has "
+          f"{list(other.image_shape)} ({ref.path}, {other.path})"
       )
     if other.channel_names != ref.channel_names:
       raise DataFormatError(
@@ -795,8 +801,8 @@ def check_compatible(layouts: Sequence[Layout]) -> None:
       )
     if other.target_names != ref.target_names:
       raise DataFormatError(
-          f"input files disagree on regression targets: {_name(ref.path)} has {ref.target_names} but "
-          f"{_name(other.path)} has {other.target_names}"
+          f"input files disagree on regression targets: {_name(ref.path)} has "
+          f"{ref.target_names} but {_name(other.path)} has {other.target_names}"
       )
     ref_l = ref.splits[next(iter(ref.splits))].label_key is not None
     oth_l = other.splits[next(iter(other.splits))].label_key is not None

@@ -25,7 +25,8 @@ def main(argv=None):
   ap.add_argument("--output", required=True, help="output HDF5 file")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--workers", type=int, default=1, help="worker processes")
-  ap.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions (sum to 1)")
+  ap.add_argument("--split", default="0.8,0.1,0.1",
+                  help="train,validation,test fractions (sum to 1)")
   ap.add_argument("--compression", default="gzip", choices=["gzip", "lzf"])
   ap.add_argument("--no-progress", action="store_true", help="no progress bar or summary line")
   args = ap.parse_args(argv)

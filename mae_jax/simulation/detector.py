@@ -78,7 +78,7 @@ def _wrap(dphi):
 
 
 def _bend(phi, charge, pt, radius_m):
-  """Azimuth of the helix at cylinder radius ``radius_m`` and a reach mask."""
+  """Azimuth of the helix at cylinder radius `radius_m` and a reach mask."""
   s = 0.3 * B_FIELD_T * radius_m / (2.0 * np.maximum(pt, 1e-12))
   reach = (charge == 0) | (s < 1.0)
   return phi - charge * np.arcsin(np.minimum(s, 1.0)), reach
@@ -116,12 +116,13 @@ def _hcal_sigma(e):
   return np.sqrt((a / np.sqrt(e)) ** 2 + c**2)
 
 
-def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float, rng: np.random.Generator) -> np.ndarray:
+def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float,
+               rng: np.random.Generator) -> np.ndarray:
   """Build one [125,125,8] float32 image.
 
-  ``parts``: float64 [n, 9] of visible final-state particles with columns
+  `parts`: float64 [n, 9] of visible final-state particles with columns
   (px, py, pz, e, pdg id, charge, xProd, yProd, zProd); GeV and mm.
-  ``rng`` draws the per-event beam spot and all smearing.
+  `rng` draws the per-event beam spot and all smearing.
   """
   S = IMAGE_SIZE
   img = np.zeros((S, S, len(CHANNEL_NAMES)), np.float32)
@@ -132,7 +133,8 @@ def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float, rng: np.random
   pt = np.hypot(px, py)
   good = pt > 1e-6
   if not np.all(good):
-    px, py, pz, e, pid, q, vx, vy, vz, pt = (a[good] for a in (px, py, pz, e, pid, q, vx, vy, vz, pt))
+    px, py, pz, e, pid, q, vx, vy, vz, pt = (
+        a[good] for a in (px, py, pz, e, pid, q, vx, vy, vz, pt))
   eta = np.arcsinh(pz / pt)
   phi = np.arctan2(py, px)
   absid = np.abs(pid)
@@ -140,7 +142,7 @@ def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float, rng: np.random
   rho = np.hypot(vx, vy)
   beamspot = rng.normal(0.0, BEAMSPOT_SIGMA_XY_MM, size=2)
 
-  # --- tracks: pT, d0, dz -------------------------------------------------
+  # Tracks: pT, d0, dz.
   trk = charged & (pt > TRACK_PT_MIN) & (np.abs(eta) < TRACK_ETA_MAX) & (rho < TRACK_RHO_MAX_MM)
   ie, ip, inside = _pixel_index(eta, phi, jet_eta, jet_phi)
   sel = np.flatnonzero(trk & inside)
@@ -170,7 +172,7 @@ def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float, rng: np.random
     img[:, :, 1] = d0_img.reshape(S, S)
     img[:, :, 2] = dz_img.reshape(S, S)
 
-  # --- ECAL: photons and electrons ---------------------------------------
+  # ECAL: photons and electrons.
   em = ((pid == 22) | (absid == 11)) & (np.abs(eta) < ECAL_ETA_MAX)
   phi_e, reach_e = _bend(phi, q, pt, ECAL_RADIUS_M)
   em &= reach_e
@@ -179,19 +181,19 @@ def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float, rng: np.random
   ecal = _smear_cells(ie_e[sel] * S + ip_e[sel], e[sel], pt[sel], _ecal_sigma, rng, S * S)
   img[:, :, 3] = ecal.reshape(S, S)
 
-  # --- HCAL: hadrons in 5x5-pixel towers ----------------------------------
+  # HCAL: hadrons in 5x5-pixel towers.
   had = (pid != 22) & (absid != 11) & (absid != 13) & (np.abs(eta) < HCAL_ETA_MAX)
   phi_h, reach_h = _bend(phi, q, pt, HCAL_RADIUS_M)
   had &= reach_h
   ie_h, ip_h, in_h = _pixel_index(eta, phi_h, jet_eta, jet_phi)
   sel = np.flatnonzero(had & in_h)
   T = S // HCAL_BLOCK
-  towers = _smear_cells(
-      (ie_h[sel] // HCAL_BLOCK) * T + ip_h[sel] // HCAL_BLOCK, e[sel], pt[sel], _hcal_sigma, rng, T * T
-  ).reshape(T, T) / float(HCAL_BLOCK * HCAL_BLOCK)
+  tower = (ie_h[sel] // HCAL_BLOCK) * T + ip_h[sel] // HCAL_BLOCK
+  towers = _smear_cells(tower, e[sel], pt[sel], _hcal_sigma, rng, T * T)
+  towers = towers.reshape(T, T) / float(HCAL_BLOCK * HCAL_BLOCK)
   img[:, :, 4] = np.repeat(np.repeat(towers, HCAL_BLOCK, axis=0), HCAL_BLOCK, axis=1)
 
-  # --- barrel pixel layers -------------------------------------------------
+  # Barrel pixel layers.
   for layer, r_mm in enumerate(PIXEL_LAYER_RADII_MM):
     phi_l, reach = _bend(phi, q, pt, (r_mm - np.minimum(rho, r_mm)) * 1e-3)
     z_hit = vz + (r_mm - rho) * pz / pt

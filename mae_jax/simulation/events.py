@@ -76,7 +76,8 @@ PROCESSES = {
             1: ["HardQCD:gg2gg = on", "HardQCD:qqbar2gg = on"],
             0: ["HardQCD:qq2qq = on", "HardQCD:qqbar2qqbarNew = on"],
         },
-        label_definition="1 = gluon jet (matched to a hard gluon), 0 = quark jet (matched to a hard quark |id|<=5)",
+        label_definition=("1 = gluon jet (matched to a hard gluon), "
+                          "0 = quark jet (matched to a hard quark |id|<=5)"),
         label_names=("quark", "gluon"),
     ),
     "boosted_top": ProcessSpec(
@@ -88,10 +89,12 @@ PROCESSES = {
         pthat_min=400.0,
         pthat_max=600.0,
         settings={
-            1: ["Top:gg2ttbar = on", "Top:qqbar2ttbar = on", "24:onMode = off", "24:onIfAny = 1 2 3 4 5"],
+            1: ["Top:gg2ttbar = on", "Top:qqbar2ttbar = on",
+                "24:onMode = off", "24:onIfAny = 1 2 3 4 5"],
             0: ["HardQCD:all = on"],
         },
-        label_definition="1 = fully merged hadronic top jet (t, b, q, q' within dR<0.8), 0 = QCD jet",
+        label_definition=("1 = fully merged hadronic top jet (t, b, q, q' within dR<0.8), "
+                          "0 = QCD jet"),
         label_names=("qcd", "top"),
     ),
 }
@@ -236,7 +239,8 @@ class _Source:
       self.pythia.setUserHooksPtr(self.hook)
     if not self.pythia.init():
       raise RuntimeError(f"Pythia init failed for {spec.name} label {label}")
-    self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, worker, label, 1])))
+    seq = np.random.SeedSequence([seed, worker, label, 1])
+    self.rng = np.random.Generator(np.random.PCG64(seq))
     self.jetdef = fastjet.JetDefinition(fastjet.antikt_algorithm, spec.jet_radius)
     self.n_next = 0
     self.n_accepted = 0
@@ -252,7 +256,8 @@ class _Source:
 
   @staticmethod
   def _particle_array(vis):
-    rows = [(p.px(), p.py(), p.pz(), p.e(), p.id(), p.charge(), p.xProd(), p.yProd(), p.zProd()) for p in vis]
+    rows = [(p.px(), p.py(), p.pz(), p.e(), p.id(), p.charge(), p.xProd(), p.yProd(), p.zProd())
+            for p in vis]
     return np.array(rows, dtype=np.float64).reshape(-1, 9)
 
   def _matched(self, jeta, jphi) -> bool:

@@ -64,7 +64,7 @@ def check_args(process, num, split, workers, seed) -> tuple:
 def assign_splits(num: int, split: Sequence[float], seed: int):
   """Return (split_of[num], row_of[num], sizes[3]) for jet indices 0..num-1.
 
-  Jets ``2j`` (label 1) and ``2j+1`` (label 0) form pair ``j``; pairs are
+  Jets `2j` (label 1) and `2j+1` (label 0) form pair `j`; pairs are
   assigned to splits as a unit, so each split is balanced.
   """
   n_pairs = (num + 1) // 2
@@ -108,7 +108,8 @@ def _file_attrs(spec: events.ProcessSpec, seed, workers, num, split) -> dict:
       "label_definition": spec.label_definition,
       "label_names": list(spec.label_names),
       "units": "track_pt, ecal, hcal: transverse momentum/energy in GeV; track_d0, track_dz: mm "
-      "(pT-weighted mean per pixel); bpix1-3: hit counts; meta jet_mass, jet_pt: GeV (particle level)",
+      "(pT-weighted mean per pixel); bpix1-3: hit counts; meta jet_mass, jet_pt: GeV "
+      "(particle level)",
       "sqrt_s_gev": 13000.0,
       "pthat_min": spec.pthat_min,
       "pthat_max": spec.pthat_max,
@@ -176,10 +177,10 @@ def generate(
     progress: bool = True,
     compression: str = "gzip",
 ) -> dict:
-  """Generate ``num`` balanced jet images of ``process`` into the HDF5 ``output``.
+  """Generate `num` balanced jet images of `process` into the HDF5 `output`.
 
-  Returns a summary dict: ``counts`` {split: {"0": n, "1": n}}, ``seconds``,
-  ``jets_per_second``, ``pythia_events`` and ``efficiency`` per label, etc.
+  Returns a summary dict: `counts` {split: {"0": n, "1": n}}, `seconds`,
+  `jets_per_second`, `pythia_events` and `efficiency` per label, etc.
   """
   split = check_args(process, num, split, workers, seed)
   if compression not in ("gzip", "lzf"):
@@ -200,7 +201,8 @@ def generate(
   t0 = time.perf_counter()
   metas = [np.zeros((n, 3), np.float32) for n in sizes]
   stats = {}
-  comp_kw = {"compression": "gzip", "compression_opts": 4} if compression == "gzip" else {"compression": "lzf"}
+  comp_kw = ({"compression": "gzip", "compression_opts": 4} if compression == "gzip"
+             else {"compression": "lzf"})
   bar = _Progress(num, progress, f"{process}")
   try:
     with h5py.File(tmp, "w") as f:
@@ -236,7 +238,8 @@ def generate(
           else:
             stats[k] = payload
       for name, m in zip(SPLIT_NAMES, metas):
-        f.create_dataset(f"{name}_meta", data=m, dtype=np.float32, chunks=None if len(m) == 0 else True)
+        f.create_dataset(f"{name}_meta", data=m, dtype=np.float32,
+                         chunks=None if len(m) == 0 else True)
     os.replace(tmp, output)
   except BaseException:
     if os.path.exists(tmp):
@@ -266,10 +269,11 @@ def generate(
       "generator": events.versions(),
   }
   if progress:
+    eff = summary["efficiency"]
     print(
         f"wrote {num} jets to {output} in {seconds:.1f} s: {summary['jets_per_second']:.1f} jets/s "
         f"({workers} worker{'s' if workers > 1 else ''}); Pythia events {n_events[1]} (label 1) + "
-        f"{n_events[0]} (label 0), efficiency {summary['efficiency']['1']:.3f} / {summary['efficiency']['0']:.3f}",
+        f"{n_events[0]} (label 0), efficiency {eff['1']:.3f} / {eff['0']:.3f}",
         flush=True,
     )
   return summary
