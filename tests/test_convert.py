@@ -17,7 +17,8 @@ import data_fixtures as F  # noqa: E402
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from mae_jax.data import convert as C  # noqa: E402
-from mae_jax.data.schemas import DataFormatError  # noqa: E402
+from mae_jax.data import meta as meta_lib  # noqa: E402
+from mae_jax.errors import DataFormatError, NonFiniteError, VerificationError  # noqa: E402
 
 
 def read_split(out, split):
@@ -61,10 +62,11 @@ def test_e2e_split_roundtrip_and_verify(tmp_path):
   meta = C.convert([str(src)], str(out), chunk_size=3)
   assert no_leftovers(tmp_path)
   assert sorted(os.listdir(out)) == sorted(
-      ["dataset_info.json", "features.json", C.META_FILE]
+      ["dataset_info.json", "features.json", meta_lib.META_FILE]
       + [f"mae_jax_converted-{s}.tfrecord-00000-of-00001" for s in ("train", "validation", "test")]
   )
-  assert meta == C.load_meta(out)
+  assert meta == meta_lib.load_meta(out)
+  assert meta["log1p_definition"].startswith(meta_lib.FORMULAS["log1p"])
   assert meta["format"] == "e2e_split"
   assert meta["inputs"] == [str(src)]
   assert meta["image_shape"] == [125, 125, 8]
@@ -229,7 +231,7 @@ def test_nan_reject_names_file_key_index(tmp_path):
   src = tmp_path / "nan.h5"
   _e2e_with_nans(src)
   out = tmp_path / "out"
-  with pytest.raises(C.NonFiniteError,
+  with pytest.raises(NonFiniteError,
                      match=r"nan.h5 key 'train_jet' \(split 'train'\): 2 images .* \[2, 7\]"):
     C.convert([str(src)], str(out), chunk_size=4)
   assert not out.exists() and no_leftovers(tmp_path)
@@ -392,33 +394,33 @@ def test_verify_detects_corrupted_shard(good_out):
   mid = len(data) // 2
   data[mid:mid + 64] = bytes(64)
   open(shard, "wb").write(bytes(data))
-  with pytest.raises(C.VerificationError, match="split 'validation'"):
+  with pytest.raises(VerificationError, match="split 'validation'"):
     C.verify(str(good_out))
 
 
 def test_verify_detects_deleted_shard(good_out):
   os.remove(glob.glob(str(good_out / "*-test.tfrecord-*"))[0])
-  with pytest.raises(C.VerificationError, match="split 'test'"):
+  with pytest.raises(VerificationError, match="split 'test'"):
     C.verify(str(good_out))
 
 
 def test_verify_detects_meta_count_edit(good_out):
-  mp = good_out / C.META_FILE
+  mp = good_out / meta_lib.META_FILE
   meta = json.loads(mp.read_text())
   meta["splits"]["train"]["num_examples"] = 5
   meta["splits"]["train"]["num_dropped"] = 1
   meta["splits"]["train"]["dropped_indices"] = [[0, 99]]
   mp.write_text(json.dumps(meta))
-  with pytest.raises(C.VerificationError, match="split 'train'.*examples"):
+  with pytest.raises(VerificationError, match="split 'train'.*examples"):
     C.verify(str(good_out))
 
 
 def test_verify_detects_checksum_edit(good_out):
-  mp = good_out / C.META_FILE
+  mp = good_out / meta_lib.META_FILE
   meta = json.loads(mp.read_text())
   meta["splits"]["test"]["sha256"] = "0" * 64
   mp.write_text(json.dumps(meta))
-  with pytest.raises(C.VerificationError, match="split 'test'.*sha256"):
+  with pytest.raises(VerificationError, match="split 'test'.*sha256"):
     C.verify(str(good_out))
 
 
@@ -437,8 +439,8 @@ def test_cli_convert_and_verify(tmp_path, capsys):
   assert C.main(["verify", str(out)]) == 0
   assert "OK" in capsys.readouterr().out
   assert C.main(["--input", str(src), "--output", str(out)]) == 2  # exists
-  meta = C.load_meta(out)
+  meta = meta_lib.load_meta(out)
   meta["splits"]["test"]["sha256"] = "x"
-  (out / C.META_FILE).write_text(json.dumps(meta))
+  (out / meta_lib.META_FILE).write_text(json.dumps(meta))
   assert C.main(["verify", str(out)]) == 1
   assert "split 'test'" in capsys.readouterr().err

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as F  # noqa: E402
 
 from mae_jax.data import schemas  # noqa: E402
-from mae_jax.data.schemas import DataFormatError  # noqa: E402
+from mae_jax.errors import DataFormatError  # noqa: E402
 
 
 def _collect(layout, split, chunk_size=3):

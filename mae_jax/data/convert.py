@@ -42,24 +42,17 @@ tf.config.set_visible_devices([], "GPU")
 
 import tensorflow_datasets as tfds  # noqa: E402
 
+from mae_jax.data import meta as meta_lib  # noqa: E402
 from mae_jax.data import schemas  # noqa: E402
-from mae_jax.data.schemas import DataFormatError, Layout  # noqa: E402
+from mae_jax.data.schemas import Layout  # noqa: E402
+from mae_jax.errors import USER_ERRORS, DataFormatError, NonFiniteError, VerificationError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-META_FILE = "mae_jax_meta.json"
 BUILDER_NAME = "mae_jax_converted"
 BUILDER_VERSION = "1.0.0"
 _STATS_BLOCK = 16  # images per block when accumulating float64 statistics
 _HKEY_SPACE = 1 << 128  # TFDS shuffler key space (keys spread over it keep buckets balanced)
-
-
-class NonFiniteError(DataFormatError):
-  """Images or targets contain NaN/Inf and `nan_policy='reject'`."""
-
-
-class VerificationError(ValueError):
-  """A converted dataset does not match its metadata."""
 
 
 def _version() -> str:
@@ -191,7 +184,7 @@ class _SplitAccumulator:
         self.sumsq += np.einsum("ij,ij->j", b64, b64)
         self.max = np.maximum(self.max, b64.max(axis=0))
         self.nonzero += np.count_nonzero(blk, axis=0)
-        lg = np.sign(b64) * np.log1p(np.abs(b64))
+        lg = meta_lib.normalize(b64, "log1p")
         self.lsum += lg.sum(axis=0)
         self.lsumsq += np.einsum("ij,ij->j", lg, lg)
 
@@ -432,14 +425,6 @@ def _writer_buffer(limit_bytes: int | None):
 # Public API.
 
 
-def load_meta(output) -> dict:
-  path = os.path.join(os.fspath(output), META_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {output} is not a complete mae_jax conversion")
-  with open(path) as f:
-    return json.load(f)
-
-
 def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size) -> _Plan:
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
@@ -530,7 +515,7 @@ def convert(
             "sha256 over records in order of: image float32 little-endian C-order (H,W,C) bytes, "
             "label int64 little-endian, targets float32 little-endian (if K>0)"
         ),
-        "log1p_definition": "sign(x) * log1p(|x|), per pixel",
+        "log1p_definition": meta_lib.FORMULAS["log1p"] + ", per pixel",
         "tfds_builder": {"name": BUILDER_NAME, "version": BUILDER_VERSION,
                          "file_format": "tfrecord"},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -538,7 +523,7 @@ def convert(
     }
     if meta["label_names"] is None:
       del meta["label_names"]
-    with open(os.path.join(version_dir, META_FILE), "w") as f:
+    with open(os.path.join(version_dir, meta_lib.META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
     old = None
     if os.path.exists(output):  # overwrite=True
@@ -566,7 +551,7 @@ def verify(output: str, batch_size: int = 64) -> dict:
   and what mismatched. Returns `{split: recomputed summary}`.
   """
   output = os.path.abspath(os.fspath(output))
-  meta = load_meta(output)
+  meta = meta_lib.load_meta(output)
   try:
     builder = tfds.builder_from_directory(output)
   except Exception as e:
@@ -583,7 +568,7 @@ def verify(output: str, batch_size: int = 64) -> dict:
   extra = set(builder.info.splits.keys()) - set(meta["splits"])
   if extra:
     raise VerificationError(
-        f"{output}: split(s) {sorted(extra)} in TFDS info but not in {META_FILE}")
+        f"{output}: split(s) {sorted(extra)} in TFDS info but not in {meta_lib.META_FILE}")
   out = {}
   for split, sm in meta["splits"].items():
     if split not in builder.info.splits:
@@ -698,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           holdout=a.holdout, chunk_size=a.chunk_size, overwrite=a.overwrite,
           writer_buffer_mb=a.writer_buffer_mb,
       )
-  except (DataFormatError, FileExistsError, ValueError) as e:
+  except USER_ERRORS as e:
     print(f"ERROR: {e}", file=sys.stderr)
     return 2
   summary = {s: {k: v for k, v in m.items() if k != "dropped_indices"}

@@ -44,6 +44,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from mae_jax.errors import DataFormatError
+
 SPLITS = ("train", "validation", "test")
 
 FORMATS = ("e2e_split", "ml4sci", "ml4sci_split", "qg_opendata", "egamma", "parquet")
@@ -54,10 +56,6 @@ CHANNELS_EGAMMA = ["energy", "time"]
 
 # Number of rows read at once when scanning a label column.
 _LABEL_SCAN_ROWS = 1 << 20
-
-
-class DataFormatError(ValueError):
-  """Input data does not follow a supported layout (names file, key, shape)."""
 
 
 @dataclasses.dataclass
