@@ -5,7 +5,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import h5py
 import numpy as np
@@ -374,6 +376,49 @@ def test_refuses_existing_output_unless_overwrite(tmp_path):
   assert not (out / "keep.txt").exists()
   C.verify(str(out))
   assert no_leftovers(tmp_path)
+
+
+def test_no_stray_temp_dirs_and_no_global_state(tmp_path, monkeypatch):
+  """TFDS would mkdtemp() a directory in the system temp dir per conversion and never
+  remove it; the converter leaves nothing there and does not swap `tempfile.tempdir`."""
+  systmp = tmp_path / "systmp"
+  systmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+  seen = []
+  orig_init = C.MaeJaxConverted.__init__
+
+  def spy(self, **kwargs):
+    seen.append(tempfile.tempdir)
+    orig_init(self, **kwargs)
+    seen.append(tempfile.tempdir)
+
+  monkeypatch.setattr(C.MaeJaxConverted, "__init__", spy)
+  src = tmp_path / "a.h5"
+  F.write_egamma_h5(src, 4)
+  C.convert([str(src)], str(tmp_path / "out"))
+  assert seen == [str(systmp)] * 2
+  assert tempfile.tempdir == str(systmp)
+  assert os.listdir(systmp) == []
+  assert no_leftovers(tmp_path)
+
+
+def test_import_has_no_side_effects():
+  """Importing the converter does not configure TensorFlow; convert() and verify() hide
+  the accelerators from TF themselves (pipeline.hide_accelerators_from_tf)."""
+  code = (
+      "import tensorflow as tf\n"
+      "calls = []\n"
+      "tf.config.set_visible_devices = lambda *a, **k: calls.append(a)\n"
+      "from mae_jax.data import convert\n"
+      "assert calls == [], calls\n"
+      "try:\n"
+      "  convert.verify('/nonexistent')\n"
+      "except FileNotFoundError:\n"
+      "  pass\n"
+      "assert calls == [([], 'GPU')], calls\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert r.returncode == 0, r.stderr
 
 
 # Verify failures.

@@ -34,18 +34,17 @@ import shutil
 import sys
 import tempfile
 from typing import Any, Iterable, Sequence
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-tf.config.set_visible_devices([], "GPU")
-
-import tensorflow_datasets as tfds  # noqa: E402
-
-from mae_jax.data import meta as meta_lib  # noqa: E402
-from mae_jax.data import schemas  # noqa: E402
-from mae_jax.data.schemas import Layout  # noqa: E402
-from mae_jax.errors import USER_ERRORS, DataFormatError, NonFiniteError, VerificationError  # noqa: E402
+from mae_jax.data import meta as meta_lib
+from mae_jax.data import pipeline, schemas
+from mae_jax.data.schemas import Layout
+from mae_jax.errors import USER_ERRORS, DataFormatError, NonFiniteError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +366,19 @@ def _features(plan: _Plan) -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict(feats)
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """The info of a dataset that exists only here: nothing to fetch from the TFDS GCS bucket.
+
+  A builder without a prepared directory calls `info.initialize_from_bucket()`, which
+  probes gs://tfds-data and `tempfile.mkdtemp()`s a directory in the system temp dir that
+  it never removes, one per conversion. Overriding that one method on our own info
+  object avoids both without touching global state (such as `tempfile.tempdir`).
+  """
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class MaeJaxConverted(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """TFDS builder wrapping a conversion plan (not registered in the TFDS catalog)."""
 
@@ -389,7 +401,7 @@ class MaeJaxConverted(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     p = self._plan
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=(
             f"CMS E2E jet images converted by mae_jax from format '{p.layouts[0].format}': "
@@ -406,20 +418,15 @@ class MaeJaxConverted(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     yield from _generate_split(self._plan, split)
 
 
-@contextlib.contextmanager
 def _writer_buffer(limit_bytes: int | None):
-  """Temporarily cap TFDS's in-memory shuffle buffer (default 1 GB)."""
-  from tensorflow_datasets.core import shuffle as tfds_shuffle
+  """Caps TFDS's in-memory shuffle buffer (default 1 GB) inside the `with` block.
 
+  TFDS 4.9 has no per-writer option: every Shuffler reads the module constant
+  `shuffle.MAX_MEM_BUFFER_SIZE`, so that one TFDS constant is patched for the block.
+  """
   if limit_bytes is None:
-    yield
-    return
-  old = tfds_shuffle.MAX_MEM_BUFFER_SIZE
-  tfds_shuffle.MAX_MEM_BUFFER_SIZE = int(limit_bytes)
-  try:
-    yield
-  finally:
-    tfds_shuffle.MAX_MEM_BUFFER_SIZE = old
+    return contextlib.nullcontext()
+  return mock.patch.object(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", int(limit_bytes))
 
 
 # Public API.
@@ -476,6 +483,7 @@ def convert(
   writer's in-memory record buffer (records spill to temporary bucket files
   beyond it); `None` keeps TFDS's 1 GB default.
   """
+  pipeline.hide_accelerators_from_tf()
   output = os.path.abspath(os.fspath(output))
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(
@@ -485,14 +493,7 @@ def convert(
   os.makedirs(parent, exist_ok=True)
   partial = tempfile.mkdtemp(prefix=os.path.basename(output) + ".partial-", dir=parent)
   try:
-    # TFDS's DatasetInfo.initialize_from_bucket() leaves an empty mkdtemp()
-    # directory behind on every builder construction; keep it inside `partial`.
-    old_tempdir = tempfile.tempdir
-    tempfile.tempdir = partial
-    try:
-      builder = MaeJaxConverted(plan=plan, data_dir=partial, file_format="tfrecord")
-    finally:
-      tempfile.tempdir = old_tempdir
+    builder = MaeJaxConverted(plan=plan, data_dir=partial, file_format="tfrecord")
     dl_config = tfds.download.DownloadConfig(try_download_gcs=False)
     with _writer_buffer(None if writer_buffer_mb is None else int(writer_buffer_mb) << 20):
       builder.download_and_prepare(download_dir=os.path.join(partial, "downloads"),
@@ -550,6 +551,7 @@ def verify(output: str, batch_size: int = 64) -> dict:
   the sha256 over records; raises `VerificationError` naming the split
   and what mismatched. Returns `{split: recomputed summary}`.
   """
+  pipeline.hide_accelerators_from_tf()
   output = os.path.abspath(os.fspath(output))
   meta = meta_lib.load_meta(output)
   try:
