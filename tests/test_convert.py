@@ -282,6 +282,14 @@ def test_bad_indices_cover_nan_rows_under_reject(tmp_path):
   assert meta["splits"]["train"]["num_examples"] == 8
 
 
+def test_nan_reject_names_target_keys(tmp_path):
+  src = tmp_path / "nan.h5"
+  _e2e_with_nans(src)
+  with pytest.raises(NonFiniteError, match=r"nan.h5 key 'test_meta\[:,1\]', 'test_meta\[:,2\]' "
+                                           r"\(split 'test'\): 1 targets with NaN/Inf at indices \[1\]"):
+    C.convert([str(src)], str(tmp_path / "out"), bad_indices={"train": [2, 7]})
+
+
 # Bad inputs through convert.
 
 

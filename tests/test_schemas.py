@@ -280,3 +280,21 @@ def test_channel_mismatch_across_files(tmp_path):
   with pytest.raises(DataFormatError, match=r"channel count.*a.h5 key 'train_jet'.*\[125, 125, 8\]"
                                             r".*b.h5.*\[125, 125, 3\]"):
     schemas.check_compatible([la, lb])
+
+
+def test_labels_mismatch_across_files(tmp_path):
+  a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+  F.write_ml4sci_h5(a, 3)
+  F.write_ml4sci_h5(b, 3, labelled=False)
+  la, lb = schemas.inspect_file(str(a)), schemas.inspect_file(str(b))
+  with pytest.raises(DataFormatError, match=r"disagree on labels: a.h5 key 'jet' has labels but "
+                                            r"b.h5 key 'jet' has no labels"):
+    schemas.check_compatible([la, lb])
+
+
+def test_holdout_refused_for_split_formats(tmp_path):
+  p = tmp_path / "split.h5"
+  F.write_e2e_split_h5(p, (3, 2, 2), channels=3)
+  with pytest.raises(DataFormatError, match="holdout is only for single-split formats; "
+                                            "this e2e_split file"):
+    schemas.inspect_file(str(p), holdout="0.1,0.1")

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -263,33 +264,23 @@ def _nonfinite_rows(chunk: schemas.Chunk) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _raise_nonfinite(plan: _Plan, split: str, layout: Layout, source: int,
-                     first_chunk: schemas.Chunk, img_bad: np.ndarray, tgt_bad: np.ndarray,
-                     known_bad: np.ndarray) -> None:
-  """Scan the rest of this file's split for non-finite rows, then raise."""
+                     first_chunk: schemas.Chunk) -> None:
+  """Lists the non-finite rows of this file's split from `first_chunk` on, then raises."""
   spec = layout.splits[split]
-  img_idx = list((first_chunk.start + np.flatnonzero(img_bad & ~known_bad)).tolist())
-  tgt_idx = list((first_chunk.start + np.flatnonzero(tgt_bad & ~known_bad)).tolist())
+  bad = {"images": [], "targets": []}
   nxt = first_chunk.start + first_chunk.images.shape[0]
-  if nxt < spec.stop:
-    for ch in schemas.iter_chunks(layout, split, plan.chunk_size, start=nxt):
-      ib, tb = _nonfinite_rows(ch)
-      idx = ch.start + np.arange(ch.images.shape[0])
-      kb = _bad_mask(plan, split, source, idx)
-      img_idx += (idx[ib & ~kb]).tolist()
-      tgt_idx += (idx[tb & ~kb]).tolist()
-  parts = []
+  rest = schemas.iter_chunks(layout, split, plan.chunk_size, start=nxt) if nxt < spec.stop else ()
+  for ch in itertools.chain([first_chunk], rest):
+    idx = ch.start + np.arange(ch.images.shape[0])
+    known_bad = _bad_mask(plan, split, source, idx)
+    for what, rows in zip(bad, _nonfinite_rows(ch)):
+      bad[what] += idx[rows & ~known_bad].tolist()
+  keys = {"images": f"'{spec.image_key}'",
+          "targets": ", ".join(f"'{k}'" for k in first_chunk.target_keys)}
   name = os.path.basename(layout.path)
-  if img_idx:
-    parts.append(
-        f"{name} key '{spec.image_key}' (split '{split}'): {len(img_idx)} images with NaN/Inf "
-        f"at indices {img_idx[:10]}{' ...' if len(img_idx) > 10 else ''}"
-    )
-  if tgt_idx:
-    keys = ", ".join(f"'{k}'" for k in first_chunk.target_keys)
-    parts.append(
-        f"{name} key {keys} (split '{split}'): {len(tgt_idx)} targets with NaN/Inf at indices "
-        f"{tgt_idx[:10]}{' ...' if len(tgt_idx) > 10 else ''}"
-    )
+  parts = [f"{name} key {keys[what]} (split '{split}'): {len(found)} {what} with NaN/Inf "
+           f"at indices {found[:10]}{' ...' if len(found) > 10 else ''}"
+           for what, found in bad.items() if found]
   raise NonFiniteError(
       "; ".join(parts) + f" (file: {layout.path}). Use nan_policy='drop' (--nan-policy drop) to "
       "drop them, or list them with --bad-indices."
@@ -314,7 +305,7 @@ def _generate_split(plan: _Plan, split: str) -> Iterable[tuple[int, dict[str, An
       img_bad, tgt_bad = _nonfinite_rows(chunk)
       nonfinite = (img_bad | tgt_bad) & ~known_bad
       if nonfinite.any() and plan.nan_policy == "reject":
-        _raise_nonfinite(plan, split, layout, source, chunk, img_bad, tgt_bad, known_bad)
+        _raise_nonfinite(plan, split, layout, source, chunk)
       drop = known_bad | nonfinite
       n_nonfinite += int(nonfinite.sum())
       n_badidx += int(known_bad.sum())
@@ -614,22 +605,14 @@ def verify(output: str, batch_size: int = 64) -> dict:
     except (tf.errors.OpError, OSError, ValueError, RuntimeError) as e:
       raise _wrap_read_error(split, output, e) from e
     got = acc.split_meta()
-    if got["num_examples"] != sm["num_examples"]:
-      raise VerificationError(
-          f"split '{split}': read {got['num_examples']} records, meta says {sm['num_examples']}"
-      )
-    if got["label_counts"] != sm["label_counts"]:
-      raise VerificationError(
-          f"split '{split}': label counts {got['label_counts']} != meta {sm['label_counts']}"
-      )
-    if not np.allclose(got["image_sum"], sm["image_sum"], rtol=1e-6, atol=1e-6):
-      raise VerificationError(
-          f"split '{split}': image sums {got['image_sum']} != meta {sm['image_sum']}")
-    if not np.allclose(got["target_sum"], sm["target_sum"], rtol=1e-6, atol=1e-6):
-      raise VerificationError(
-          f"split '{split}': target sums {got['target_sum']} != meta {sm['target_sum']}")
-    if got["sha256"] != sm["sha256"]:
-      raise VerificationError(f"split '{split}': sha256 {got['sha256']} != meta {sm['sha256']}")
+    for key in ("num_examples", "label_counts", "image_sum", "target_sum", "sha256"):
+      if key.endswith("_sum"):
+        same = np.allclose(got[key], sm[key], rtol=1e-6, atol=1e-6)
+      else:
+        same = got[key] == sm[key]
+      if not same:
+        raise VerificationError(
+            f"split '{split}': {key} {got[key]} read back != {sm[key]} in the metadata")
     out[split] = got
   return out
 

@@ -53,6 +53,8 @@ FORMATS = ("e2e_split", "ml4sci", "ml4sci_split", "qg_opendata", "egamma", "parq
 CHANNELS_8 = ["track_pt", "track_d0", "track_dz", "ecal", "hcal", "bpix1", "bpix2", "bpix3"]
 CHANNELS_3 = ["tracks", "ecal", "hcal"]
 CHANNELS_EGAMMA = ["energy", "time"]
+# Regression targets of the quark/gluon open-data layouts: column -> target name.
+QG_TARGETS = {"m0": "jet_mass", "pt": "jet_pt"}
 
 # Number of rows read at once when scanning a label column.
 _LABEL_SCAN_ROWS = 1 << 20
@@ -278,6 +280,9 @@ def inspect_file(path: str, format: str = "auto", holdout=None) -> Layout:
       found = ", ".join(f"{k} {list(s)}" for k, (s, _) in sorted(summ.items()))
       raise _err(path, None, f"requested format '{format}' but keys look like '{detected}'; "
                  f"keys found: {found}")
+    if holdout is not None and detected in ("e2e_split", "ml4sci_split"):
+      raise _err(path, None, f"--holdout is only for single-split formats; this {detected} file "
+                 "already has splits")
     fn = {
         "e2e_split": _inspect_e2e_split,
         "ml4sci": _inspect_ml4sci,
@@ -351,17 +356,19 @@ def _channel_names(f, c: int, path: str, key: str) -> list[str]:
       raise _err(path, key, f"attribute channel_names has {len(names)} entries but images "
                  f"have {c} channels")
     return names
-  if c == 8:
-    return list(CHANNELS_8)
-  if c == 3:
-    return list(CHANNELS_3)
+  return _default_channel_names(c)
+
+
+def _default_channel_names(c: int, known=(CHANNELS_8, CHANNELS_3)) -> list[str]:
+  """The names in `known` with `c` entries, else ch0, ch1, ..."""
+  for names in known:
+    if len(names) == c:
+      return list(names)
   return [f"ch{i}" for i in range(c)]
 
 
 def _inspect_e2e_split(path, f, holdout) -> Layout:
-  if holdout is not None:
-    raise _err(path, None, "--holdout is only for single-split formats; this e2e_split file "
-               "already has splits")
+  del holdout  # refused for split formats by inspect_file
   splits: dict[str, SplitSpec] = {}
   shape = None
   dtype = "float32"
@@ -443,9 +450,7 @@ def _inspect_ml4sci(path, f, holdout) -> Layout:
 
 
 def _inspect_ml4sci_split(path, f, holdout) -> Layout:
-  if holdout is not None:
-    raise _err(path, None, "--holdout is only for single-split formats; this ml4sci_split file "
-               "already has splits")
+  del holdout  # refused for split formats by inspect_file
   splits = {}
   shape = None
   dtype = "float32"
@@ -471,12 +476,9 @@ def _inspect_ml4sci_split(path, f, holdout) -> Layout:
 def _inspect_qg(path, f, holdout) -> Layout:
   if "y" not in f:
     raise _err(path, "y", f"missing labels 'y' for images 'X_jets'; keys found: {sorted(f.keys())}")
-  targets, names = [], []
-  for key, name in (("m0", "jet_mass"), ("pt", "jet_pt")):
-    if key in f:
-      targets.append(key)
-      names.append(name)
-  return _single(path, f, "qg_opendata", "X_jets", "y", targets, holdout, target_names=names)
+  targets = [key for key in QG_TARGETS if key in f]
+  return _single(path, f, "qg_opendata", "X_jets", "y", targets, holdout,
+                 target_names=[QG_TARGETS[k] for k in targets])
 
 
 def _inspect_egamma(path, f, holdout) -> Layout:
@@ -485,7 +487,7 @@ def _inspect_egamma(path, f, holdout) -> Layout:
   _, shape, _ = _check_images(path, f, "X")
   names = _attr_list(f.attrs, "channel_names")
   if names is None:
-    names = list(CHANNELS_EGAMMA) if shape[2] == 2 else [f"ch{i}" for i in range(shape[2])]
+    names = _default_channel_names(shape[2], known=(CHANNELS_EGAMMA,))
   return _single(path, f, "egamma", "X", "y", [], holdout, channel_names=names,
                  label_names=_attr_list(f.attrs, "label_names") or ["electron", "photon"])
 
@@ -537,11 +539,15 @@ def _validate_labels_h5(path: str, f, layout: Layout) -> None:
 # Parquet.
 
 
-def _list_depth_type(t):
+def _is_list_type(t) -> bool:
   import pyarrow as pa
 
+  return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _list_depth_type(t):
   depth = 0
-  while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+  while _is_list_type(t):
     depth += 1
     t = t.value_type
   return depth, t
@@ -618,16 +624,12 @@ def _inspect_parquet(path: str, holdout) -> Layout:
     channels_first, shape = True, (b, c, a)
   else:
     channels_first, shape = False, (a, b, c)
-  targets, tnames = [], []
-  for key, name in (("m0", "jet_mass"), ("pt", "jet_pt")):
-    if key in names:
-      targets.append((key, None))
-      tnames.append(name)
+  targets = [(key, None) for key in QG_TARGETS if key in names]
+  tnames = [QG_TARGETS[key] for key, _ in targets]
   for key in ["y"] + [k for k, _ in targets]:
     t = schema.field(key).type
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-      d, lt = _list_depth_type(t)
-      if d != 1:
+    if _is_list_type(t):
+      if _list_depth_type(t)[0] != 1:
         raise _err(path, key, f"expected scalar or length-1 list per row, got type {t}")
     elif not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
       raise _err(path, key, f"expected a numeric column, got type {t}")
@@ -639,8 +641,7 @@ def _inspect_parquet(path: str, holdout) -> Layout:
     off += len(y)
   splits = {s: SplitSpec("X_jets", "y", None, list(targets), lo, hi)
             for s, (lo, hi) in holdout_ranges(n, holdout).items()}
-  cnames = (list(CHANNELS_3) if shape[2] == 3 else
-            list(CHANNELS_8) if shape[2] == 8 else [f"ch{i}" for i in range(shape[2])])
+  cnames = _default_channel_names(shape[2])
   md = pf.schema_arrow.metadata or {}
   if b"channel_names" in md:
     import json
@@ -657,8 +658,7 @@ def _column_to_numpy(col, path, key) -> np.ndarray:
 
   if isinstance(col, pa.ChunkedArray):
     col = col.combine_chunks()
-  t = col.type
-  if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+  if _is_list_type(col.type):
     import pyarrow.compute as pc
 
     lengths = np.asarray(pc.list_value_length(col))
@@ -772,41 +772,32 @@ def _iter_parquet(layout: Layout, spec: SplitSpec, chunk_size: int, lo: int) -> 
         return
 
 
+def _agreed(layout: Layout) -> dict[str, str]:
+  """What input files must agree on, as the text an error shows."""
+  labelled = next(iter(layout.splits.values())).label_key is not None
+  return {
+      "format": f"'{layout.format}'",
+      "image shape": f"images {list(layout.image_shape)}",
+      "channel names": str(layout.channel_names),
+      "regression targets": str(layout.target_names),
+      "labels": "labels" if labelled else "no labels",
+  }
+
+
 def check_compatible(layouts: Sequence[Layout]) -> None:
-  """Multiple inputs must agree on format, image shape, channels and targets."""
+  """Multiple inputs must agree on format, image shape, channels, targets and labels."""
   if not layouts:
     raise ValueError("no input files")
   ref = layouts[0]
+  mine = _agreed(ref)
   for other in layouts[1:]:
-    if other.format != ref.format:
-      raise DataFormatError(
-          f"input files disagree on format: {_name(ref.path)} is '{ref.format}' but "
-          f"{_name(other.path)} is '{other.format}' ({ref.path}, {other.path})"
-      )
-    if tuple(other.image_shape) != tuple(ref.image_shape):
-      rk = next(iter(ref.splits.values())).image_key
-      ok = next(iter(other.splits.values())).image_key
-      what = "channel count" if other.image_shape[:2] == ref.image_shape[:2] else "image shape"
-      raise DataFormatError(
-          f"input files disagree on {what}: {_name(ref.path)} key '{rk}' has images "
-          f"{list(ref.image_shape)} but {_name(other.path)} key '{ok}' has "
-          f"{list(other.image_shape)} ({ref.path}, {other.path})"
-      )
-    if other.channel_names != ref.channel_names:
-      raise DataFormatError(
-          f"input files disagree on channel names: {_name(ref.path)} has {ref.channel_names} but "
-          f"{_name(other.path)} has {other.channel_names}"
-      )
-    if other.target_names != ref.target_names:
-      raise DataFormatError(
-          f"input files disagree on regression targets: {_name(ref.path)} has "
-          f"{ref.target_names} but {_name(other.path)} has {other.target_names}"
-      )
-    ref_l = ref.splits[next(iter(ref.splits))].label_key is not None
-    oth_l = other.splits[next(iter(other.splits))].label_key is not None
-    if ref_l != oth_l:
-      raise DataFormatError(
-          f"input files disagree on labels: {_name(ref.path)} is "
-          f"{'labelled' if ref_l else 'unlabelled'} but {_name(other.path)} is "
-          f"{'labelled' if oth_l else 'unlabelled'}"
-      )
+    theirs = _agreed(other)
+    for what in mine:
+      a, b = mine[what], theirs[what]
+      if a != b:
+        if what == "image shape" and other.image_shape[:2] == ref.image_shape[:2]:
+          what = "channel count"
+        ref_key, other_key = (next(iter(lay.splits.values())).image_key for lay in (ref, other))
+        raise DataFormatError(
+            f"input files disagree on {what}: {_name(ref.path)} key '{ref_key}' has {a} but "
+            f"{_name(other.path)} key '{other_key}' has {b} ({ref.path}, {other.path})")

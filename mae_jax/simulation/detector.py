@@ -50,9 +50,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from mae_jax.data.schemas import CHANNELS_8
+
 IMAGE_SIZE = 125
 PIXEL_SIZE = 0.0174
-CHANNEL_NAMES = ["track_pt", "track_d0", "track_dz", "ecal", "hcal", "bpix1", "bpix2", "bpix3"]
+CHANNEL_NAMES = CHANNELS_8  # the image channels in order: those of the public E2E top files
 
 B_FIELD_T = 3.8
 TRACK_PT_MIN = 0.5  # GeV
@@ -142,6 +144,14 @@ def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float,
   rho = np.hypot(vx, vy)
   beamspot = rng.normal(0.0, BEAMSPOT_SIGMA_XY_MM, size=2)
 
+  def hits(mask, radius_m):
+    """Pixel row, column and particle index of the `mask` particles that reach the layer
+    at `radius_m` and land in the image (charged ones at their helix φ there)."""
+    phi_r, reach = _bend(phi, q, pt, radius_m)
+    ie_r, ip_r, inside_r = _pixel_index(eta, phi_r, jet_eta, jet_phi)
+    sel_r = np.flatnonzero(mask & reach & inside_r)
+    return ie_r[sel_r], ip_r[sel_r], sel_r
+
   # Tracks: pT, d0, dz.
   trk = charged & (pt > TRACK_PT_MIN) & (np.abs(eta) < TRACK_ETA_MAX) & (rho < TRACK_RHO_MAX_MM)
   ie, ip, inside = _pixel_index(eta, phi, jet_eta, jet_phi)
@@ -174,32 +184,24 @@ def make_image(parts: np.ndarray, jet_eta: float, jet_phi: float,
 
   # ECAL: photons and electrons.
   em = ((pid == 22) | (absid == 11)) & (np.abs(eta) < ECAL_ETA_MAX)
-  phi_e, reach_e = _bend(phi, q, pt, ECAL_RADIUS_M)
-  em &= reach_e
-  ie_e, ip_e, in_e = _pixel_index(eta, phi_e, jet_eta, jet_phi)
-  sel = np.flatnonzero(em & in_e)
-  ecal = _smear_cells(ie_e[sel] * S + ip_e[sel], e[sel], pt[sel], _ecal_sigma, rng, S * S)
+  ie_e, ip_e, sel = hits(em, ECAL_RADIUS_M)
+  ecal = _smear_cells(ie_e * S + ip_e, e[sel], pt[sel], _ecal_sigma, rng, S * S)
   img[:, :, 3] = ecal.reshape(S, S)
 
   # HCAL: hadrons in 5x5-pixel towers.
   had = (pid != 22) & (absid != 11) & (absid != 13) & (np.abs(eta) < HCAL_ETA_MAX)
-  phi_h, reach_h = _bend(phi, q, pt, HCAL_RADIUS_M)
-  had &= reach_h
-  ie_h, ip_h, in_h = _pixel_index(eta, phi_h, jet_eta, jet_phi)
-  sel = np.flatnonzero(had & in_h)
+  ie_h, ip_h, sel = hits(had, HCAL_RADIUS_M)
   T = S // HCAL_BLOCK
-  tower = (ie_h[sel] // HCAL_BLOCK) * T + ip_h[sel] // HCAL_BLOCK
+  tower = (ie_h // HCAL_BLOCK) * T + ip_h // HCAL_BLOCK
   towers = _smear_cells(tower, e[sel], pt[sel], _hcal_sigma, rng, T * T)
   towers = towers.reshape(T, T) / float(HCAL_BLOCK * HCAL_BLOCK)
   img[:, :, 4] = np.repeat(np.repeat(towers, HCAL_BLOCK, axis=0), HCAL_BLOCK, axis=1)
 
   # Barrel pixel layers.
   for layer, r_mm in enumerate(PIXEL_LAYER_RADII_MM):
-    phi_l, reach = _bend(phi, q, pt, (r_mm - np.minimum(rho, r_mm)) * 1e-3)
     z_hit = vz + (r_mm - rho) * pz / pt
-    hit = charged & reach & (rho < r_mm) & (np.abs(z_hit) < PIXEL_LAYER_HALF_LENGTH_MM)
-    ie_l, ip_l, in_l = _pixel_index(eta, phi_l, jet_eta, jet_phi)
-    sel = np.flatnonzero(hit & in_l)
-    img[:, :, 5 + layer] = np.bincount(ie_l[sel] * S + ip_l[sel], minlength=S * S).reshape(S, S)
+    crossing = charged & (rho < r_mm) & (np.abs(z_hit) < PIXEL_LAYER_HALF_LENGTH_MM)
+    ie_l, ip_l, _ = hits(crossing, (r_mm - np.minimum(rho, r_mm)) * 1e-3)
+    img[:, :, 5 + layer] = np.bincount(ie_l * S + ip_l, minlength=S * S).reshape(S, S)
   return img
 

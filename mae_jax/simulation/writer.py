@@ -34,22 +34,20 @@ from typing import Sequence
 
 import numpy as np
 
+from mae_jax.data.schemas import SPLITS
 from mae_jax.simulation import detector, events
 
 META_NAMES = ["label", "jet_mass", "jet_pt"]
-SPLIT_NAMES = ("train", "validation", "test")
 
 
 def check_args(process, num, split, workers, seed) -> tuple:
   """The arguments of `generate` checked (ValueError otherwise); returns `split` as a tuple."""
   if process not in events.PROCESSES:
     raise ValueError(f"unknown process {process!r}; choose one of {sorted(events.PROCESSES)}")
-  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num <= 0:
-    raise ValueError(f"num must be a positive integer, got {num!r}")
-  if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers <= 0:
-    raise ValueError(f"workers must be a positive integer, got {workers!r}")
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+  for name, value, minimum in (("num", num, 1), ("workers", workers, 1), ("seed", seed, 0)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+      kind = "positive" if minimum else "non-negative"
+      raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
   split = tuple(float(s) for s in split)
   if len(split) != 3:
     raise ValueError(f"split needs 3 fractions (train, validation, test), got {len(split)}")
@@ -58,7 +56,6 @@ def check_args(process, num, split, workers, seed) -> tuple:
   if abs(sum(split) - 1.0) > 1e-6:
     raise ValueError(f"split fractions must sum to 1, got {split} (sum {sum(split):g})")
   return split
-
 
 
 def assign_splits(num: int, split: Sequence[float], seed: int):
@@ -210,7 +207,7 @@ def generate(
         f.attrs[k] = v
       shape = (detector.IMAGE_SIZE, detector.IMAGE_SIZE, len(detector.CHANNEL_NAMES))
       jet_ds = []
-      for name, n in zip(SPLIT_NAMES, sizes):
+      for name, n in zip(SPLITS, sizes):
         jet_ds.append(
             f.create_dataset(
                 f"{name}_jet",
@@ -237,7 +234,7 @@ def generate(
             consume(payload)
           else:
             stats[k] = payload
-      for name, m in zip(SPLIT_NAMES, metas):
+      for name, m in zip(SPLITS, metas):
         f.create_dataset(f"{name}_meta", data=m, dtype=np.float32,
                          chunks=None if len(m) == 0 else True)
     os.replace(tmp, output)
@@ -250,7 +247,7 @@ def generate(
   seconds = time.perf_counter() - t0
 
   counts = {}
-  for s, name in enumerate(SPLIT_NAMES):
+  for s, name in enumerate(SPLITS):
     lab = labels[split_of == s]
     counts[name] = {"0": int((lab == 0).sum()), "1": int((lab == 1).sum())}
   n_events = {lab: sum(st[lab][0] for st in stats.values()) for lab in (0, 1)}
