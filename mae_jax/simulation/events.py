@@ -51,6 +51,8 @@ BATCH = 8  # images per message from a worker
 
 @dataclasses.dataclass(frozen=True)
 class ProcessSpec:
+  """One process: Pythia settings per label, jet definition and selection, label meaning."""
+
   name: str
   jet_radius: float
   jet_pt_min: float
@@ -308,8 +310,11 @@ class _Source:
 
 
 def _produce(process: str, seed: int, worker: int, indices: np.ndarray) -> Iterator[tuple]:
-  """Messages for the given jet indices, in order: ("jets", worker, (indices, images, metas))
-  batches, then ("done", worker, {label: (events, accepted)})."""
+  """Messages for the jet `indices`, in order.
+
+  ("jets", worker, (indices, images, metas)) batches of up to BATCH jets, then
+  ("done", worker, {label: (pythia_events, accepted_jets)}).
+  """
   spec = PROCESSES[process]
   _silence_fastjet_banner()
   sources = {1: _Source(spec, 1, seed, worker), 0: _Source(spec, 0, seed, worker)}
@@ -335,7 +340,6 @@ def _worker_main(process, seed, worker, indices, out_queue):
     out_queue.put(("error", worker, traceback.format_exc()))
 
 
-
 def versions() -> str:
   """The `generator` attribute: "pythia8mc <version> + fastjet <version>"."""
   from importlib import metadata
@@ -348,7 +352,6 @@ def versions() -> str:
     pv = "unknown"
   fv = getattr(fastjet, "__version__", None) or metadata.version("fastjet")
   return f"pythia8mc {pv} + fastjet {fv}"
-
 
 
 def _start_method() -> str:

@@ -88,8 +88,8 @@ def assign_splits(num: int, split: Sequence[float], seed: int):
   return split_of, row_of, sizes
 
 
-
 def _file_attrs(spec: events.ProcessSpec, seed, workers, num, split) -> dict:
+  """Every file attribute: the run, the process and the detector parameters."""
   return {
       "channel_names": detector.CHANNEL_NAMES,
       "meta_names": META_NAMES,
@@ -139,6 +139,8 @@ def _file_attrs(spec: events.ProcessSpec, seed, workers, num, split) -> dict:
 
 
 class _Progress:
+  """A tqdm bar when tqdm is installed, else a line every 10 % of the jets."""
+
   def __init__(self, total, enabled, desc):
     self.bar = None
     self.total, self.enabled, self.done, self.next_print = total, enabled, 0, 0.1
