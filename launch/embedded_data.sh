@@ -8,7 +8,7 @@ H5="data_cache/boosted_top_${NUM}.h5"
 DATA="data_cache/boosted_top_${NUM}_tfds"
 mkdir -p data_cache
 if [ ! -f "$H5" ]; then
-  python -m mae_jax.data.generate --process boosted_top --num "$NUM" --output "$H5" --workers 2 --seed 0
+  python -m mae_jax.simulation --process boosted_top --num "$NUM" --output "$H5" --workers 2 --seed 0
 fi
 if [ ! -d "$DATA" ]; then
   python -m mae_jax.data.convert --input "$H5" --output "$DATA" > "data_cache/convert_${NUM}.log" 2>&1
