@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def parse_arg(arg: str | None, **defaults) -> dict:
   """'variant=base,steps=10' -> {'variant': 'base', 'steps': 10} over `defaults`.
@@ -24,6 +26,38 @@ def parse_arg(arg: str | None, **defaults) -> dict:
     else:
       out[key] = kind(value)
   return out
+
+
+def apply_overrides(config, overrides):
+  """'--config.a.b=v' strings onto `config` with ml_collections' own flag parsing (typed
+  like the field, tuples as literals); an unknown field or a bad value is a ValueError
+  naming it and, for a typo, the closest field."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["mae_jax"] + list(overrides)
+  fv = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict("config", config, flag_values=fv,
+                                    lock_config=config.is_locked, sys_argv=argv)
+    fv(argv)
+  except (AttributeError, KeyError, flags.Error) as e:
+    raise ValueError(describe_override_error(e, overrides)) from None
+  return fv.config
+
+
+def describe_override_error(e: Exception, overrides) -> str:
+  """One line for a bad `--config.x=y`: the override at fault and, for a typo, the closest
+  field name (ml_collections' own suggestion)."""
+  text = str(e).replace("\\n", " ").replace("\n", " ")
+  if isinstance(e, (AttributeError, KeyError)):
+    field = re.search(r"'([^'\\]+)\\?'", text)
+    field = field.group(1) if field else "?"
+    bad = next((o for o in overrides if re.search(rf"[.]{re.escape(field)}(=|$)",
+                                                  o.split("=", 1)[0] + "=")), field)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    return (f"{bad.split('=', 1)[0]}: unknown config field {field!r}"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+  return " ".join(text.split())
 
 
 def base_config(variant: str = "tiny", patch: int = 5):
@@ -85,7 +119,9 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.optim.layer_decay = 1.0  # < 1: layer-wise lr decay (finetuning)
   c.optim.frozen = ""  # regex over "/"-joined parameter names
 
-  c.mesh = [("data", -1)]  # add ("fsdp", N) to split parameters over N devices
+  # mesh axes (name, size), -1 = all remaining devices; add ("fsdp", N) to split parameters
+  # over N devices: --config.mesh="(('data', -1), ('fsdp', 2))"
+  c.mesh = (("data", -1),)
 
   c.log_every = 10
   c.eval_every = 0  # 0 = only at the end

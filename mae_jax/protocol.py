@@ -28,13 +28,14 @@ plays no part in the choice); the report gives the chosen value.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import json
 import os
 import time
 
 import numpy as np
+
+from mae_jax import config_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("pretrain", "probe", "finetune", "scratch", "resnet", "probe_random")
@@ -55,25 +56,6 @@ def load_stage_config(stage, variant, model, patch):
   if stage == "resnet":
     return module.get_config("arch=resnet15")
   return module.get_config(f"variant={variant},patch={patch},model={model}")
-
-
-def apply_overrides(config, overrides):
-  """'--config.a.b=v' strings onto a ConfigDict, typed like the field they replace."""
-  for item in overrides:
-    key, value = item[len("--config."):].split("=", 1)
-    node, *path = [config] + key.split(".")
-    for p in path[:-1]:
-      node = node[p]
-    if path[-1] not in node:
-      raise ValueError(f"unknown config field {key!r} in {item!r}")
-    old = node[path[-1]]
-    try:
-      new = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      new = value
-    node[path[-1]] = type(old)(new) if isinstance(old, (int, float, str)) and \
-        not isinstance(old, bool) else new
-  return config
 
 
 def reconstruction_report(pretrain_dir, config, splits):
@@ -152,7 +134,7 @@ def check_selects(selects, config_for):
   for stage, (field, values) in selects.items():
     for value in values:
       try:
-        apply_overrides(config_for(stage), [f"--config.{field}={value}"])
+        config_util.apply_overrides(config_for(stage), [f"--config.{field}={value}"])
       except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"--select {stage}.{field}={','.join(values)}: {e}") from None
 
@@ -187,7 +169,7 @@ def run_selected(stage, config, workdir, field, values, seed):
   from mae_jax import errors
   grid, finals, seconds, dirs = {}, {}, 0.0, {}
   for value in values:
-    cfg = apply_overrides(config.copy_and_resolve_references(), [f"--config.{field}={value}"])
+    cfg = config_util.apply_overrides(config.copy_and_resolve_references(), [f"--config.{field}={value}"])
     wd = dirs[value] = f"{workdir}_{field.replace('.', '-')}{value}"
     failed = os.path.join(wd, "failed.json")
     print(f"[protocol] seed {seed}: {stage} {field}={value} -> {wd}", flush=True)
@@ -321,8 +303,6 @@ def write_report(root, args, per_seed, recon, meta, timings):
 def main(argv=None):
   import sys
 
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)  # progress lines are printed; TFDS chatter is not
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith("--config.")]
   per_stage = {st: ["--config." + a[len(f"--{st}."):] for a in argv if a.startswith(f"--{st}.")]
@@ -376,7 +356,7 @@ def main(argv=None):
       # a control is the stage it controls for in every respect but the initialisation
       like = [a for a in per_stage.get(CONTROL_OF.get(stage), [])
               if a[len("--config."):].split("=", 1)[0] not in CONTROL_OWN_FIELDS]
-      apply_overrides(config, overrides + like + per_stage[stage])
+      config_util.apply_overrides(config, overrides + like + per_stage[stage])
       workdir = os.path.join(args.root, f"seed{seed}", stage)
       if stage in selects:
         final, seconds, workdir = run_selected(stage, config, workdir, *selects[stage], seed)
@@ -442,5 +422,12 @@ def _stored_bytes_per_jet(data_dir):
   return size / max(n, 1)
 
 
-if __name__ == "__main__":
+def cli():
+  """Entry point (`mae-jax-protocol`): quiet absl logging for this process only."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # progress lines are printed; TFDS chatter is not
   main()
+
+
+if __name__ == "__main__":
+  cli()
