@@ -76,6 +76,11 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.data.normalization = "log1p"  # none | div255 | log1p | zscore | log1p_zscore
   c.data.shuffle_buffer = 10_000
   c.data.host_split = "shard"  # shard | interleave (global batches independent of process count)
+  # sparse tokens: token lists are padded to a multiple of this (few compiled lengths)
+  c.data.token_bucket = 16
+  # sparse tokens, training: sort windows of this many batches by occupancy so that each
+  # batch pads little (0 = off; classifier stages keep it off: it groups jets by class)
+  c.data.sort_window = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mae"  # mae | depthwise_mae | convstem_mae | convmae | channel_mae | classifier | resnet15 | resnet50
@@ -85,6 +90,9 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.model.norm_pix_loss = False
   c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
   c.model.drop_path = 0.0
+  # dense: every patch is a token; sparse: only occupied patches (ViT MAE; models/sparse.py)
+  c.model.tokens = "dense"
+  c.model.empty_queries = 0  # sparse: random empty patches per jet added as decoder queries
   # Softmax-attention kernel: auto | xla | cudnn | cpu_kernel (models/attention.py).
   c.model.attention = "auto"
   c.model.backbone = "mae"  # classifier only: which MAE-family encoder

@@ -44,13 +44,20 @@ def step_keys(seed: int, step):
           jax.random.fold_in(jax.random.fold_in(base, DROPOUT_STREAM), step))
 
 
-def apply_model(model, params, model_state, images, train, mask_key, drop_key):
-  """Forward pass of any stage's model; returns (output, new model_state)."""
+def model_inputs(batch) -> dict:
+  """Keyword inputs besides the images: the occupied-patch lists of sparse-token models."""
+  return {"patch_ids": batch["patch_ids"]} if "patch_ids" in batch else {}
+
+
+def apply_model(model, params, model_state, batch, train, mask_key, drop_key):
+  """Forward pass of any stage's model on a batch; returns (output, new model_state)."""
   variables = {"params": params, **model_state}
   rngs = {"masking": mask_key, "dropout": drop_key}
+  kw = model_inputs(batch)
   if train and model_state:
-    return model.apply(variables, images, train=True, rngs=rngs, mutable=list(model_state))
-  return model.apply(variables, images, train=train, rngs=rngs), model_state
+    return model.apply(variables, batch["image"], train=True, rngs=rngs,
+                       mutable=list(model_state), **kw)
+  return model.apply(variables, batch["image"], train=train, rngs=rngs, **kw), model_state
 
 
 def load_pretrained(config, params):
@@ -82,6 +89,23 @@ def load_pretrained(config, params):
       loaded += 1
   logging.info("loaded %d arrays from %s step %d", loaded, src_dir, step)
   return traverse_util.unflatten_dict(dst_flat, sep="/"), step
+
+
+def pipeline_tokens(config, train: bool = True):
+  """The pipeline's sparse-token settings for this config (None for dense models)."""
+  from mae_jax.data import pipeline as pipeline_lib
+  if not registry.is_sparse(config):
+    return None
+  window = config.data.get("sort_window", 0) if train else 0
+  return pipeline_lib.Tokens(config.model.patch, config.data.get("token_bucket", 16), window)
+
+
+def make_pipeline(config, data_dir=None, train: bool = True):
+  """The input pipeline of a run (this process's part of the data)."""
+  from mae_jax.data import pipeline as pipeline_lib  # tensorflow import kept off module load
+  return pipeline_lib.Pipeline(data_dir or config.data.dir, config.data.normalization,
+                               jax.process_index(), jax.process_count(), config.data.host_split,
+                               tokens=pipeline_tokens(config, train))
 
 
 def create_state(config, model, mesh, image_shape) -> StateSetup:
@@ -121,8 +145,8 @@ def train_step(state, batch, *, config, model, task, tx, schedule, frozen):
     # frozen parameters get no gradient at all, so XLA drops their backward pass
     # (a linear probe then costs a forward through the encoder only)
     params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-    out, model_state = apply_model(model, params, state["model_state"], batch["image"], True,
-                                   mask_key, drop_key)
+    out, model_state = apply_model(model, params, state["model_state"], batch, True, mask_key,
+                                   drop_key)
     return task.loss(out, batch), model_state
 
   (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -151,7 +175,7 @@ def make_train_step(config, model, task, setup: StateSetup, mesh):
 def eval_step(params, model_state, batch, index, *, config, model, task):
   """Per-batch eval outputs; MAE masks are fixed per batch index (the seed + 1 stream)."""
   mask_key, drop_key = step_keys(config.seed + 1, index)
-  out, _ = apply_model(model, params, model_state, batch["image"], False, mask_key, drop_key)
+  out, _ = apply_model(model, params, model_state, batch, False, mask_key, drop_key)
   return task.eval_outputs(out, batch)
 
 

@@ -89,8 +89,21 @@ def state_shardings(mesh: Mesh, abstract_state, fsdp_axis: str = "fsdp"):
                       abstract_state)
 
 
+def common_token_length(local_batch: dict) -> dict:
+  """Sparse tokens: every process pads its `patch_ids` to the longest list of any process
+  (a global array needs one shape); one small all-gather per step."""
+  if "patch_ids" not in local_batch or jax.process_count() == 1:
+    return local_batch
+  from jax.experimental import multihost_utils
+  ids = np.asarray(local_batch["patch_ids"])
+  k = int(np.max(multihost_utils.process_allgather(np.int32(ids.shape[1]))))
+  return {**local_batch, "patch_ids": np.pad(ids, ((0, 0), (0, k - ids.shape[1])),
+                                             constant_values=-1)}
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch -> global jax.Arrays split over the batch axis."""
+  local_batch = common_token_length(local_batch)
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)

@@ -62,19 +62,18 @@ def reconstruction_report(pretrain_dir, config, splits):
   """Masked/all/occupied/empty MSE, per channel and energy errors on each split."""
   import jax
   from mae_jax import checkpoint, experiment, parallel
-  from mae_jax.data import pipeline as pipeline_lib
   from mae_jax.evaluate import reconstruction as rec
 
   mesh = parallel.make_mesh(config.mesh)
-  pipe = pipeline_lib.Pipeline(config.data.dir, config.data.normalization)
+  pipe = experiment.make_pipeline(config, train=False)
   model = experiment.build_model(config, pipe.image_shape)
   # parameters only (no optimizer state, no manager that could prune the pretrain run)
   params = checkpoint.read_arrays(pretrain_dir, item="params")[0]["params"]
 
   @jax.jit
-  def forward(params, images, index):
-    mask_key, _ = experiment.step_keys(config.seed + 1, index)
-    _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key})
+  def forward(params, batch, index):
+    mask_key, drop_key = experiment.step_keys(config.seed + 1, index)
+    (_, aux), _ = experiment.apply_model(model, params, {}, batch, False, mask_key, drop_key)
     return aux["pred"], aux["mask"]
 
   out = {}
@@ -82,7 +81,7 @@ def reconstruction_report(pretrain_dir, config, splits):
     total = rec.init_sums(pipe.image_shape[-1])
     _, it = pipe.eval_iter(split, config.batch_size, config.batch_size)
     for i, batch in enumerate(it):
-      pred, mask = jax.device_get(forward(params, parallel.global_batch(batch, mesh)["image"], i))
+      pred, mask = jax.device_get(forward(params, parallel.global_batch(batch, mesh), i))
       keep = batch["valid"] > 0
       if config.model.norm_pix_loss:
         pred = rec.denormalize_pred(pred, batch["image"], model.patch)

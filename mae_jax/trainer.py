@@ -138,14 +138,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   the best state is kept; at the end the test split (`data.test_split`) is
   evaluated once, with the validation-selected state.
   """
-  from mae_jax.data import pipeline as pipeline_lib  # tensorflow import kept off module load
   from mae_jax.evaluate import plots
 
   # ---- set-up: data, task, model, sharded state, resume
   check_config(config, workdir)
   mesh = parallel.make_mesh(config.mesh)
-  pipe = pipeline_lib.Pipeline(config.data.dir, config.data.normalization,
-                               jax.process_index(), jax.process_count(), config.data.host_split)
+  pipe = experiment.make_pipeline(config)
   task = tasks.build(config, pipe)
   model = experiment.build_model(config, pipe.image_shape)
   setup = experiment.create_state(config, model, mesh, pipe.image_shape)

@@ -22,10 +22,20 @@ from mae_jax.models import attention, mae
 TOL = 2e-5
 
 
-def reference(q, k, v, do, scale):
-  """float64 forward and backward of softmax(q k^T * scale) v per (batch, head)."""
+def reference(q, k, v, do, scale, lengths=None):
+  """float64 forward and backward of softmax(q k^T * scale) v per (batch, head).
+
+  `lengths` [B]: key padding (keys j >= lengths[b] excluded); where lengths[b] < Tk the
+  query rows t >= lengths[b] are padding: output 0, no gradient (models.attention).
+  """
   q, k, v, do = (np.asarray(x, np.float64) for x in (q, k, v, do))
+  if lengths is not None:
+    real_q = np.array([[t < n or n >= k.shape[1] for t in range(q.shape[1])] for n in lengths])
+    do = do * real_q[:, :, None, None]
   s = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+  if lengths is not None:
+    s = np.where(np.arange(k.shape[1])[None, None, None, :] < np.asarray(lengths)[:, None, None,
+                                                                                  None], s, -np.inf)
   p = np.exp(s - s.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   o = np.einsum("bhqk,bkhd->bqhd", p, v)
@@ -34,6 +44,9 @@ def reference(q, k, v, do, scale):
   ds = p * (dp - np.sum(dp * p, -1, keepdims=True))
   dq = np.einsum("bhqk,bkhd->bqhd", ds, k) * scale
   dk = np.einsum("bhqk,bqhd->bkhd", ds, q) * scale
+  if lengths is not None:
+    o = o * real_q[:, :, None, None]
+    dq = dq * real_q[:, :, None, None]
   return o, (dq, dk, dv)
 
 
@@ -74,6 +87,33 @@ def test_forward_and_backward_match_float64_reference(b, tq, tk, h, d):
   close(out, ref_out)
   for g, r in zip(grads, ref_grads):
     close(g, r)
+
+
+@pytest.mark.parametrize("impl", ["cpu_kernel", "xla"])
+@pytest.mark.parametrize("b,t,h,d,lengths", [
+    (3, 37, 2, 16, [37, 5, 1]),     # full, padded, a single real token (CLS only)
+    (2, 64, 2, 32, [33, 64]),
+    (2, 21, 2, 8, [20, 3]),          # generic head size
+])
+def test_key_padding_matches_float64_reference(impl, b, t, h, d, lengths):
+  """The key-padding mask of the sparse-token MAE, every backend against float64 numpy:
+  padded keys get no weight, padded query rows output 0 and receive no gradient, and the
+  values of padded tokens change nothing."""
+  q, k, v, do = inputs(b, t, t, h, d, seed=3)
+  n = jnp.asarray(lengths, jnp.int32)
+  fn = jax.jit(lambda q, k, v: attention.dot_product_attention(q, k, v, impl=impl, lengths=n))
+  out, vjp = jax.vjp(fn, q, k, v)
+  ref_out, ref_grads = reference(q, k, v, do, d**-0.5, lengths)
+  close(out, ref_out)
+  for g, r in zip(vjp(do), ref_grads):
+    close(g, r)
+  # garbage in the padded rows of q, k, v does not reach the real rows
+  pad = (jnp.arange(t)[None, :, None, None] >= n[:, None, None, None])
+  noisy = [jnp.where(pad, 1e3 * jax.random.normal(jax.random.key(9), x.shape), x)
+           for x in (q, k, v)]
+  real = ~pad
+  np.testing.assert_allclose(np.asarray(jnp.where(real, fn(*noisy), 0)),
+                             np.asarray(jnp.where(real, out, 0)), rtol=0, atol=1e-6)
 
 
 def test_large_logits_stay_finite_and_exact():

@@ -8,6 +8,16 @@ skip runs on still-encoded records, so resuming at step k re-reads k batches
 of compressed bytes but decodes none of them.
 
 Normalisation (config `data.normalization`) is `mae_jax.data.meta.normalize`.
+
+Sparse tokens (`tokens=Tokens(patch, bucket, sort_window)`, for the sparse-token
+MAE): each example also gets `patch_ids`, the ascending indices of its patches
+that hold any non-zero pixel (found on the raw image, before normalisation), and
+batches pad them with -1 to a bucket length (`bucket_length`), so the jitted
+step compiles for a few lengths only. With `sort_window` W > 0, training takes
+windows of W batches, sorts each window's jets by occupancy, and emits its W
+batches in a seeded order: each batch then pads little. A window is a pure
+function of (seed, window index), so resuming stays exact and cheap (whole
+windows are skipped as encoded records).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -61,6 +71,35 @@ def check_shards(data_dir: str) -> None:
           f"`python -m mae_jax.data.convert verify {data_dir}`")
 
 
+class Tokens(NamedTuple):
+  """What the sparse-token MAE needs from the pipeline (see the module docstring)."""
+  patch: int
+  bucket: int = 16
+  sort_window: int = 0
+
+
+def bucket_length(n: int, base: int = 16) -> int:
+  """Padded token-list length for at most n tokens: a multiple of `base` up to 8 * base,
+  of 2 * base up to 16 * base, then of 4 * base (<= 1/8 padding beyond 8 * base, and
+  a few dozen lengths at most, each compiled once)."""
+  n = max(int(n), 1)
+  step = base if n <= 8 * base else (2 * base if n <= 16 * base else 4 * base)
+  return -(-n // step) * step
+
+
+def _pad_tokens(batch, bucket: int):
+  """Pads (or trims trailing -1 columns of) batch["patch_ids"] to bucket_length(max count)."""
+  ids = batch["patch_ids"]
+  n = tf.reduce_max(tf.reduce_sum(tf.cast(ids >= 0, tf.int32), axis=1))
+  n = tf.maximum(n, 1)  # bucket_length in tf ops
+  step = tf.where(n <= 8 * bucket, bucket, tf.where(n <= 16 * bucket, 2 * bucket, 4 * bucket))
+  k = (n + step - 1) // step * step
+  width = tf.shape(ids)[1]
+  ids = tf.cond(width >= k, lambda: ids[:, :k],
+                lambda: tf.pad(ids, [[0, 0], [0, k - width]], constant_values=-1))
+  return {**batch, "patch_ids": ids}
+
+
 def _process_split(split: str, process_index: int, process_count: int) -> str:
   if process_count == 1:
     return split
@@ -71,7 +110,8 @@ class Pipeline:
   """Builds train and eval iterators of host-local numpy batches."""
 
   def __init__(self, data_dir: str, normalization: str = "log1p",
-               process_index: int = 0, process_count: int = 1, host_split: str = "shard"):
+               process_index: int = 0, process_count: int = 1, host_split: str = "shard",
+               tokens: Tokens | None = None):
     self.data_dir = data_dir
     hide_accelerators_from_tf()
     self.meta = meta_lib.load_meta(data_dir)
@@ -85,6 +125,13 @@ class Pipeline:
     if host_split not in ("shard", "interleave"):
       raise ValueError(f"data.host_split={host_split!r}; choose 'shard' or 'interleave'")
     self.host_split = host_split
+    self.tokens = tokens
+    if tokens is not None:
+      h, w = self.image_shape[:2]
+      if tokens.patch <= 0 or h % tokens.patch or w % tokens.patch:
+        raise ValueError(f"patch {tokens.patch} does not divide the image size {h}x{w}")
+      if tokens.sort_window and host_split == "interleave" and process_count > 1:
+        raise ValueError("data.sort_window needs data.host_split='shard' with several processes")
 
   def _records(self, split, whole=False):
     if split not in self.meta["splits"]:
@@ -103,7 +150,42 @@ class Pipeline:
     out = {"image": image, "label": ex["label"]}
     if "targets" in ex:
       out["targets"] = ex["targets"]
+    if self.tokens is not None:  # occupied patches of the raw image (normalisation may shift 0)
+      p = self.tokens.patch
+      h, w, c = self.image_shape
+      raw = tf.reshape(image_feature.decode_example(ex["image"]), [h // p, p, w // p, p, c])
+      occupied = tf.reshape(tf.reduce_any(tf.not_equal(raw, 0), axis=[1, 3, 4]), [-1])
+      out["patch_ids"] = tf.cast(tf.where(occupied)[:, 0], tf.int32)
     return out
+
+  def _batch(self, ds, size, drop_remainder=True):
+    """batch(), or with sparse tokens padded_batch() + padding to a bucket length."""
+    if self.tokens is None:
+      return ds.batch(size, drop_remainder=drop_remainder)
+    values = {k: (tf.constant(-1, tf.int32) if k == "patch_ids" else tf.zeros((), s.dtype))
+              for k, s in ds.element_spec.items()}
+    ds = ds.padded_batch(size, padding_values=values, drop_remainder=drop_remainder)
+    return ds.map(lambda b: _pad_tokens(b, self.tokens.bucket))
+
+  def _sorted_windows(self, ds, local_batch, seed, first_window):
+    """Windows of W batches sorted by occupancy, emitted in a seeded order (see module doc)."""
+    w = self.tokens.sort_window
+    values = {k: (tf.constant(-1, tf.int32) if k == "patch_ids" else tf.zeros((), s.dtype))
+              for k, s in ds.element_spec.items()}
+    ds = ds.padded_batch(w * local_batch, padding_values=values, drop_remainder=True)
+
+    def sort(index, window):
+      counts = tf.reduce_sum(tf.cast(window["patch_ids"] >= 0, tf.int32), axis=1)
+      order = tf.argsort(counts, stable=True)
+      groups = tf.reshape(order, [w, local_batch])
+      noise = tf.random.stateless_uniform([w], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+      order = tf.reshape(tf.gather(groups, tf.argsort(noise)), [-1])
+      return tf.data.Dataset.from_tensor_slices(
+          {k: tf.reshape(tf.gather(v, order), tf.concat([[w, local_batch], tf.shape(v)[1:]], 0))
+           for k, v in window.items()})
+
+    ds = ds.enumerate(start=first_window).flat_map(sort)
+    return ds.map(lambda b: _pad_tokens(b, self.tokens.bucket))
 
   def train_iter(self, split: str, local_batch: int, seed: int, start_step: int = 0,
                  shuffle_buffer: int = 10_000) -> Iterator[dict]:
@@ -116,6 +198,7 @@ class Pipeline:
     2-process run equals a 1-process run); each process reads all the bytes.
     """
     interleave = self.host_split == "interleave" and self.process_count > 1
+    window = self.tokens.sort_window if self.tokens is not None else 0
     ds = self._records(split, whole=interleave).repeat()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if interleave:
@@ -123,10 +206,17 @@ class Pipeline:
       lo = self.process_index * local_batch
       ds = ds.skip(start_step * global_batch).batch(global_batch, drop_remainder=True)
       ds = ds.map(lambda b: {k: v[lo:lo + local_batch] for k, v in b.items()}).unbatch()
+    elif window:  # skip whole windows as encoded records, then batches inside one
+      ds = ds.skip((start_step // window) * window * local_batch)
     else:
       ds = ds.skip(start_step * local_batch)
     ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if window:
+      ds = self._sorted_windows(ds, local_batch, seed, start_step // window)
+      ds = ds.skip(start_step % window)
+    else:
+      ds = self._batch(ds, local_batch)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).as_numpy_iterator()
@@ -146,8 +236,9 @@ class Pipeline:
     num_batches = max(1, math.ceil(total / global_batch))
     ds = self._records(split).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda ex: {**ex, "valid": tf.constant(1.0)})
-    element_spec = ds.element_spec
     pad = tf.data.Dataset.from_tensors(
-        {k: tf.zeros(s.shape, s.dtype) for k, s in element_spec.items()}).repeat()
-    ds = ds.concatenate(pad).batch(local_batch).take(num_batches).prefetch(2)
+        {k: tf.zeros([0] if k == "patch_ids" else s.shape, s.dtype)
+         for k, s in ds.element_spec.items()}).repeat()
+    ds = self._batch(ds.concatenate(pad), local_batch, drop_remainder=False)
+    ds = ds.take(num_batches).prefetch(2)
     return num_batches, ds.as_numpy_iterator()

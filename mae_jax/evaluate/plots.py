@@ -32,9 +32,12 @@ def loss_curve(history_path: str, out_path: str) -> None:
   plt.close(fig)
 
 
-def reconstruct(model, params, images, mask_key):
+def reconstruct(model, params, batch, mask_key):
   """(images, masked input, reconstruction with visible patches pasted back)."""
-  _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key})
+  from mae_jax import experiment
+  images = batch["image"]
+  _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key},
+                       **experiment.model_inputs(batch))
   pred = aux["pred"].astype(jnp.float32)
   if model.norm_pix_loss:  # back from per-patch normalised pixels
     mean, std = mae_lib.patch_stats(aux["target"])
@@ -57,7 +60,7 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
   fn = jax.jit(reconstruct, static_argnums=0, out_shardings=parallel.replicated(mesh))
   # outputs are replicated, so every process can read them (to_host)
   images, masked, recon = parallel.to_host(
-      fn(model, params, batch["image"], jax.random.key(config.seed + 7)))
+      fn(model, params, batch, jax.random.key(config.seed + 7)))
   if jax.process_index() != 0:
     return
   names = pipe.meta.get("channel_names") or [f"ch{i}" for i in range(images.shape[-1])]

@@ -2,7 +2,10 @@
 // handlers (see cpu_attention.py for the JAX side and why this exists).
 //
 // Layout as jax.nn.dot_product_attention: q [B, Tq, H, D], k and v [B, Tk, H, D],
-// float32. Work is split over the B*H (batch, head) pairs; each pair is copied
+// float32, plus lengths [B] int32 (a key-padding mask): row b attends to its first
+// n_b = clamp(lengths[b], 1, Tk) keys; when n_b < Tk its query rows t >= n_b (padding
+// tokens of a self-attention) get output 0 and no gradient. Padded keys and queries are skipped, so
+// a padded batch costs what its real tokens cost (the sparse-token MAE relies on it). Work is split over the B*H (batch, head) pairs; each pair is copied
 // into contiguous, cache-sized buffers and processed in blocks of kRows query
 // rows, so the [Tq, Tk] score matrix is never written to memory. The forward
 // saves the log-sum-exp per query row; the backward recomputes the
@@ -186,21 +189,29 @@ struct Dims {
   int64_t b, tq, tk, h, d;
 };
 
-// Copies rows [t, t + n) of head `hh` in batch `bb` from x [B, T, H, D] to dst [n, D].
-inline void Gather(const float* x, const Dims& s, int64_t t_len, int64_t bb, int64_t hh,
-                   float* dst, float scale = 1.0f) {
-  for (int64_t t = 0; t < t_len; ++t) {
+// Copies rows [0, n) of head `hh` in batch `bb` from x [B, t_len, H, D] to dst [n, D].
+inline void Gather(const float* x, const Dims& s, int64_t t_len, int64_t n, int64_t bb,
+                   int64_t hh, float* dst, float scale = 1.0f) {
+  for (int64_t t = 0; t < n; ++t) {
     const float* src = x + ((bb * t_len + t) * s.h + hh) * s.d;
     for (int64_t d = 0; d < s.d; ++d) dst[t * s.d + d] = src[d] * scale;
   }
 }
 
-inline void Scatter(const float* src, const Dims& s, int64_t t_len, int64_t bb, int64_t hh,
-                    float* x, float scale = 1.0f) {
+// Writes rows [0, n) of src [n, D] to head `hh` of batch `bb` in x [B, t_len, H, D] and
+// zeros rows [n, t_len).
+inline void Scatter(const float* src, const Dims& s, int64_t t_len, int64_t n, int64_t bb,
+                    int64_t hh, float* x, float scale = 1.0f) {
   for (int64_t t = 0; t < t_len; ++t) {
     float* dst = x + ((bb * t_len + t) * s.h + hh) * s.d;
-    for (int64_t d = 0; d < s.d; ++d) dst[d] = src[t * s.d + d] * scale;
+    for (int64_t d = 0; d < s.d; ++d) dst[d] = t < n ? src[t * s.d + d] * scale : 0.0f;
   }
+}
+
+// Real keys and queries of batch row `bb` (see the header).
+inline void Lengths(const int32_t* lengths, const Dims& s, int64_t bb, int64_t* nk, int64_t* nq) {
+  *nk = std::min<int64_t>(std::max<int64_t>(lengths[bb], 1), s.tk);
+  *nq = *nk < s.tk ? std::min<int64_t>(*nk, s.tq) : s.tq;  // no padding: every query is real
 }
 
 // Transposes m [t_len, D] into mt [D, t_pad] (zero padded columns).
@@ -239,10 +250,12 @@ inline void SoftmaxRows(float* s, int64_t tk, int64_t tk_pad, float* lse) {
 }
 
 template <int DT>
-void ForwardPair(const float* q, const float* k, const float* v, float* o, float* lse,
-                 const Dims& s, float scale, int64_t pair, float* scratch) {
+void ForwardPair(const float* q, const float* k, const float* v, const int32_t* lengths, float* o,
+                 float* lse, const Dims& s, float scale, int64_t pair, float* scratch) {
   const int64_t bb = pair / s.h, hh = pair % s.h, D = s.d;
-  const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
+  int64_t nk, nq;
+  Lengths(lengths, s, bb, &nk, &nq);
+  const int64_t tq_pad = RoundUp(nq, kRows), tk_pad = RoundUp(nk, 2 * kLanes);
   float* qs = scratch;                  // [tq_pad, D] scaled queries
   float* km = qs + tq_pad * D;          // [tk, D]
   float* kt = km + tk_pad * D;          // [D, tk_pad]
@@ -250,26 +263,28 @@ void ForwardPair(const float* q, const float* k, const float* v, float* o, float
   float* sc = vm + tk_pad * D;          // [kRows, tk_pad] scores / probabilities
   float* ob = sc + kRows * tk_pad;      // [tq_pad, D]
   float* lb = ob + tq_pad * D;          // [tq_pad]
-  Gather(q, s, s.tq, bb, hh, qs, scale);
-  std::fill(qs + s.tq * D, qs + tq_pad * D, 0.0f);
-  Gather(k, s, s.tk, bb, hh, km);
-  Gather(v, s, s.tk, bb, hh, vm);
-  Transpose(km, s.tk, tk_pad, D, kt);
+  Gather(q, s, s.tq, nq, bb, hh, qs, scale);
+  std::fill(qs + nq * D, qs + tq_pad * D, 0.0f);
+  Gather(k, s, s.tk, nk, bb, hh, km);
+  Gather(v, s, s.tk, nk, bb, hh, vm);
+  Transpose(km, nk, tk_pad, D, kt);
   for (int64_t i = 0; i < tq_pad; i += kRows) {
     RowsTimesKt<DT>(qs + i * D, kt, sc, tk_pad, D);
-    SoftmaxRows(sc, s.tk, tk_pad, lb + i);
-    RowsTimesM<DT>(sc, vm, ob + i * D, s.tk, tk_pad, D);
+    SoftmaxRows(sc, nk, tk_pad, lb + i);
+    RowsTimesM<DT>(sc, vm, ob + i * D, nk, tk_pad, D);
   }
-  Scatter(ob, s, s.tq, bb, hh, o);
-  for (int64_t t = 0; t < s.tq; ++t) lse[(bb * s.h + hh) * s.tq + t] = lb[t];
+  Scatter(ob, s, s.tq, nq, bb, hh, o);
+  for (int64_t t = 0; t < s.tq; ++t) lse[(bb * s.h + hh) * s.tq + t] = t < nq ? lb[t] : 0.0f;
 }
 
 template <int DT>
-void BackwardPair(const float* q, const float* k, const float* v, const float* o,
-                  const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                  const Dims& s, float scale, int64_t pair, float* scratch) {
+void BackwardPair(const float* q, const float* k, const float* v, const int32_t* lengths,
+                  const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                  float* dv, const Dims& s, float scale, int64_t pair, float* scratch) {
   const int64_t bb = pair / s.h, hh = pair % s.h, D = s.d;
-  const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
+  int64_t nk, nq;
+  Lengths(lengths, s, bb, &nk, &nq);
+  const int64_t tq_pad = RoundUp(nq, kRows), tk_pad = RoundUp(nk, 2 * kLanes);
   float* qs = scratch;                // [tq_pad, D] scaled queries
   float* dob = qs + tq_pad * D;       // [tq_pad, D] output gradient
   float* km = dob + tq_pad * D;       // [tk, D]
@@ -282,18 +297,18 @@ void BackwardPair(const float* q, const float* k, const float* v, const float* o
   float* dqb = dsb + kRows * tk_pad;  // [tq_pad, D]
   float* lb = dqb + tq_pad * D;       // [tq_pad]
   float* delta = lb + tq_pad;         // [tq_pad]
-  Gather(q, s, s.tq, bb, hh, qs, scale);
-  Gather(dout, s, s.tq, bb, hh, dob);
-  std::fill(qs + s.tq * D, qs + tq_pad * D, 0.0f);
-  std::fill(dob + s.tq * D, dob + tq_pad * D, 0.0f);
-  Gather(k, s, s.tk, bb, hh, km);
-  Transpose(km, s.tk, tk_pad, D, kt);
-  Gather(v, s, s.tk, bb, hh, dvb);  // borrow dvb to transpose v
-  Transpose(dvb, s.tk, tk_pad, D, vt);
+  Gather(q, s, s.tq, nq, bb, hh, qs, scale);
+  Gather(dout, s, s.tq, nq, bb, hh, dob);
+  std::fill(qs + nq * D, qs + tq_pad * D, 0.0f);
+  std::fill(dob + nq * D, dob + tq_pad * D, 0.0f);
+  Gather(k, s, s.tk, nk, bb, hh, km);
+  Transpose(km, nk, tk_pad, D, kt);
+  Gather(v, s, s.tk, nk, bb, hh, dvb);  // borrow dvb to transpose v
+  Transpose(dvb, nk, tk_pad, D, vt);
   std::fill(dkb, dkb + tk_pad * D, 0.0f);
   std::fill(dvb, dvb + tk_pad * D, 0.0f);
   for (int64_t t = 0; t < tq_pad; ++t) {
-    const bool real = t < s.tq;
+    const bool real = t < nq;
     lb[t] = real ? lse[(bb * s.h + hh) * s.tq + t] : 0.0f;
     float acc = 0.0f;
     if (real) {
@@ -306,15 +321,15 @@ void BackwardPair(const float* q, const float* k, const float* v, const float* o
     RowsTimesKt<DT>(qs + i * D, kt, pb, tk_pad, D);  // scores
     for (int r = 0; r < kRows; ++r) {
       float* row = pb + r * tk_pad;
-      if (i + r < s.tq) {
+      if (i + r < nq) {
         const float l = lb[i + r];
-        for (int64_t j = 0; j < s.tk; ++j) row[j] = exp_approx(row[j] - l);
-        for (int64_t j = s.tk; j < tk_pad; ++j) row[j] = 0.0f;
+        for (int64_t j = 0; j < nk; ++j) row[j] = exp_approx(row[j] - l);
+        for (int64_t j = nk; j < tk_pad; ++j) row[j] = 0.0f;
       } else {
         std::fill(row, row + tk_pad, 0.0f);  // padded query rows contribute nothing
       }
     }
-    AccumulateOuter<DT>(pb, dob + i * D, dvb, s.tk, tk_pad, D);  // dV += P^T dO
+    AccumulateOuter<DT>(pb, dob + i * D, dvb, nk, tk_pad, D);  // dV += P^T dO
     RowsTimesKt<DT>(dob + i * D, vt, dsb, tk_pad, D);            // dP = dO V^T
     for (int r = 0; r < kRows; ++r) {
       float* ds = dsb + r * tk_pad;
@@ -322,16 +337,17 @@ void BackwardPair(const float* q, const float* k, const float* v, const float* o
       const float dl = delta[i + r];
       for (int64_t j = 0; j < tk_pad; ++j) ds[j] = p[j] * (ds[j] - dl);  // dS
     }
-    RowsTimesM<DT>(dsb, km, dqb + i * D, s.tk, tk_pad, D);       // dQ = dS K (x scale below)
-    AccumulateOuter<DT>(dsb, qs + i * D, dkb, s.tk, tk_pad, D);  // dK += dS^T (scale Q)
+    RowsTimesM<DT>(dsb, km, dqb + i * D, nk, tk_pad, D);       // dQ = dS K (x scale below)
+    AccumulateOuter<DT>(dsb, qs + i * D, dkb, nk, tk_pad, D);  // dK += dS^T (scale Q)
   }
-  Scatter(dqb, s, s.tq, bb, hh, dq, scale);
-  Scatter(dkb, s, s.tk, bb, hh, dk);
-  Scatter(dvb, s, s.tk, bb, hh, dv);
+  Scatter(dqb, s, s.tq, nq, bb, hh, dq, scale);
+  Scatter(dkb, s, s.tk, nk, bb, hh, dk);
+  Scatter(dvb, s, s.tk, nk, bb, hh, dv);
 }
 
 ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
-                     const ffi::Buffer<ffi::F32>& v, Dims* s) {
+                     const ffi::Buffer<ffi::F32>& v, const ffi::Buffer<ffi::S32>& lengths,
+                     Dims* s) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
     return ffi::Error::InvalidArgument("mae_jax cpu attention: q, k, v must be rank 4 [B, T, H, D]");
@@ -343,6 +359,9 @@ ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>
         "mae_jax cpu attention: q and k must agree in batch, heads and head_dim");
   *s = Dims{qd[0], qd[1], kd[1], qd[2], qd[3]};
   if (s->tk < 1) return ffi::Error::InvalidArgument("mae_jax cpu attention: no keys");
+  auto ld = lengths.dimensions();
+  if (ld.size() != 1 || ld[0] != s->b)
+    return ffi::Error::InvalidArgument("mae_jax cpu attention: lengths must be [B] int32");
   return ffi::Error::Success();
 }
 
@@ -371,32 +390,33 @@ void ForEachPair(ffi::ThreadPool& pool, const Dims& s, int64_t floats_per_worker
 
 ffi::Error AttentionForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                             ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                            ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse,
-                            float scale) {
+                            ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> o,
+                            ffi::ResultBuffer<ffi::F32> lse, float scale) {
   Dims s;
-  if (ffi::Error err = CheckDims(q, k, v, &s); err.failure()) return err;
+  if (ffi::Error err = CheckDims(q, k, v, lengths, &s); err.failure()) return err;
   const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
   const int64_t per = 2 * tq_pad * s.d + 3 * tk_pad * s.d + kRows * tk_pad + tq_pad + 64;
   ForEachPair(pool, s, per, [&](auto dt, int64_t pair, float* scratch) {
     ForwardPair<decltype(dt)::value>(q.typed_data(), k.typed_data(), v.typed_data(),
-                                     o->typed_data(), lse->typed_data(), s, scale, pair, scratch);
+                                     lengths.typed_data(), o->typed_data(), lse->typed_data(), s,
+                                     scale, pair, scratch);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                              ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                             ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse,
+                             ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse,
                              ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                              ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                              float scale) {
   Dims s;
-  if (ffi::Error err = CheckDims(q, k, v, &s); err.failure()) return err;
+  if (ffi::Error err = CheckDims(q, k, v, lengths, &s); err.failure()) return err;
   const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
   const int64_t per = 3 * tq_pad * s.d + 5 * tk_pad * s.d + 2 * kRows * tk_pad + 2 * tq_pad + 64;
   ForEachPair(pool, s, per, [&](auto dt, int64_t pair, float* scratch) {
     BackwardPair<decltype(dt)::value>(q.typed_data(), k.typed_data(), v.typed_data(),
-                                      o.typed_data(), lse.typed_data(), dout.typed_data(),
+                                      lengths.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(),
                                       dq->typed_data(), dk->typed_data(), dv->typed_data(), s,
                                       scale, pair, scratch);
   });
@@ -411,6 +431,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MaeAttentionForward, AttentionForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
@@ -421,6 +442,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MaeAttentionBackward, AttentionBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -136,97 +136,108 @@ def available() -> bool:
 # runs the kernel on its own shard; tokens and head_dim must be whole.
 
 def _specs(mesh, spec):
+  """(tokens [B, T, H, D], log-sum-exp [B, H, T], lengths [B]) shardings: batch and heads."""
   spec = tuple(spec) + (None,) * (4 - len(tuple(spec)))
   b, h = spec[0], spec[2]
-  return NamedSharding(mesh, P(b, None, h, None)), NamedSharding(mesh, P(b, h, None))
+  return (NamedSharding(mesh, P(b, None, h, None)), NamedSharding(mesh, P(b, h, None)),
+          NamedSharding(mesh, P(b)))
 
 
-def _forward_call(q, k, v, scale):
+def _forward_call(q, k, v, lengths, scale):
   b, tq, h, _ = q.shape
   return jax.ffi.ffi_call(
       FWD_TARGET, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                    jax.ShapeDtypeStruct((b, h, tq), jnp.float32)),
-      vmap_method="sequential")(q, k, v, scale=np.float32(scale))
+      vmap_method="sequential")(q, k, v, lengths, scale=np.float32(scale))
 
 
-def _backward_call(q, k, v, o, lse, do, scale):
+def _backward_call(q, k, v, lengths, o, lse, do, scale):
   return jax.ffi.ffi_call(
       BWD_TARGET, tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)),
-      vmap_method="sequential")(q, k, v, o, lse, do, scale=np.float32(scale))
+      vmap_method="sequential")(q, k, v, lengths, o, lse, do, scale=np.float32(scale))
 
 
-@functools.partial(custom_partitioning, static_argnums=(3,))
-def _forward(q, k, v, scale):
-  return _forward_call(q, k, v, scale)
+@functools.partial(custom_partitioning, static_argnums=(4,))
+def _forward(q, k, v, lengths, scale):
+  return _forward_call(q, k, v, lengths, scale)
 
 
 def _forward_infer(scale, mesh, arg_shapes, result_shape):
-  return _specs(mesh, arg_shapes[0].sharding.spec)
+  return _specs(mesh, arg_shapes[0].sharding.spec)[:2]
 
 
 def _forward_partition(scale, mesh, arg_shapes, result_shape):
-  tokens, lse = _specs(mesh, arg_shapes[0].sharding.spec)
-  return mesh, lambda q, k, v: _forward_call(q, k, v, scale), (tokens, lse), (tokens,) * 3
+  tokens, lse, lens = _specs(mesh, arg_shapes[0].sharding.spec)
+  return (mesh, lambda q, k, v, n: _forward_call(q, k, v, n, scale), (tokens, lse),
+          (tokens, tokens, tokens, lens))
 
 
 _forward.def_partition(
     partition=_forward_partition, infer_sharding_from_operands=_forward_infer,
-    sharding_rule="b t h d, b s h d, b s h d -> b t h d, b h t",
+    sharding_rule="b t h d, b s h d, b s h d, b -> b t h d, b h t",
     need_replication_factors=("t", "d", "s"))  # factor order
 
 
-@functools.partial(custom_partitioning, static_argnums=(6,))
-def _backward(q, k, v, o, lse, do, scale):
-  return _backward_call(q, k, v, o, lse, do, scale)
+@functools.partial(custom_partitioning, static_argnums=(7,))
+def _backward(q, k, v, lengths, o, lse, do, scale):
+  return _backward_call(q, k, v, lengths, o, lse, do, scale)
 
 
 def _backward_infer(scale, mesh, arg_shapes, result_shape):
-  tokens, _ = _specs(mesh, arg_shapes[0].sharding.spec)
+  tokens, _, _ = _specs(mesh, arg_shapes[0].sharding.spec)
   return (tokens,) * 3
 
 
 def _backward_partition(scale, mesh, arg_shapes, result_shape):
-  tokens, lse = _specs(mesh, arg_shapes[0].sharding.spec)
+  tokens, lse, lens = _specs(mesh, arg_shapes[0].sharding.spec)
   return (mesh, lambda *a: _backward_call(*a, scale), (tokens,) * 3,
-          (tokens, tokens, tokens, tokens, lse, tokens))
+          (tokens, tokens, tokens, lens, tokens, lse, tokens))
 
 
 _backward.def_partition(
     partition=_backward_partition, infer_sharding_from_operands=_backward_infer,
-    sharding_rule="b t h d, b s h d, b s h d, b t h d, b h t, b t h d -> b t h d, b s h d, b s h d",
+    sharding_rule="b t h d, b s h d, b s h d, b, b t h d, b h t, b t h d -> "
+                  "b t h d, b s h d, b s h d",
     need_replication_factors=("t", "d", "s"))  # factor order
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention(q, k, v, scale):
-  return _forward(q, k, v, scale)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, lengths, scale):
+  return _forward(q, k, v, lengths, scale)[0]
 
 
-def _attention_fwd(q, k, v, scale):
-  o, lse = _forward(q, k, v, scale)
-  return o, (q, k, v, o, lse)
+def _attention_fwd(q, k, v, lengths, scale):
+  o, lse = _forward(q, k, v, lengths, scale)
+  return o, (q, k, v, lengths, o, lse)
 
 
 def _attention_bwd(scale, res, do):
-  q, k, v, o, lse = res
-  return _backward(q, k, v, o, lse, do.astype(jnp.float32), scale)
+  q, k, v, lengths, o, lse = res
+  dq, dk, dv = _backward(q, k, v, lengths, o, lse, do.astype(jnp.float32), scale)
+  return dq, dk, dv, np.zeros(lengths.shape, jax.dtypes.float0)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def attention(q, k, v, scale: float | None = None):
-  """softmax(q k^T * scale) v per head, like `jax.nn.dot_product_attention` (no mask/bias).
+def attention(q, k, v, scale: float | None = None, lengths=None):
+  """softmax(q k^T * scale) v per head, like `jax.nn.dot_product_attention`.
 
-  q: [B, Tq, H, D]; k, v: [B, Tk, H, D]. Computes in float32 and returns q's
-  dtype. Differentiable (the kernel's own backward), partitioned over batch and
-  heads under a sharded jit. CPU only; not vmappable (custom_partitioning has no
-  batching rule): fold extra axes into the batch, or use `impl="xla"`.
+  q: [B, Tq, H, D]; k, v: [B, Tk, H, D]. `lengths` [B] int32 (optional) is a
+  key-padding mask: batch row b attends to its first lengths[b] keys (at least
+  one), and where that is fewer than Tk its query rows t >= lengths[b] are padding
+  with output 0 (self-attention over padded tokens). Computes in float32 and
+  returns q's dtype. Differentiable (the kernel's own backward), partitioned over
+  batch and heads under a sharded jit. CPU only; not vmappable
+  (custom_partitioning has no batching rule): fold extra axes into the batch, or
+  use `impl="xla"`.
   """
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"attention expects q [B, Tq, H, D] and k, v [B, Tk, H, D]; got "
                      f"{q.shape}, {k.shape}, {v.shape}")
   _load()
   scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+  if lengths is None:
+    lengths = jnp.full((q.shape[0],), k.shape[1], jnp.int32)
   f32 = lambda x: x.astype(jnp.float32)
-  return _attention(f32(q), f32(k), f32(v), scale).astype(q.dtype)
+  return _attention(f32(q), f32(k), f32(v), lengths.astype(jnp.int32), scale).astype(q.dtype)

@@ -42,17 +42,37 @@ def resolve(impl: str, dtype) -> str:
   return "xla"
 
 
-def dot_product_attention(q, k, v, impl: str = "auto"):
-  """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D], no mask or bias."""
+def padding_mask(lengths, tq: int, tk: int):
+  """[B, Tq] 1.0 for real query rows of a padded self-attention (see dot_product_attention)."""
+  real = jnp.arange(tq)[None, :] < lengths[:, None]
+  return jnp.where(lengths[:, None] >= tk, True, real)
+
+
+def dot_product_attention(q, k, v, impl: str = "auto", lengths=None):
+  """q [B, Tq, H, D], k/v [B, Tk, H, D] -> [B, Tq, H, D].
+
+  `lengths` [B] int32 (optional) is a key-padding mask, the same for every backend:
+  batch row b attends to its first lengths[b] keys (>= 1), and where that is fewer
+  than Tk its query rows t >= lengths[b] are padding tokens whose output is 0.
+  """
   choice = resolve(impl, q.dtype)
   if choice == "cpu_kernel":
-    return cpu_attention.attention(q, k, v)
+    return cpu_attention.attention(q, k, v, lengths=lengths)
+  kw = {}
+  if lengths is not None:
+    lengths = jnp.clip(lengths.astype(jnp.int32), 1, k.shape[1])
+    kw = {"key_value_seq_lengths": lengths}
+  out = None
   if choice == "cudnn":
     try:
-      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+      out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kw)
     except (RuntimeError, ValueError, NotImplementedError) as e:
       if impl == "cudnn":
         raise
       logging.warning("cuDNN attention refused %s %s (%s); using XLA attention", q.shape,
                       q.dtype, e)
-  return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  if out is None:
+    out = jax.nn.dot_product_attention(q, k, v, implementation="xla", **kw)
+  if lengths is not None:
+    out = out * padding_mask(lengths, q.shape[1], k.shape[1])[:, :, None, None].astype(out.dtype)
+  return out

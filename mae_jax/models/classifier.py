@@ -22,9 +22,12 @@ class EncoderClassifier(nn.Module):
   head_init_std: float = 0.01  # MAE recipe: 0.01 for the probe, 2e-5 for finetuning
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    feats = self.backbone.encode(images, train=train)
+  def __call__(self, images, train: bool = False, patch_ids=None):
+    # the sparse-token encoder takes the occupied-patch lists of the input pipeline
+    extra = {} if patch_ids is None else {"patch_ids": patch_ids}
+    feats = self.backbone.encode(images, train=train, **extra)
     head = heads.ClassifierHead(self.num_outputs, self.pool, self.head_bn, self.include_cls,
                                 kernel_init=nn.initializers.truncated_normal(self.head_init_std),
                                 name="head")
-    return head(feats["tokens"], train), {"cls": feats["cls"], "mean": feats["mean"]}
+    return head(feats["tokens"], train, valid=feats.get("valid")), {"cls": feats["cls"],
+                                                                   "mean": feats["mean"]}

@@ -39,18 +39,23 @@ Dtype = Any
 POOLS = ("cls", "mean", "max")
 
 
-def pool_tokens(tokens: jax.Array, pool: str, include_cls: bool = False) -> jax.Array:
-  """[B, 1 + N, D] -> [B, D]; see the module docstring."""
+def pool_tokens(tokens: jax.Array, pool: str, include_cls: bool = False,
+                valid: jax.Array | None = None) -> jax.Array:
+  """[B, 1 + N, D] -> [B, D]; see the module docstring. `valid` [B, 1 + N] (sparse tokens:
+  False for padding) restricts mean and max pooling to the real tokens."""
   if tokens.ndim != 3 or tokens.shape[1] < 2:
     raise ValueError(f"tokens must be [B, 1 + N, D] with a CLS token first, got {tokens.shape}")
+  if pool not in POOLS:
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
   if pool == "cls":
     return tokens[:, 0]
   x = tokens if include_cls else tokens[:, 1:]
+  if valid is None:
+    return x.mean(axis=1) if pool == "mean" else x.max(axis=1)
+  w = (valid if include_cls else valid[:, 1:])[..., None]
   if pool == "mean":
-    return x.mean(axis=1)
-  if pool == "max":
-    return x.max(axis=1)
-  raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    return (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1).astype(x.dtype)
+  return jnp.where(w, x, jnp.finfo(x.dtype).min).max(axis=1)
 
 
 class ClassifierHead(nn.Module):
@@ -64,10 +69,8 @@ class ClassifierHead(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
-    if self.pool not in POOLS:
-      raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-    x = pool_tokens(tokens, self.pool, self.include_cls)
+  def __call__(self, tokens, train: bool = False, valid=None):
+    x = pool_tokens(tokens, self.pool, self.include_cls, valid)
     if self.bn:
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-6,
                        use_scale=False, use_bias=False, dtype=self.dtype, name="bn")(x)

@@ -131,27 +131,42 @@ def masked_mse(pred, target, mask, norm_pix_loss: bool = False):
 
 
 class Decoder(nn.Module):
-  """Lightweight MAE decoder: embed, insert mask tokens, blocks, predict pixels."""
+  """Lightweight MAE decoder: embed, insert mask tokens, blocks, predict pixels.
+
+  Dense: `latent` [B, 1 + visible, D] (CLS first), `ids_restore` [B, N] puts the
+  visible tokens and N - visible mask tokens back in patch order. Sparse tokens
+  (`positions` given): the token slots are a padded list of patches, `positions`
+  [B, T] their patch indices, `visible` [B] how many of the shuffled slots are
+  visible per row (the rest get the mask token), `lengths` [B] real slots per row.
+  """
   size: vit.VitSize
   out_dim: int
   dtype: Dtype = jnp.float32
   attention: str = "auto"
 
   @nn.compact
-  def __call__(self, latent, ids_restore, grid_hw):
+  def __call__(self, latent, ids_restore, grid_hw, positions=None, visible=None, lengths=None):
     s = self.size
     x = nn.Dense(s.dec_width, kernel_init=vit.dense_init, dtype=self.dtype, name="embed")(latent)
     mask_token = self.param("mask_token", vit.token_init, (1, 1, s.dec_width))
     b, n = ids_restore.shape
-    n_masked = n + 1 - x.shape[1]
-    tokens = jnp.concatenate(
-        [x[:, 1:], jnp.broadcast_to(mask_token, (b, n_masked, s.dec_width)).astype(x.dtype)], axis=1)
+    mask_tokens = jnp.broadcast_to(mask_token, (b, n + 1 - x.shape[1], s.dec_width))
+    tokens = jnp.concatenate([x[:, 1:], mask_tokens.astype(x.dtype)], axis=1)
+    if visible is not None:  # a different number of visible tokens per row
+      slot = jnp.arange(n)[None, :, None]
+      tokens = jnp.where(slot < visible[:, None, None], tokens, mask_token.astype(x.dtype))
     tokens = jnp.take_along_axis(tokens, ids_restore[:, :, None], axis=1)  # unshuffle
     x = jnp.concatenate([x[:, :1], tokens], axis=1)
-    x = x + jnp.asarray(vit.sincos_2d(s.dec_width, grid_hw))[None].astype(x.dtype)
+    pos = jnp.asarray(vit.sincos_2d(s.dec_width, grid_hw))
+    if positions is None:
+      x = x + pos[None].astype(x.dtype)
+    else:
+      x = x + jnp.concatenate([jnp.broadcast_to(pos[None, :1], (b, 1, s.dec_width)),
+                               jnp.take(pos, 1 + positions, axis=0)], axis=1).astype(x.dtype)
+    attn_lengths = None if lengths is None else 1 + lengths
     for i in range(s.dec_depth):
       x = vit.Block(s.dec_heads, s.mlp_ratio, dtype=self.dtype, attention=self.attention,
-                    name=f"block_{i:02d}")(x)
+                    name=f"block_{i:02d}")(x, lengths=attn_lengths)
     x = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x)
     x = nn.Dense(self.out_dim, kernel_init=vit.dense_init, dtype=self.dtype, name="pred")(x)
     return x[:, 1:]

@@ -118,13 +118,15 @@ class Attention(nn.Module):
   impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, lengths=None):
+    """x [B, T, D]; `lengths` [B]: real tokens per row (padding last), see models.attention."""
     b, t, d = x.shape
     if d % self.heads:
       raise ValueError(f"width {d} is not divisible by {self.heads} heads")
     qkv = nn.Dense(3 * d, kernel_init=dense_init, dtype=self.dtype, name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, d // self.heads), 3, axis=2)
-    y = attention_lib.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], impl=self.impl)
+    y = attention_lib.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], impl=self.impl,
+                                            lengths=lengths)
     return nn.Dense(d, kernel_init=dense_init, dtype=self.dtype, name="proj")(y.reshape(b, t, d))
 
 
@@ -162,10 +164,10 @@ class Block(nn.Module):
   attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, lengths=None):
     d = x.shape[-1]
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-    y = Attention(self.heads, dtype=self.dtype, impl=self.attention, name="attn")(y)
+    y = Attention(self.heads, dtype=self.dtype, impl=self.attention, name="attn")(y, lengths)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
@@ -229,8 +231,28 @@ class Encoder(nn.Module):
     x = x + pos[None, 1:].astype(x.dtype)
     if keep is not None:
       x = keep(x)
+    return self._blocks(x, pos, deterministic)
+
+  def encode_tokens(self, pixels, positions, lengths, grid_hw, deterministic: bool = True):
+    """The encoder on a padded list of patches (the sparse-token MAE).
+
+    pixels [B, T, p*p*C] (`mae.patchify` order), positions [B, T] their patch indices
+    on the grid `grid_hw`, lengths [B] real tokens per row (padding last). Same
+    parameters and, on the same tokens, the same result as `__call__`: the linear
+    patch embedding of one patch is the stride-p convolution over it. Returns
+    [B, 1 + T, D]; rows t > lengths[b] are padding (CLS is row 0).
+    """
+    b, t, _ = pixels.shape
+    c = pixels.shape[-1] // (self.patch * self.patch)
+    x = self.patch_embed(pixels.reshape(b * t, self.patch, self.patch, c)).reshape(b, t, -1)
+    pos = jnp.asarray(sincos_2d(self.size.width, grid_hw))
+    x = x + jnp.take(pos, 1 + positions, axis=0).astype(x.dtype)
+    return self._blocks(x, pos, deterministic, lengths=1 + lengths)
+
+  def _blocks(self, x, pos, deterministic, lengths=None):
+    """CLS (+ its position) first, then the blocks and the final norm."""
     cls = jnp.broadcast_to(self.cls_token + pos[None, :1], (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
     for blk in self.blocks:
-      x = blk(x, deterministic)
+      x = blk(x, deterministic, lengths)
     return self.norm(x)
