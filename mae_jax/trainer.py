@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -107,9 +108,12 @@ def check_config(config, workdir):
   check_workdir(workdir, config)
 
 
-def print0(*args):
+def print0(line: str):
+  """A progress line from process 0, written in one call so that log lines (stderr) never
+  land in the middle of it when both streams go to one file."""
   if jax.process_index() == 0:
-    print(*args, flush=True)
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 HISTORY = "metrics.jsonl"  # one JSON row per logged train step, validation and test summary
