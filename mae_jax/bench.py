@@ -72,44 +72,76 @@ def matmul_ceiling(n=2048, dtype="float32", repeats=5):
   return 2 * n**3 / time_fn(jax.jit(lambda x: x @ x), a, repeats=repeats) / 1e9
 
 
-def train_step_setup(config, image_shape):
-  """(model, state, jitted step, synthetic global batch) exactly as the trainer builds them."""
+def real_batches(config, count=16):
+  """`count` training batches of the run's input pipeline (sparse tokens: one sorted window,
+  each batch padded to its bucket length, as in training)."""
+  from mae_jax import experiment
+  if not config.data.dir:
+    raise ValueError("sparse tokens are timed on real jets (their occupancy decides the cost): "
+                     "pass --data DIR, a converted dataset")
+  it = experiment.make_pipeline(config).train_iter(config.data.train_split, config.batch_size,
+                                                   seed=0, shuffle_buffer=2000)
+  return [next(it) for _ in range(count)]
+
+
+def token_stats(batches) -> dict:
+  """Occupied patches per jet and the share of padded token slots in these batches."""
+  n = np.concatenate([(b["patch_ids"] >= 0).sum(1) for b in batches])
+  slots = sum(b["patch_ids"].size for b in batches)
+  return {"mean": float(n.mean()), "median": float(np.median(n)),
+          "p95": float(np.percentile(n, 95)), "max": int(n.max()),
+          "lengths": sorted({int(b["patch_ids"].shape[1]) for b in batches}),
+          "padding": 1.0 - float(n.sum()) / slots}
+
+
+def train_step_setup(config, image_shape, batches=None):
+  """(model, state, jitted step, global batches) exactly as the trainer builds them: the
+  given host batches, or one synthetic sparse batch."""
   from mae_jax import experiment, parallel, tasks
   mesh = parallel.make_mesh(config.mesh)
   model = experiment.build_model(config, image_shape)
   setup = experiment.create_state(config, model, mesh, image_shape)
   state = setup.state
   step = experiment.make_train_step(config, model, tasks.build(config), setup, mesh)
-  images = parallel.global_batch(
-      {"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}, mesh)
-  return model, state, step, images
+  if batches is None:
+    batches = [{"image": sparse_batch(config.batch_size, image_shape[0], image_shape[-1])}]
+  return model, state, step, [parallel.global_batch(b, mesh) for b in batches]
 
 
 def model_flops(config, image_shape):
   """FLOPs of one train step from XLA's cost analysis, attention lowered as XLA ops."""
   config = config.copy_and_resolve_references()
   config.model.attention = "xla"
-  _, state, step, images = train_step_setup(config, image_shape)
+  batches = real_batches(config, 16) if config.model.get("tokens") == "sparse" else None
+  _, state, step, globals_ = train_step_setup(config, image_shape, batches)
+  # sparse tokens: the FLOPs of the batch whose length is the median of the window's
+  lengths = [g.get("patch_ids", g["image"]).shape[-1] for g in globals_]
+  images = globals_[int(np.argsort(lengths)[len(lengths) // 2])]
   cost = step.lower(state, images).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def measure_train_step(config, image_shape, steps):
-  """(compile seconds, step times, model) of the trainer's own jitted step."""
-  model, state, step, images = train_step_setup(config, image_shape)
+  """(compile seconds, step times, model, token statistics or None) of the trainer's own
+  jitted step. Sparse tokens:
+  16 real batches of one sorted window, every bucket length compiled first (compile_s is
+  the first one's), then `steps` steps cycling through them."""
+  batches = real_batches(config, 16) if config.model.get("tokens") == "sparse" else None
+  model, state, step, images = train_step_setup(config, image_shape, batches)
   t0 = time.perf_counter()
-  step.lower(state, images).compile()
+  step.lower(state, images[0]).compile()
   compile_s = time.perf_counter() - t0
-  state, m = step(state, images)
-  jax.block_until_ready(m)
+  for batch in images:  # warm-up: one compilation per length
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
   times = []
-  for _ in range(steps):
+  for i in range(steps):
     t0 = time.perf_counter()
-    state, m = step(state, images)
+    state, m = step(state, images[i % len(images)])
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  return compile_s, times, model
+  return compile_s, times, model, (token_stats(batches) if batches is not None else None)
 
 
 def compile_seconds_with_cache(variant, batch, attention):
@@ -183,34 +215,50 @@ def pipeline_rate(data_dir, batch, batches=20, normalization="log1p"):
   return batches * batch / (time.perf_counter() - t0)
 
 
-def measure_row(args, variant, batch, image_shape):
+def measure_row(args, variant, batch, image_shape, tokens="dense"):
   """Everything one table row needs, measured in this process."""
-  config = _pretrain_config(variant, batch, args.dtype, args.attention_impl)
-  compile_s, times, model = measure_train_step(config, image_shape, args.steps)
+  config = _pretrain_config(variant, batch, args.dtype, args.attention_impl, tokens, args.data)
+  compile_s, times, model, stats = measure_train_step(config, image_shape, args.steps)
   row = {"compile_s": compile_s, "step_s": statistics.median(times),
          "flops": model_flops(config, image_shape), "torch_s": float("nan"), "threads": 0,
-         "cache_cold_s": float("nan"), "cache_warm_s": float("nan")}
+         "cache_cold_s": float("nan"), "cache_warm_s": float("nan"), "tokens": stats}
   if args.torch:
     row["torch_s"], row["threads"] = torch_step_time(model, image_shape, batch, args.steps,
                                                      sparse_batch(batch))
-  if args.compile_cache:
+  if args.compile_cache and tokens == "dense":
     row["cache_cold_s"], row["cache_warm_s"] = compile_seconds_with_cache(
         variant, batch, args.attention_impl)
   row["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   return row
 
 
-def _pretrain_config(variant, batch, dtype, attention):
+def _pretrain_config(variant, batch, dtype, attention, tokens="dense", data=""):
   import importlib.util
   spec = importlib.util.spec_from_file_location(
       "pretrain", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "pretrain.py"))
   cfg_mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(cfg_mod)
-  config = cfg_mod.get_config(f"variant={variant}")
+  config = cfg_mod.get_config(f"variant={variant},tokens={tokens}")
   config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
   config.model.dtype, config.model.attention = dtype, attention
+  config.data.dir = data
   return config
+
+
+def run_row_in_process(args, variant, batch, tokens):
+  """One row measured in a fresh process: memory one row's models leave behind (held by the
+  allocator) cannot push a later row out of memory, and rows do not perturb each other."""
+  child = [sys.executable, "-m", "mae_jax.bench", "--one-row", "--variants", variant,
+           "--batch", str(batch), "--steps", str(args.steps), "--dtype", args.dtype,
+           "--attention-impl", args.attention_impl, "--tokens", tokens, "--data", args.data] + [
+           f for f, on in (("--torch", args.torch), ("--compile-cache", args.compile_cache))
+           if on]
+  proc = subprocess.run(child, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"benchmark row {variant} batch {batch} {tokens} failed "
+                       f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.split("ROW ", 1)[1])
 
 
 def main(argv=None):
@@ -218,7 +266,11 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variants", default="tiny,e2e-base")
   p.add_argument("--batch", default="32", help="comma-separated batch sizes (a sweep)")
+  p.add_argument("--tokens", default="dense",
+                 help="comma-separated: dense, sparse (sparse tokens need --data: real jets)")
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--processes", type=int, default=1,
+                 help="measure each row in this many fresh processes: min / median / max")
   p.add_argument("--dtype", default="float32")
   p.add_argument("--attention-impl", default="auto",
                  choices=attention.IMPLS,
@@ -229,18 +281,28 @@ def main(argv=None):
                  help="also time attention alone at the e2e-base decoder shape")
   p.add_argument("--compile-cache", action="store_true",
                  help="also measure compile time with an empty and a filled persistent cache")
-  p.add_argument("--data", default="", help="converted dataset: also time the input pipeline")
+  p.add_argument("--data", default="",
+                 help="converted dataset: time the input pipeline; real jets for sparse tokens")
   p.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   image_shape = (125, 125, 8)
+  token_modes = [t for t in args.tokens.split(",") if t]
+  if set(token_modes) - {"dense", "sparse"}:
+    raise SystemExit(f"--tokens {args.tokens!r}: choose from dense, sparse")
+  if "sparse" in token_modes and not args.data:
+    raise SystemExit("--tokens sparse needs --data DIR: sparse steps are timed on real jets")
+  if args.data:
+    from mae_jax.data import meta as meta_lib
+    image_shape = tuple(meta_lib.load_meta(args.data)["image_shape"])
   if args.compile_only:  # child of --compile-cache: one compile, one line
     config = _pretrain_config(args.variants, int(args.batch), args.dtype, args.attention_impl)
-    compile_s, _, _ = measure_train_step(config, image_shape, 0)
+    compile_s = measure_train_step(config, image_shape, 0)[0]
     print(f"compile_s={compile_s:.3f}")
     return
-  if args.one_row:  # child of a sweep: one (variant, batch) row as JSON
-    print("ROW " + json.dumps(measure_row(args, args.variants, int(args.batch), image_shape)))
+  if args.one_row:  # child of a sweep: one (variant, batch, tokens) row as JSON
+    print("ROW " + json.dumps(measure_row(args, args.variants, int(args.batch), image_shape,
+                                          args.tokens)))
     return
 
   ceiling = matmul_ceiling(dtype="bfloat16" if args.dtype == "bfloat16" else "float32")
@@ -250,55 +312,62 @@ def main(argv=None):
   print(f"attention kernel: model.attention={args.attention_impl!r} -> "
         f"{attention.resolve(args.attention_impl, args.dtype)}", flush=True)
 
-  grid = [(v, int(b)) for v in args.variants.split(",") for b in args.batch.split(",")]
+  grid = [(v, int(b), t) for v in args.variants.split(",") for b in args.batch.split(",")
+          for t in token_modes]
   rows = []
-  for variant, batch in grid:
-    if len(grid) == 1:
-      r = measure_row(args, variant, batch, image_shape)
+  for variant, batch, tokens in grid:
+    if len(grid) == 1 and args.processes == 1:
+      runs = [measure_row(args, variant, batch, image_shape, tokens)]
     else:
-      # One process per row: memory one row's models leave behind (held by the allocator)
-      # cannot push a later, larger row out of memory, and rows do not perturb each other.
-      child = [sys.executable, "-m", "mae_jax.bench", "--one-row", "--variants", variant,
-               "--batch", str(batch), "--steps", str(args.steps), "--dtype", args.dtype,
-               "--attention-impl", args.attention_impl] + [
-               f for f, on in (("--torch", args.torch), ("--compile-cache", args.compile_cache))
-               if on]
-      proc = subprocess.run(child, capture_output=True, text=True)
-      if proc.returncode:
-        raise RuntimeError(f"benchmark row {variant} batch {batch} failed "
-                           f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-      r = json.loads(proc.stdout.split("ROW ", 1)[1])
+      runs = [run_row_in_process(args, variant, batch, tokens) for _ in range(args.processes)]
+    r = runs[0]
+    steps_s = sorted(x["step_s"] for x in runs)
+    r["step_s"] = statistics.median(steps_s)
+    r["spread"] = (steps_s[0], steps_s[-1])
+    r["torch_s"] = statistics.median(x["torch_s"] for x in runs)
     med, flops = r["step_s"], r["flops"]
-    rows.append((variant, batch, r["compile_s"], med, batch / med, flops / batch / 1e9,
-                 flops / med / 1e9, 100 * flops / med / 1e9 / ceiling, r["torch_s"],
-                 r["torch_s"] / med, r["cache_cold_s"], r["cache_warm_s"], r["peak_gib"]))
-    print(f"{variant:10s} batch {batch:4d}: compile {r['compile_s']:6.1f} s, step {med:7.3f} s, "
-          f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img, "
-          f"{flops / med / 1e9:6.1f} GFLOP/s; PyTorch ViTMAE step {r['torch_s']:.3f} s "
-          f"({r['threads']} threads), speed ratio mae_jax/PyTorch {r['torch_s'] / med:.2f}; "
-          f"peak memory {r['peak_gib']:.1f} GiB", flush=True)
+    dense = next((x for x in rows if x["variant"] == variant and x["batch"] == batch
+                  and x["tokens_mode"] == "dense"), None)
+    rows.append({**r, "variant": variant, "batch": batch, "tokens_mode": tokens,
+                 "vs_dense": dense["step_s"] / med if dense else float("nan")})
+    extra = ""
+    if r["tokens"]:
+      t = r["tokens"]
+      extra = (f"; occupied patches per jet mean {t['mean']:.0f}, median {t['median']:.0f}, "
+               f"95% {t['p95']:.0f}, max {t['max']}; padded lengths {t['lengths']}, "
+               f"padding {100 * t['padding']:.1f}% of token slots")
+    print(f"{variant:10s} batch {batch:4d} {tokens:6s}: compile {r['compile_s']:6.1f} s, step "
+          f"{med:7.3f} s (processes: min {r['spread'][0]:.3f}, max {r['spread'][1]:.3f}), "
+          f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img; PyTorch ViTMAE step "
+          f"{r['torch_s']:.3f} s ({r['threads']} threads), speed ratio mae_jax/PyTorch "
+          f"{r['torch_s'] / med:.2f}; peak memory {r['peak_gib']:.1f} GiB{extra}", flush=True)
   if args.attention:
     print("\nattention forward / forward+backward, [32, 626, 8, 16] float32 (e2e-base decoder):")
     for impl, (f, fb) in attention_times(with_torch=args.torch).items():
       print(f"  {impl:11s} {f:7.3f} s / {fb:7.3f} s")
   if args.data:
-    for batch in sorted({r[1] for r in rows}):
+    for batch in sorted({r["batch"] for r in rows}):
       rate = pipeline_rate(args.data, batch)
-      need = max(r[4] for r in rows if r[1] == batch)
+      need = max(batch / r["step_s"] for r in rows if r["batch"] == batch)
       print(f"input pipeline {args.data}, batch {batch}: {rate:.0f} images/s, "
             f"{rate / need:.1f}x what the fastest step above consumes ({need:.1f} images/s)")
   print(f"\nbackend {jax.default_backend()}, {jax.device_count()} device(s), "
         f"jax {jax.__version__}, dtype {args.dtype}, attention {args.attention_impl}, "
-        f"malloc {cpu_env.describe()}, "
-        f"median of {args.steps} steps")
+        f"malloc {cpu_env.describe()}, median of {args.steps} steps, "
+        f"{args.processes} process(es) per row")
   print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
-  print("| variant | batch | compile s | compile s, empty / filled cache | step s | images/s "
-        "| GFLOP/image | GFLOP/s | utilisation | PyTorch step s | mae_jax / PyTorch speed "
-        "| peak host GiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("| variant | batch | tokens | compile s | compile s, empty / filled cache | step s "
+        "(min–max over processes) | images/s | GFLOP/image | GFLOP/s | utilisation "
+        "| PyTorch step s | mae_jax / PyTorch speed | sparse / dense speed | peak host GiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[10]:.1f} / {r[11]:.1f} | {r[3]:.3f} | {r[4]:.1f} "
-          f"| {r[5]:.2f} | {r[6]:.1f} | {r[7]:.0f}% | {r[8]:.3f} | {r[9]:.2f}× | {r[12]:.1f} |")
+    med, flops, b = r["step_s"], r["flops"], r["batch"]
+    print(f"| {r['variant']} | {b} | {r['tokens_mode']} | {r['compile_s']:.1f} "
+          f"| {r['cache_cold_s']:.1f} / {r['cache_warm_s']:.1f} | {med:.3f} "
+          f"({r['spread'][0]:.3f}–{r['spread'][1]:.3f}) | {b / med:.1f} | {flops / b / 1e9:.2f} "
+          f"| {flops / med / 1e9:.1f} | {100 * flops / med / 1e9 / ceiling:.0f}% "
+          f"| {r['torch_s']:.3f} | {r['torch_s'] / med:.2f}× | {r['vs_dense']:.2f}× "
+          f"| {r['peak_gib']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,27 @@ def checkpoint_dir(path: str) -> str:
   return path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
 
 
+def nearby_hint(path: str, depth: int = 3, limit: int = 5) -> str:
+  """'; checkpoints were found in: A, B' for run directories near `path` (a typo or a
+  protocol layout such as ROOT/seed0/pretrain), or '' if there are none."""
+  path = os.path.abspath(path)
+  base = path
+  while base and not os.path.isdir(base):
+    base = os.path.dirname(base)
+  base = os.path.dirname(base) if base == path else base
+  found = []
+  for root, dirs, _ in os.walk(base):
+    if root[len(base):].count(os.sep) >= depth:
+      dirs[:] = []
+      continue
+    if os.path.basename(root) == "checkpoints" and any(d.isdigit() for d in dirs):
+      found.append(os.path.dirname(root))
+      dirs[:] = []
+    dirs.sort()
+  found = [f for f in found if f != path][:limit]
+  return f"; checkpoints were found in: {', '.join(found)}" if found else ""
+
+
 def read_arrays(path: str, step: int | None = None, item: dict | str | None = None):
   """Reads a checkpoint (or a sub-tree of it) as host numpy arrays: (tree, step).
 
@@ -82,11 +103,13 @@ def read_arrays(path: str, step: int | None = None, item: dict | str | None = No
   or a top-level key ("params") to read only part of the state; None reads all.
   """
   directory = checkpoint_dir(path)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}{nearby_hint(path)}")
   mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
   try:
     steps = mngr.all_steps()
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {directory}")
+      raise FileNotFoundError(f"no checkpoint in {directory}{nearby_hint(path)}")
     step = max(steps) if step is None else int(step)
     if step not in steps:
       raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")

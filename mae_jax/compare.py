@@ -31,15 +31,26 @@ import sys
 from mae_jax import bench, protocol
 
 
-def train_speed(model_name, variant, patch, image_shape, batch, steps=10):
+def parse_model(spec: str):
+  """'mae' -> ('mae', 'dense'); 'mae:sparse' -> ('mae', 'sparse') (the sparse-token mode)."""
+  name, _, tokens = spec.partition(":")
+  tokens = tokens or "dense"
+  if tokens not in ("dense", "sparse"):
+    raise SystemExit(f"--models {spec!r}: tokens must be dense or sparse")
+  return name, tokens
+
+
+def train_speed(model_name, variant, patch, image_shape, batch, steps=10, tokens="dense",
+                data=""):
   """(training GFLOP per image, images/s): median of `steps` timed steps after one warm-up.
 
   Ten, not three: in a fresh process ConvMAE tiny had one or two steps of 4.5-5 s among
   steps of 0.95 s (the allocator growing the heap for its full-resolution stage), and a
   median of three reported 6.9 images/s instead of 34."""
-  config = protocol.load_stage_config("pretrain", variant, model_name, patch)
+  config = protocol.load_stage_config("pretrain", variant, model_name, patch, tokens)
   config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
-  _, times, _ = bench.measure_train_step(config, image_shape, steps)
+  config.data.dir = data
+  times = bench.measure_train_step(config, image_shape, steps)[1]
   return bench.model_flops(config, image_shape) / batch / 1e9, batch / statistics.median(times)
 
 
@@ -109,23 +120,26 @@ def main(argv=None):
   selects = [a for item in args.select for a in ("--select", item)]
 
   rows = []
-  for name in args.models.split(","):
-    root = os.path.join(args.root, name)
+  for spec in args.models.split(","):
+    name, tokens = parse_model(spec)
+    root = os.path.join(args.root, spec.replace(":", "_"))
     protocol.main(["--data", args.data, "--root", root, "--variant", args.variant,
-                   "--model", name, "--patch", str(args.patch), "--seeds", args.seeds,
-                   "--steps", args.steps, "--stages", args.stages,
+                   "--model", name, "--tokens", tokens, "--patch", str(args.patch),
+                   "--seeds", args.seeds, "--steps", args.steps, "--stages", args.stages,
                    "--recon-splits", args.recon_splits, *selects, *passthrough])
     with open(os.path.join(root, "results.json")) as f:
       res = json.load(f)
     from mae_jax.data import meta as meta_lib
     image_shape = tuple(meta_lib.load_meta(args.data)["image_shape"])
-    gflop, ips = train_speed(name, args.variant, args.patch, image_shape, args.speed_batch)
+    gflop, ips = train_speed(name, args.variant, args.patch, image_shape, args.speed_batch,
+                             tokens=tokens, data=args.data)
     seeds = res["per_seed"]
 
     def col(stage, key):
-      return [s[stage].get(key) for s in seeds if stage in s]
+      return [s["by_labelled"]["all"][stage].get(key) for s in seeds
+              if stage in s["by_labelled"]["all"]]
 
-    rows.append({"model": name, "params": seeds[0]["params"], "gflop": gflop, "ips": ips,
+    rows.append({"model": spec, "params": seeds[0]["params"], "gflop": gflop, "ips": ips,
                  "lp_acc": col("probe", "test/accuracy"), "lp_auc": col("probe", "test/auc"),
                  "lp_random_auc": col("probe_random", "test/auc"),
                  "ft_acc": col("finetune", "test/accuracy"), "ft_auc": col("finetune", "test/auc"),
@@ -133,7 +147,9 @@ def main(argv=None):
                  "selected": {st: [s[st]["selected"] for s in seeds if "selected" in s.get(st, {})]
                               for st in protocol.STAGES},
                  "recon": [s["recon"]["test"]["mse_masked"] for s in seeds if "recon" in s],
-                 "recon_zero": [s["recon"]["test"]["mse_masked_zeros"] for s in seeds if "recon" in s]})
+                 "recon_zero": [s["recon"]["test"]["mse_masked_zeros"] for s in seeds
+                                if "recon" in s],
+                 "occ_skill": [s["recon"]["test"]["skill_occupied"] for s in seeds if "recon" in s]})
 
   lines = ["# ViT MAE vs hybrid MAEs", "",
            f"Data `{args.data}`, variant `{args.variant}` of each family (trainable parameters "

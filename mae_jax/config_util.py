@@ -73,6 +73,9 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.data.train_split = "train"
   c.data.eval_split = "validation"  # selects the checkpoint ("" = none)
   c.data.test_split = "test"  # evaluated once at the end ("" = never)
+  # > 0: train on a class-balanced subset of this many labelled jets of the train split,
+  # seeded by `seed` and nested (the subset of n lies inside that of any m > n)
+  c.data.train_examples = 0
   c.data.normalization = "log1p"  # none | div255 | log1p | zscore | log1p_zscore
   c.data.shuffle_buffer = 10_000
   c.data.host_split = "shard"  # shard | interleave (global batches independent of process count)
@@ -149,15 +152,17 @@ def base_config(variant: str = "tiny", patch: int = 5):
 def classifier_config(stage: str, arg):
   """Probe and finetune: a classifier on an MAE-family encoder loaded from a pretrain run.
 
-  Arguments: variant, patch, model (the MAE family of the pretrain run), pool.
+  Arguments: variant, patch, model (the MAE family of the pretrain run), pool,
+  tokens (dense | sparse, as the pretrain run).
   """
-  arg = parse_arg(arg, variant="tiny", patch=5, model="mae", pool="mean")
+  arg = parse_arg(arg, variant="tiny", patch=5, model="mae", pool="mean", tokens="dense")
   c = base_config(arg["variant"], arg["patch"])
   c.stage = stage
   c.task.name = "classify"
   c.model.name = "classifier"
   c.model.backbone = arg["model"]
   c.model.pool = arg["pool"]
+  c.model.tokens = arg["tokens"]
   c.model_load = "encoder:backbone/encoder"
   c.figures = False
   return c

@@ -96,6 +96,7 @@ def check_workdir(workdir, config):
 
 
 def check_config(config, workdir):
+  """Errors in the config, in one line each, before anything is built."""
   if not config.data.dir:
     raise ValueError("config.data.dir is empty: pass --config.data.dir=DIR, a directory written "
                      "by `python -m mae_jax.data.convert`")
@@ -104,6 +105,14 @@ def check_config(config, workdir):
                      f"{jax.device_count()} devices")
   if config.nan_policy not in ("stop", "skip"):
     raise ValueError(f"nan_policy={config.nan_policy!r}; choose 'stop' or 'skip'")
+  if config.warmup_steps >= config.total_steps > 1:
+    warmup = max(1, config.total_steps // 10)
+    logging.warning("warmup_steps=%d is not shorter than total_steps=%d: the lr would never "
+                    "reach its peak; using warmup_steps=%d", config.warmup_steps,
+                    config.total_steps, warmup)
+    print(f"warning: warmup_steps={config.warmup_steps} >= total_steps={config.total_steps}; "
+          f"clipped to {warmup}", file=sys.stderr)
+    config.warmup_steps = warmup
   os.makedirs(workdir, exist_ok=True)
   check_workdir(workdir, config)
 
@@ -172,8 +181,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           "task": task.name, "batch_size": config.batch_size, "params": n_params})
   train_step = experiment.make_train_step(config, model, task, setup, mesh)
   eval_step = experiment.make_eval_step(config, model, task, setup.shardings, mesh)
+  subset = None
+  if config.data.get("train_examples", 0):
+    subset = pipe.labelled_subset(config.data.train_split, config.data.train_examples,
+                                  config.seed)
   batches = pipe.train_iter(config.data.train_split, config.batch_size // jax.process_count(),
-                            config.seed, start, config.data.shuffle_buffer)
+                            config.seed, start, config.data.shuffle_buffer, subset=subset)
   val_split = config.data.eval_split if config.data.eval_split in pipe.meta["splits"] else ""
   history = os.path.join(workdir, HISTORY)
   best = checkpoint.read_json(os.path.join(workdir, checkpoint.BEST_JSON))
@@ -193,6 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return summary
 
   # ---- the loop
+  t_start = time.time()
   progress = Progress(config.total_steps, config.batch_size, start)
   watcher = PreemptionWatcher()
   skipped, metrics, preempted, step = 0, {}, False, start
@@ -235,7 +249,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {"preempted_at": step, "skipped_steps": skipped}
 
   # ---- the end: last validation, best state, test split once, figures
-  final = {"last_step": int(state["step"]), "skipped_steps": skipped}
+  previous = checkpoint.read_json(os.path.join(workdir, "final_metrics.json"), {}) or {}
+  final = {"last_step": int(state["step"]), "skipped_steps": skipped,
+           # training time of this run, summed over resumes (the protocol's runtime table)
+           "train_seconds": time.time() - t_start + (previous.get("train_seconds") or 0.0)}
   if metrics:
     final["train/loss"] = float(metrics["loss"])
   if val_split:

@@ -18,27 +18,48 @@ def test_fmt_mean_and_sample_std():
 
 
 def test_protocol_runs_all_stages_and_writes_report(tmp_path):
+  """One run of every default stage with a separate pretraining set and two labelled-set
+  sizes, then a rerun that reuses everything."""
   write_small_e2e(tmp_path / "small.h5", n=(48, 16, 16))
   convert.convert([str(tmp_path / "small.h5")], str(tmp_path / "tfds"))
+  write_small_e2e(tmp_path / "pool.h5", n=(40, 8, 8), seed=5)
+  convert.convert([str(tmp_path / "pool.h5")], str(tmp_path / "pool"))
   root = tmp_path / "proto"
-  protocol.main(["--data", str(tmp_path / "tfds"), "--root", str(root), "--seeds", "0",
-                 "--steps", "pretrain=3,probe=2,finetune=2,scratch=2,resnet=2",
-                 "--config.batch_size=16", "--config.log_every=1", "--config.task.bootstrap=10"])
+  argv = ["--data", str(tmp_path / "tfds"), "--pretrain-data", str(tmp_path / "pool"),
+          "--root", str(root), "--seeds", "0", "--labelled", "8,16",
+          "--steps", "pretrain=3,probe=2,finetune=2,resnet=2", "--recon-splits", "test",
+          "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10"]
+  protocol.main(argv)
   report = open(root / "report.md").read()
-  assert "| model | params | mask ratio | LP acc | LP AUC | FT acc | FT AUC | scratch AUC" in report
-  assert "test split" in report and "predict-zeros" in report and "Compression" in report
-  for fig in ("loss_curves.png", "roc_curves.png", "reconstruction.png"):
+  for section in ("## What this run shows", "## Caveats", "## Classification (test split)",
+                  "## AUC against the number of labelled jets", "## Reconstruction",
+                  "## Compression", "## Runtime"):
+    assert section in report, section
+  for row in ("probe", "probe_random", "finetune", "scratch", "resnet", "observables"):
+    assert f"\n| {row} | " in report, row
+  assert "a separate dataset, labels ignored" in report and "16 labelled" in report
+  assert "Reconstruction skill < 0" in report  # 3 pretraining steps: the caveat is there
+  assert "| track_d0 |" not in report  # toy channels (tracks, ecal, hcal): no signed ones
+  for fig in ("loss_curves.png", "roc_curves.png", "reconstruction.png", "label_efficiency.png"):
     assert os.path.exists(root / fig) and f"]({fig})" in report
+  # pretraining read the pool, the downstream stages the labelled set's subsets
+  pre = json.load(open(root / "seed0" / "pretrain" / "config.json"))
+  assert pre["data"]["dir"] == str(tmp_path / "pool")
+  for n in (8, 16):
+    cfg = json.load(open(root / "seed0" / f"n{n}" / "finetune" / "config.json"))
+    assert cfg["data"]["train_examples"] == n and cfg["data"]["dir"] == str(tmp_path / "tfds")
+    obs = json.load(open(root / "seed0" / f"n{n}" / "observables" / "final_metrics.json"))
+    assert obs["train_examples"] == n
   results = json.load(open(root / "results.json"))
   seed0 = results["per_seed"][0]
-  for stage in ("probe", "finetune", "scratch", "resnet"):
-    assert 0.0 <= seed0[stage]["test/auc"] <= 1.0
+  for n in ("8", "16"):
+    for stage in ("probe", "probe_random", "finetune", "scratch", "resnet", "observables"):
+      assert 0.0 <= seed0["by_labelled"][n][stage]["test/auc"] <= 1.0, (n, stage)
   assert set(results["timings"]) >= {"pretrain", "reconstruction", "probe", "finetune"}
-  # rerunning reuses finished stages instead of training again
-  protocol.main(["--data", str(tmp_path / "tfds"), "--root", str(root), "--seeds", "0",
-                 "--steps", "pretrain=3,probe=2,finetune=2,scratch=2,resnet=2",
-                 "--config.batch_size=16", "--config.task.bootstrap=10"])
-  assert json.load(open(root / "results.json"))["timings"]["probe"] == 0.0
+  # rerunning reuses finished stages, and the runtime table keeps what they took
+  protocol.main(argv)
+  again = json.load(open(root / "results.json"))
+  assert again["timings"]["probe"] == results["timings"]["probe"] > 0
 
 
 def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tmp_path):
@@ -127,3 +148,14 @@ def test_recon_splits_are_checked_against_the_dataset(tmp_path):
   (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"validation": {}}}))
   with pytest.raises(SystemExit, match="neither a train nor a test split"):
     protocol.check_recon_splits(None, str(tmp_path))
+
+
+def test_bad_labelled_sizes_and_pretraining_data_fail_before_training(tmp_path):
+  from helpers import converted_dataset
+  data = converted_dataset(tmp_path)
+  base = ["--data", data, "--root", str(tmp_path / "p")]
+  with pytest.raises(SystemExit, match=r"--labelled 100: a class-balanced set of 100 needs"):
+    protocol.main(base + ["--labelled", "10,100"])
+  with pytest.raises(SystemExit, match="is not a converted mae_jax dataset"):
+    protocol.main(base + ["--pretrain-data", str(tmp_path / "nothing")])
+  assert not (tmp_path / "p").exists()

@@ -187,8 +187,33 @@ class Pipeline:
     ds = ds.enumerate(start=first_window).flat_map(sort)
     return ds.map(lambda b: _pad_tokens(b, self.tokens.bucket))
 
+  def labels(self, split: str) -> np.ndarray:
+    """Labels of a whole split in record order, read without decoding any image."""
+    return np.fromiter(self._records(split, whole=True).map(lambda ex: ex["label"])
+                       .as_numpy_iterator(), np.int64)
+
+  def labelled_subset(self, split: str, n: int, seed: int) -> np.ndarray:
+    """Record positions of a class-balanced, seeded subset of n examples of `split`.
+
+    Nested: for one seed, the subset of n is contained in the subset of any m > n
+    (each class is a seeded permutation of its records, cut at n/2). Class 0 gets
+    n // 2 and class 1 the rest; a class with fewer records is an error.
+    """
+    labels = self.labels(split)
+    want = {0: n // 2, 1: n - n // 2}
+    rng = np.random.default_rng([seed, 7919])
+    picked = []
+    for cls, k in want.items():
+      pos = np.flatnonzero(labels == cls)
+      if k > len(pos):
+        counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
+        raise ValueError(f"a class-balanced labelled set of {n} needs {k} examples of class "
+                         f"{cls} in split {split!r} of {self.data_dir}; it has {counts}")
+      picked.append(rng.permutation(pos)[:k])
+    return np.sort(np.concatenate(picked))
+
   def train_iter(self, split: str, local_batch: int, seed: int, start_step: int = 0,
-                 shuffle_buffer: int = 10_000) -> Iterator[dict]:
+                 shuffle_buffer: int = 10_000, subset: np.ndarray | None = None) -> Iterator[dict]:
     """Endless shuffled batches; batch k is the same whatever `start_step` was.
 
     host_split "shard": each process shuffles its own part of the split (reads
@@ -196,10 +221,22 @@ class Pipeline:
     shuffled stream of still-encoded records and decodes only its rows of each
     global batch, so the global batches do not depend on the process count (a
     2-process run equals a 1-process run); each process reads all the bytes.
+    `subset`: record positions of the split to train on (`labelled_subset`); the
+    rest of the split is skipped before decoding.
     """
     interleave = self.host_split == "interleave" and self.process_count > 1
     window = self.tokens.sort_window if self.tokens is not None else 0
-    ds = self._records(split, whole=interleave).repeat()
+    if subset is not None:  # filter the whole split, then give each process its share
+      keep = np.zeros(int(self.meta["splits"][split]["num_examples"]), bool)
+      keep[np.asarray(subset, np.int64)] = True
+      keep = tf.constant(keep)
+      ds = self._records(split, whole=True).enumerate()
+      ds = ds.filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
+      if not interleave and self.process_count > 1:
+        ds = ds.shard(self.process_count, self.process_index)
+    else:
+      ds = self._records(split, whole=interleave)
+    ds = ds.repeat()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if interleave:
       global_batch = local_batch * self.process_count

@@ -33,7 +33,7 @@ def loss_curve(history_path: str, out_path: str) -> None:
 
 
 def reconstruct(model, params, batch, mask_key):
-  """(images, masked input, reconstruction with visible patches pasted back)."""
+  """(images, masked input, reconstruction with visible patches pasted back, patch mask)."""
   from mae_jax import experiment
   images = batch["image"]
   _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key},
@@ -47,11 +47,22 @@ def reconstruct(model, params, batch, mask_key):
   mask = jnp.repeat(aux["mask"][:, :, None], model.patch**2 * c, axis=-1)
   mask = mae_lib.unpatchify(mask, model.patch, grid, c)
   recon = mae_lib.unpatchify(pred, model.patch, grid, c)
-  return images, images * (1 - mask), images * (1 - mask) + recon * mask
+  return images, images * (1 - mask), images * (1 - mask) + recon * mask, aux["mask"]
 
 
-def reconstructions(model, params, pipe, split, mesh, config, out_path, per_class=2):
-  """Original / masked input / reconstruction for each channel, `per_class` jets of each class."""
+def core_window(size: int, patch: int, core: int = 55) -> slice:
+  """Pixels of the central `core` x `core` region, aligned to the patch grid."""
+  n = min(size, max(patch, core // patch * patch))
+  start = ((size - n) // 2) // patch * patch
+  return slice(start, start + n)
+
+
+def reconstructions(model, params, pipe, split, mesh, config, out_path, per_class=2,
+                    pixel_size=0.0174):
+  """Original / masked input / reconstruction per channel for `per_class` jets of each class:
+  the jet core (55 x 55 pixels) in (Δη, Δφ) from the image centre, one colour bar per jet and
+  channel, masked patches outlined in the masked input and the reconstruction."""
+  from matplotlib.patches import Rectangle
   local = config.batch_size // jax.process_count()
   _, it = pipe.eval_iter(split, local, config.batch_size)
   batch = parallel.global_batch(next(iter(it)), mesh)
@@ -59,7 +70,7 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
       batch["label"]))
   fn = jax.jit(reconstruct, static_argnums=0, out_shardings=parallel.replicated(mesh))
   # outputs are replicated, so every process can read them (to_host)
-  images, masked, recon = parallel.to_host(
+  images, masked, recon, patch_mask = parallel.to_host(
       fn(model, params, batch, jax.random.key(config.seed + 7)))
   if jax.process_index() != 0:
     return
@@ -69,32 +80,76 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
   # jets of each class when the split is labelled (unlabelled data: -1), else the first ones
   rows = [int(i) for k in (0, 1) for i in np.flatnonzero(labels == k)[:per_class]]
   rows = rows or list(range(min(2 * per_class, len(labels))))
-  n = len(rows)
-  c = images.shape[-1]
-  fig, axes = plt.subplots(c, 3 * n, figsize=(2.0 * 3 * n, 1.9 * c), squeeze=False)
+  b, h, w, c = images.shape
+  p = model.patch
+  ys, xs = core_window(h, p), core_window(w, p)
+  extent = [(xs.start - (w - 1) / 2 - 0.5) * pixel_size, (xs.stop - (w - 1) / 2 - 0.5) * pixel_size,
+            (ys.stop - (h - 1) / 2 - 0.5) * pixel_size, (ys.start - (h - 1) / 2 - 0.5) * pixel_size]
+  grid_w = w // p
+  fig, axes = plt.subplots(c, 3 * len(rows), figsize=(2.5 * 3 * len(rows), 2.2 * c),
+                           squeeze=False)
   for j, row in enumerate(rows):
     label = int(labels[row])
     tag = label_names[label] if 0 <= label < len(label_names) else f"label {label}"
+    masked_patches = np.flatnonzero(patch_mask[row] > 0)
     for ch in range(c):
       # one colour scale per channel, set by the original image, for all three panels
-      lo, hi = float(images[row, ..., ch].min()), float(images[row, ..., ch].max())
+      core = images[row, ys, xs, ch]
+      lo, hi = float(core.min()), float(core.max())
       signed = lo < 0  # d0/dz: symmetric diverging scale, zero in the middle
       vmax = max(abs(lo), abs(hi), 1e-6) if signed else max(hi, 1e-6)
       vmin, cmap = (-vmax, "RdBu_r") if signed else (0.0, "viridis")
       for k, (img, title) in enumerate(((images, "original"), (masked, "masked input"),
                                         (recon, "reconstruction"))):
         ax = axes[ch, 3 * j + k]
-        ax.imshow(img[row, ..., ch], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        im = ax.imshow(img[row, ys, xs, ch], cmap=cmap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest", extent=extent)
+        if k > 0:  # outline the masked patches inside the window
+          for q in masked_patches:
+            r0, c0 = (q // grid_w) * p, (q % grid_w) * p
+            if ys.start <= r0 < ys.stop and xs.start <= c0 < xs.stop:
+              x0 = (c0 - (w - 1) / 2 - 0.5) * pixel_size
+              y0 = (r0 - (h - 1) / 2 - 0.5) * pixel_size
+              ax.add_patch(Rectangle((x0, y0), p * pixel_size, p * pixel_size, fill=False,
+                                     lw=0.6, ec="red"))
+        ax.tick_params(labelsize=6)
+        if ch == c - 1:
+          ax.set_xlabel("Δφ", fontsize=7)
+        if k == 0:
+          ax.set_ylabel(f"{names[ch]}\nΔη", fontsize=7)
         if ch == 0:
           ax.set_title(f"{tag} jet: {title}", fontsize=8)
-        if k == 0 and j == 0:
-          ax.set_ylabel(names[ch], fontsize=8)
-  fig.suptitle(f"MAE reconstructions ({split} split, normalised units: {config.data.normalization})",
-               fontsize=9)
+        if k == 2:
+          fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+  fig.suptitle(f"MAE reconstructions, jet core ({split} split, normalised units: "
+               f"{config.data.normalization}; red: masked patches)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
+  fig.savefig(out_path, dpi=90)
+  plt.close(fig)
+
+
+def label_efficiency(per_seed, sizes, stages, out_path):
+  """Test AUC (mean ± std over seeds) against the number of labelled jets, per method."""
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  xs = [s for s in sizes if s]
+  for stage in stages:
+    vals = [[p["by_labelled"][str(n)].get(stage, {}).get("test/auc") for p in per_seed]
+            for n in xs]
+    vals = [[v for v in row if v is not None] for row in vals]
+    keep = [i for i, row in enumerate(vals) if row]
+    if not keep:
+      continue
+    m = [np.mean(vals[i]) for i in keep]
+    sd = [np.std(vals[i], ddof=1) if len(vals[i]) > 1 else 0.0 for i in keep]
+    ax.errorbar([xs[i] for i in keep], m, yerr=sd, marker="o", ms=4, capsize=3, lw=1.2,
+                label=stage)
+  ax.set_xscale("log")
+  ax.set_xlabel("labelled training jets")
+  ax.set_ylabel("test AUC")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
   plt.close(fig)
 
 
@@ -113,12 +168,24 @@ def protocol_figures(root: str, workdirs: dict) -> list[str]:
   fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
   for ax, stage in zip(axes[0], stages):
     rows = trainer.read_history(workdirs[stage])
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train")
+    evals = [r for r in trainer.read_history(workdirs[stage], train=False)
+             if "validation/masked_mse" in r or "validation/auc" in r]
+    if stage == "pretrain":
+      val = [r for r in evals if "validation/masked_mse" in r]
+      if val:
+        ax.plot([r["step"] for r in val], [r["validation/masked_mse"] for r in val], "o-",
+                ms=3, lw=1, label="validation")
+        ax.axhline(val[-1]["validation/masked_mse_predict_zeros"], color="k", ls="--", lw=0.8,
+                   label="predict zeros")
+    elif stage != "resnet" or rows:
+      ax.axhline(np.log(2.0), color="k", ls="--", lw=0.8, label="ln 2 (no information)")
     ax.set_title(stage, fontsize=9)
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("train loss")
+    ax.legend(fontsize=6)
+  axes[0][0].set_ylabel("loss")
   fig.tight_layout()
   out.append(os.path.join(root, "loss_curves.png"))
   fig.savefig(out[-1], dpi=110)

@@ -1,0 +1,231 @@
+r"""The downstream protocol in one command: pretrain -> reconstruction -> probe (and the
+random-encoder probe) -> finetune -> scratch -> ResNet -> observable baseline, then
+report.md with figures (also installed as `mae-jax-protocol`).
+
+  python -m mae_jax.protocol --data data_cache/boosted_top_3000_tfds --root workdirs/protocol \
+      --variant tiny --tokens sparse --seeds 0,1 \
+      --steps pretrain=1000,probe=200,finetune=200,resnet=200 --config.batch_size=64 \
+      [--select finetune.lr=1e-3,4e-3] [--pretrain-data POOL_DIR] [--labelled 100,300,1000]
+
+Every stage is a config of the one trainer (configs/*.py); `--config.FIELD=VALUE`
+overrides go to every stage, `--STAGE.FIELD=VALUE` (e.g. `--pretrain.lr=5e-3`) to one.
+Workdirs are ROOT/seed{S}/{stage} (ROOT/seed{S}/n{N}/{stage} for a labelled-set size N);
+a stage whose workdir holds `final_metrics.json` is not rerun. Classification numbers
+are on the test split, evaluated once with the validation-selected checkpoint.
+
+Stages (`--stages`, protocol/stages.py): pretrain, probe, probe_random (the probe of a
+randomly initialised, frozen encoder: what the features are worth without pretraining),
+finetune, scratch (the finetune model and budget from random initialisation), resnet,
+observables (logistic regression on image-derived jet observables; not a trainer run),
+regress_probe and regress_finetune (jet mass and pT). The controls take the steps and the
+overrides of the stage they control for, then their own.
+
+`--pretrain-data DIR`: pretrain on another converted dataset (labels ignored, -1
+allowed); the downstream stages use `--data`. `--labelled 100,300,...`: run the
+downstream stages (and the observable baseline) once per size on a class-balanced,
+seeded, nested subset of the train split; validation and test splits stay whole; the
+report adds AUC against the number of labelled jets.
+
+`--select STAGE.FIELD=V1,V2,...` (repeatable; not for pretrain) runs the stage once per
+value in ROOT/seed{S}/{stage}_{FIELD}{V} and keeps, per seed, the value whose
+validation-selected checkpoint scores best on the validation split (the test split
+plays no part in the choice); the report gives the chosen value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from mae_jax.protocol import measure, report, stages
+from mae_jax.protocol.report import fmt  # noqa: F401 (part of the API)
+from mae_jax.protocol.stages import (CLASSIFY_STAGES, CONTROL_OF, DEFAULT_STAGES,  # noqa: F401
+                                     STAGES, check_selects, format_selected,
+                                     load_stage_config, parse_selects, validation_score)
+
+
+def parse_args(argv):
+  overrides = [a for a in argv if a.startswith("--config.")]
+  per_stage = {st: ["--config." + a[len(f"--{st}."):] for a in argv if a.startswith(f"--{st}.")]
+               for st in STAGES}
+  rest = [a for a in argv if not a.startswith("--config.")
+          and not any(a.startswith(f"--{st}.") for st in STAGES)]
+  p = argparse.ArgumentParser(prog="python -m mae_jax.protocol", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data", required=True, help="converted, labelled dataset directory")
+  p.add_argument("--pretrain-data", default="",
+                 help="converted dataset to pretrain on (labels ignored); default --data")
+  p.add_argument("--root", required=True, help="directory for all stages' workdirs and the report")
+  p.add_argument("--variant", default="tiny")
+  p.add_argument("--model", default="mae",
+                 help="MAE family: mae, depthwise_mae, convstem_mae, convmae, channel_mae")
+  p.add_argument("--tokens", default="dense", choices=("dense", "sparse"),
+                 help="sparse: only occupied patches are tokens (ViT MAE, models/sparse.py)")
+  p.add_argument("--patch", type=int, default=5)
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--steps", default="pretrain=300,probe=200,finetune=200,resnet=200")
+  p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"any of {STAGES}")
+  p.add_argument("--labelled", default="",
+                 help="comma-separated labelled-set sizes for the downstream stages")
+  p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
+                 help="run STAGE once per value, keep the best on the validation split")
+  p.add_argument("--recon-splits", default=None,
+                 help="comma-separated splits of --data whose reconstruction error is measured "
+                      "after pretraining (default: train and test, those the dataset has); a "
+                      "full pass over each, so on a real train split of millions of jets "
+                      "'test' alone saves hours")
+  args = p.parse_args(rest)
+  args.argv = argv
+  args.pretrain_data = args.pretrain_data or args.data
+  try:
+    args.steps_by_stage = dict(kv.split("=") for kv in args.steps.split(",") if kv)
+    args.sizes = sorted({int(n) for n in args.labelled.split(",") if n.strip()}) or [None]
+  except ValueError:
+    raise SystemExit(f"--steps {args.steps!r} / --labelled {args.labelled!r}: expected "
+                     "stage=N,... and N,M,...") from None
+  args.stage_list = [s for s in args.stages.split(",") if s]
+  unknown = set(args.stage_list) - set(STAGES)
+  if unknown:
+    raise SystemExit(f"unknown stages {sorted(unknown)}; known: {STAGES}")
+  return args, overrides, per_stage
+
+
+def check_data(args):
+  """Every dataset exists and fits, and every requested split and size is there, before
+  anything trains (one line each)."""
+  from mae_jax.data import meta as meta_lib
+  try:
+    meta = meta_lib.load_meta(args.data)
+    pre_meta = meta_lib.load_meta(args.pretrain_data)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
+  if tuple(pre_meta["image_shape"]) != tuple(meta["image_shape"]):
+    raise SystemExit(f"--pretrain-data {args.pretrain_data} holds {pre_meta['image_shape']} "
+                     f"images but --data {args.data} holds {meta['image_shape']}")
+  counts = meta["splits"].get("train", {}).get("label_counts", {})
+  for n in [s for s in args.sizes if s]:
+    need = {"0": n // 2, "1": n - n // 2}
+    if "train" not in meta["splits"] or any(int(counts.get(k, 0)) < v for k, v in need.items()):
+      raise SystemExit(f"--labelled {n}: a class-balanced set of {n} needs {need} examples per "
+                       f"class in the train split of {args.data}; it has {counts}")
+  return meta, pre_meta
+
+
+def check_recon_splits(value, data_dir):
+  """'test,validation' -> those splits, each checked against the dataset (an error names the
+  missing one); None -> train and test, whichever the dataset has."""
+  from mae_jax.data import meta as meta_lib
+  available = meta_lib.load_meta(data_dir)["splits"]
+  if value is None:
+    splits = [s for s in ("train", "test") if s in available]
+    if not splits:
+      raise SystemExit(f"{data_dir} has neither a train nor a test split (its splits: "
+                       f"{sorted(available)}); pick one with --recon-splits")
+    return splits
+  splits = [s for s in value.split(",") if s]
+  if not splits:
+    raise SystemExit("--recon-splits: give at least one split, e.g. test")
+  unknown = [s for s in splits if s not in available]
+  if unknown:
+    raise SystemExit(f"--recon-splits {value!r}: {unknown} not in the dataset {data_dir} "
+                     f"(its splits: {sorted(available)})")
+  return splits
+
+
+def main(argv=None):
+  import sys
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args, overrides, per_stage = parse_args(argv)
+  meta, pre_meta = check_data(args)
+  recon_splits = check_recon_splits(args.recon_splits, args.data)
+  selects = parse_selects(args.select, args.stage_list)
+  check_selects(selects, lambda st: load_stage_config(st, args.variant, args.model, args.patch,
+                                                      args.tokens))
+  if any(s in stages.REGRESS_STAGES for s in args.stage_list):
+    missing = set(stages.REGRESS_TARGETS.split(",")) - set(meta.get("target_names", []))
+    if missing:
+      raise SystemExit(f"regress stages need targets {sorted(missing)}; {args.data} has "
+                       f"{meta.get('target_names', [])}")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  downstream = [s for s in args.stage_list if s != "pretrain"]
+  clock = stages.Clock(len(seeds) * (("pretrain" in args.stage_list)
+                                     + len(downstream) * len(args.sizes)))
+  cache = os.path.join(args.root, "cache")
+  per_seed, timings = [], {}
+  for seed in seeds:
+    res = {"by_labelled": {stages.size_key(size): {} for size in args.sizes}, "workdirs": {}}
+    jobs = ([("pretrain", None)] if "pretrain" in args.stage_list else []) + [
+        (st, size) for size in args.sizes for st in downstream]
+    for stage, size in jobs:
+      workdir = stages.run_dir(args.root, seed, size, stage)
+      label = f"seed {seed}" + (f" n={size}" if size else "") + f": {stage}"
+      t0 = time.time()
+      if stage == "observables":
+        clock.start(label, workdir)
+        final, now = measure.observable_baseline(args.data, seed, size, cache, workdir)
+      else:
+        config = stages.stage_config(stage, args, seed, size, overrides, per_stage,
+                                     args.steps_by_stage)
+        if stage in selects:
+          clock.start(label)
+          final, now, workdir = stages.run_selected(config, workdir, *selects[stage], label)
+        else:
+          clock.start(label, workdir)
+          final, now = stages.run_stage(config, workdir)
+      clock.finished(now)
+      key = stage if stage == "pretrain" else f"{stage}@{stages.size_key(size)}"
+      res["workdirs"][key] = workdir
+      if stage == "pretrain":
+        res["pretrain"] = final
+      else:
+        res["by_labelled"][stages.size_key(size)][stage] = final
+      if seed == seeds[0] and size == args.sizes[-1] or stage == "pretrain" and seed == seeds[0]:
+        timings[stage] = float(final.get("train_seconds") or 0.0)
+      if stage == "pretrain":
+        t0 = time.time()
+        res["params"] = measure.count_params(workdir)
+        res["mask_ratio"] = config.model.mask_ratio
+        res["normalization"] = config.data.normalization
+        recon_path = os.path.join(workdir, "reconstruction.json")
+        if not os.path.exists(recon_path):
+          print(f"[protocol] seed {seed}: reconstruction on {args.data} "
+                f"{','.join(recon_splits)}", flush=True)
+          r, _ = measure.reconstruction(workdir, config, recon_splits, args.data)
+          r["seconds"] = time.time() - t0
+          from mae_jax import checkpoint
+          checkpoint.write_json(recon_path, r)
+        with open(recon_path) as f:
+          r = json.load(f)
+        res["feature_width"] = r.pop("feature_width")
+        if seed == seeds[0]:
+          timings["reconstruction"] = float(r.pop("seconds", 0.0))
+        r.pop("seconds", None)
+        split = "test" if "test" in r else next(iter(r))
+        res["recon_channels"] = {"split": split, **{k: v for k, v in r[split].items()
+                                                    if isinstance(v, list)}}
+        res["recon"] = {sp: {k: v for k, v in d.items() if not isinstance(v, list)}
+                        for sp, d in r.items()}
+      if stage in ("probe", "probe_random"):
+        res["pool"] = config.model.pool
+    per_seed.append(res)
+  meta = dict(meta)
+  meta["stored_bytes_per_jet"] = measure.stored_bytes_per_jet(args.data)
+  path = report.write_report(args.root, args, per_seed, meta, pre_meta, timings, args.sizes)
+  for line in report.summary_lines(per_seed, args.sizes):
+    print(f"[protocol] {line}", flush=True)
+  print(f"[protocol] report: {path}", flush=True)
+  return per_seed
+
+
+def cli():
+  """Entry point (`mae-jax-protocol`): quiet absl logging for this process only."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # progress lines are printed; TFDS chatter is not
+  main()
+
+
+__all__ = ["main", "cli", "fmt", "STAGES", "DEFAULT_STAGES", "CLASSIFY_STAGES", "CONTROL_OF",
+           "parse_selects", "check_selects", "format_selected", "load_stage_config",
+           "validation_score", "check_recon_splits"]
