@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 BUILDER_NAME = "mae_jax_converted"
 BUILDER_VERSION = "1.0.0"
 ENGINES = ("plain", "beam")
+IMAGE_ENCODINGS = ("zlib", "sparse")
 _HKEY_SPACE = 1 << 128  # TFDS shuffler key space (keys spread over it keep buckets balanced)
 
 
@@ -135,10 +136,15 @@ def _generate_split(plan: Plan, split: str) -> Iterable[tuple[int, dict[str, Any
 
 
 def _features(plan: Plan) -> tfds.features.FeaturesDict:
+  if plan.image_encoding == "sparse":
+    from mae_jax.data.sparse_image import SparseImage
+
+    image = SparseImage(plan.image_shape)
+  else:
+    image = tfds.features.Tensor(shape=tuple(plan.image_shape), dtype=np.float32,
+                                 encoding=tfds.features.Encoding.ZLIB)
   feats = {
-      "image": tfds.features.Tensor(
-          shape=tuple(plan.image_shape), dtype=np.float32, encoding=tfds.features.Encoding.ZLIB
-      ),
+      "image": image,
       "label": tfds.features.Scalar(dtype=np.int64),
       "index": tfds.features.Scalar(dtype=np.int64),
       "source": tfds.features.Scalar(dtype=np.int64),
@@ -214,7 +220,8 @@ def _writer_buffer(limit_bytes: int | None):
 # Public API.
 
 
-def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size) -> Plan:
+def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
+              image_encoding="zlib") -> Plan:
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
   inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
@@ -224,6 +231,8 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size) -> P
     raise ValueError(f"nan_policy must be 'reject' or 'drop', got {nan_policy!r}")
   if int(chunk_size) < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  if image_encoding not in IMAGE_ENCODINGS:
+    raise ValueError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
   layouts = [schemas.inspect_file(p, format=format, holdout=holdout) for p in inputs]
   schemas.check_compatible(layouts)
   present = [s for s in schemas.SPLITS if any(s in lay.splits for lay in layouts)]
@@ -243,6 +252,7 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size) -> P
       bad=bad,
       chunk_size=int(chunk_size),
       stats_split="train" if "train" in present else present[0],
+      image_encoding=image_encoding,
   )
 
 
@@ -258,6 +268,7 @@ def convert(
     writer_buffer_mb: int | None = 256,
     engine: str = "plain",
     beam_options=None,
+    image_encoding: str = "zlib",
 ) -> dict:
   """Convert `inputs` into a TFDS dataset at `output`; return the metadata.
 
@@ -269,6 +280,9 @@ def convert(
   with an Apache Beam pipeline instead (`beam_options`: Beam flags as
   "k=v,k=v", a list of `--k=v`, or `PipelineOptions`; default the in-process
   DirectRunner); the records and the metadata are the same either way.
+  `image_encoding="sparse"` stores each image as its non-zero pixels
+  (`mae_jax.data.sparse_image`, 6-10x faster to decode for jets); readers see
+  the same dense images.
   """
   if engine not in ENGINES:
     raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
@@ -277,7 +291,7 @@ def convert(
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(
         f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
-  plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size)
+  plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding)
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
   partial = tempfile.mkdtemp(prefix=os.path.basename(output) + ".partial-", dir=parent)
@@ -314,6 +328,7 @@ def convert(
         "tfds_builder": {"name": BUILDER_NAME, "version": BUILDER_VERSION,
                          "file_format": "tfrecord"},
         "engine": engine,
+        "image_encoding": plan.image_encoding,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mae_jax_version": _version(),
     }
@@ -357,6 +372,9 @@ def _convert_parser() -> argparse.ArgumentParser:
                  help="TFDS writer in-memory buffer cap (MB)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   p.add_argument("--verify", action="store_true", help="run verify on the output after converting")
+  p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="zlib",
+                 help="zlib: dense tensor, zlib-compressed (default); sparse: the non-zero pixels "
+                 "(faster to decode; the same images read back)")
   p.add_argument("--engine", choices=ENGINES, default=None,
                  help="plain: this process (default); beam: an Apache Beam pipeline (pip install "
                  ".[beam]); the dataset is the same")
@@ -392,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           holdout=a.holdout, chunk_size=a.chunk_size, overwrite=a.overwrite,
           writer_buffer_mb=a.writer_buffer_mb,
           engine=a.engine or ("beam" if a.beam_pipeline_options is not None else "plain"),
-          beam_options=a.beam_pipeline_options,
+          beam_options=a.beam_pipeline_options, image_encoding=a.image_encoding,
       )
   except USER_ERRORS as e:
     print(f"ERROR: {e}", file=sys.stderr)

@@ -114,6 +114,7 @@ class Plan:
   bad: dict[str, set[tuple[int | None, int]]]
   chunk_size: int
   stats_split: str
+  image_encoding: str = "zlib"  # or "sparse" (mae_jax.data.sparse_image)
   results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   channel_stats: dict[str, Any] | None = None
   bad_cache: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
