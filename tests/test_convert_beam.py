@@ -19,7 +19,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from mae_jax.data import beam_convert  # noqa: E402
 from mae_jax.data import convert as C  # noqa: E402
 from mae_jax.data import meta as meta_lib  # noqa: E402
-from mae_jax.errors import NonFiniteError  # noqa: E402
+from mae_jax.errors import DataFormatError, NonFiniteError  # noqa: E402
 
 TWO_WORKERS = "direct_num_workers=2,direct_running_mode=multi_processing"
 
@@ -87,7 +87,7 @@ def test_drops_sources_parquet_and_holdout_match_the_plain_path(tmp_path):
   assert drops["dropped_indices"] == [[0, 1], [0, 3], [0, 17], [0, 20], [1, 2]]
 
 
-def test_nan_reject_is_the_same_error_and_leaves_nothing(tmp_path):
+def test_nan_reject_and_empty_split_errors_leave_nothing(tmp_path):
   src = tmp_path / "nan.h5"
   F.write_e2e_split_h5(src, (12, 4, 4), channels=3)
   with h5py.File(src, "a") as f:
@@ -99,6 +99,9 @@ def test_nan_reject_is_the_same_error_and_leaves_nothing(tmp_path):
     messages.append(str(e.value))
   assert messages[0] == messages[1]
   assert "key 'validation_jet' (split 'validation'): 1 images with NaN/Inf at indices [2]" in messages[0]
+  with pytest.raises(DataFormatError, match="split 'test': no examples left after dropping"):
+    C.convert([str(src)], str(tmp_path / "empty"), engine="beam", nan_policy="drop",
+              bad_indices={"test": [0, 1, 2, 3]})
   assert sorted(os.listdir(tmp_path)) == ["nan.h5"]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 
 import apache_beam as beam
 import numpy as np
@@ -35,6 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mae_jax.data import convert as convert_lib
 from mae_jax.data import records, schemas
 from mae_jax.data.records import GROUP_ROWS, Plan
+from mae_jax.errors import DataFormatError
 
 
 def pipeline_options(spec) -> PipelineOptions:
@@ -207,7 +209,14 @@ def build(plan: Plan, partial: str, options=None) -> str:
                                 file_format="tfrecord")
   config = tfds.download.DownloadConfig(try_download_gcs=False,
                                         beam_options=pipeline_options(options))
-  builder.download_and_prepare(download_dir=os.path.join(partial, "downloads"),
-                               download_config=config)
+  try:
+    builder.download_and_prepare(download_dir=os.path.join(partial, "downloads"),
+                                 download_config=config)
+  except ValueError as e:  # TFDS refuses an empty split inside the pipeline: say it as plain does
+    empty = re.search(r"examples is 0 for split (\w+)", str(e))
+    if empty:
+      raise DataFormatError(f"split '{empty.group(1)}': no examples left after dropping "
+                            "its rows") from e
+    raise
   collect(plan, workdir)
   return os.fspath(builder.data_path)

@@ -281,7 +281,7 @@ def convert(
   "k=v,k=v", a list of `--k=v`, or `PipelineOptions`; default the in-process
   DirectRunner); the records and the metadata are the same either way.
   `image_encoding="sparse"` stores each image as its non-zero pixels
-  (`mae_jax.data.sparse_image`, 6-10x faster to decode for jets); readers see
+  (`mae_jax.data.sparse_image`, ~5x faster to decode for jets); readers see
   the same dense images.
   """
   if engine not in ENGINES:
