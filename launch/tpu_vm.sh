@@ -7,7 +7,7 @@
 # Each worker needs the repo and the converted dataset at the same path (or a shared mount).
 set -euo pipefail
 CONFIG="$1"; WORKDIR="$2"; shift 2
+export MAE_JAX_ACCELERATOR="${MAE_JAX_ACCELERATOR:-tpu}"  # setup_env.sh installs .[tpu] (libtpu)
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-pip install --quiet "jax[tpu]==0.10.2"
 export MAE_JAX_DISTRIBUTED=auto  # parallel.maybe_initialize_distributed() -> jax.distributed.initialize()
 exec python -m mae_jax.main --config "$CONFIG" --workdir "$WORKDIR" "$@"

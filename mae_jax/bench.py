@@ -42,26 +42,54 @@ def sparse_batch(batch, hw=125, channels=8, seed=0):
   return x
 
 
-def torch_step_time(model, image_shape, batch, steps, images_nhwc):
+# Dense peak TFLOP/s per chip from the vendors' data sheets, by jax's device_kind (substring):
+# bf16 without sparsity, and float32 matmuls as XLA runs them on these GPUs (TF32 tensor cores).
+PEAK_TFLOPS = {
+    "H100 PCIe": {"bfloat16": 756.0, "float32": 378.0},
+    "H100": {"bfloat16": 989.0, "float32": 494.7},  # SXM (H100 80GB HBM3)
+    "H200": {"bfloat16": 989.0, "float32": 494.7},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+    "L4": {"bfloat16": 121.0, "float32": 60.0},
+}
+
+
+def peak_tflops(device_kind: str, dtype: str):
+  """(peak TFLOP/s, table key) of a known GPU, or (None, None)."""
+  for name, peaks in PEAK_TFLOPS.items():  # the more specific names come first
+    if name in device_kind:
+      return peaks.get(dtype, peaks["float32"]), name
+  return None, None
+
+
+def torch_step_time(model, image_shape, batch, steps, images_nhwc, dtype="float32"):
   """transformers' ViTMAEForPreTraining with the same sizes: median train-step seconds.
 
-  forward + backward + AdamW step at the same batch, float32, on the CPU threads
-  torch picks (all cores), same images and a fresh masking noise each step.
+  forward + backward + AdamW step at the same batch, on the GPU when torch sees one
+  (bfloat16 autocast when `dtype` is bfloat16), else float32 on the CPU threads torch
+  picks (all cores); same images and a fresh masking noise each step.
   """
+  import contextlib
+
   import torch
   import transformers
 
   from mae_jax import export
   config = export.vitmae_config(model, image_shape)
-  net = transformers.ViTMAEForPreTraining(config).train()
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  net = transformers.ViTMAEForPreTraining(config).train().to(dev)
   opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-  x = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())
+  x = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy()).to(dev)
+  amp = (torch.autocast(dev, dtype=torch.bfloat16) if dtype == "bfloat16" and dev == "cuda"
+         else contextlib.nullcontext())
 
   def step():
     opt.zero_grad(set_to_none=True)
-    out = net(pixel_values=x)
+    with amp:
+      out = net(pixel_values=x)
     out.loss.backward()
     opt.step()
+    if dev == "cuda":
+      torch.cuda.synchronize()
 
   return time_fn(step, repeats=steps), torch.get_num_threads()
 
@@ -224,7 +252,7 @@ def measure_row(args, variant, batch, image_shape, tokens="dense"):
          "cache_cold_s": float("nan"), "cache_warm_s": float("nan"), "tokens": stats}
   if args.torch:
     row["torch_s"], row["threads"] = torch_step_time(model, image_shape, batch, args.steps,
-                                                     sparse_batch(batch))
+                                                     sparse_batch(batch), args.dtype)
   if args.compile_cache and tokens == "dense":
     row["cache_cold_s"], row["cache_warm_s"] = compile_seconds_with_cache(
         variant, batch, args.attention_impl)
@@ -356,6 +384,15 @@ def main(argv=None):
         f"malloc {cpu_env.describe()}, median of {args.steps} steps, "
         f"{args.processes} process(es) per row")
   print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
+  peak, peak_name = peak_tflops(jax.devices()[0].device_kind, args.dtype)
+  if peak:  # model FLOPs utilisation against the card's data-sheet peak
+    for r in rows:
+      tflops = r["flops"] / r["step_s"] / 1e12
+      torch_tflops = r["flops"] / r["torch_s"] / 1e12
+      print(f"MFU {r['variant']} batch {r['batch']} {r['tokens_mode']}: {tflops:.1f} TFLOP/s = "
+            f"{100 * tflops / peak:.1f}% of the {peak_name} {args.dtype} dense peak {peak:g} "
+            f"TFLOP/s ({jax.devices()[0].device_kind}); PyTorch ViTMAE "
+            f"{100 * torch_tflops / peak:.1f}%")
   print("| variant | batch | tokens | compile s | compile s, empty / filled cache | step s "
         "(min–max over processes) | images/s | GFLOP/image | GFLOP/s | utilisation "
         "| PyTorch step s | mae_jax / PyTorch speed | sparse / dense speed | peak host GiB |")
