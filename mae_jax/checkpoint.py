@@ -9,8 +9,10 @@ complete, so an interrupted save is never listed as a step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -27,6 +29,26 @@ def interrupted_saves(workdir: str) -> list[str]:
   if not os.path.isdir(d):
     return []
   return sorted(n for n in os.listdir(d) if TMP_MARKER in n)
+
+
+def last_good_step(workdir: str) -> int | None:
+  """The newest step whose save completed (read from disk, whatever a manager believes)."""
+  d = os.path.join(workdir, "checkpoints")
+  return max((int(n) for n in os.listdir(d) if n.isdigit()), default=None) if os.path.isdir(d) \
+      else None
+
+
+def settle(mngr: ocp.CheckpointManager, workdir: str) -> None:
+  """After a failed run: waits for the saves in flight (a failed save's error is the one being
+  raised) and removes the saves that never finished, which only take space (a restart
+  ignores them)."""
+  with contextlib.suppress(Exception):
+    mngr.wait_until_finished()
+  with contextlib.suppress(Exception):
+    mngr.close()
+  if jax.process_index() == 0:
+    for name in interrupted_saves(workdir):
+      shutil.rmtree(os.path.join(workdir, "checkpoints", name), ignore_errors=True)
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -130,8 +152,8 @@ def write_config(workdir: str, config) -> None:
   """Stores the run's config next to its checkpoints (JSON, process 0 only)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    _write_atomic(os.path.join(workdir, "config.json"),
+                  config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 BEST_DIR, BEST_JSON = "best", "best.json"
@@ -177,10 +199,21 @@ def write_json(path: str, obj) -> None:
   a reader never sees a half-written file."""
   if jax.process_index() != 0:
     return
+  _write_atomic(path, json.dumps(json_safe(obj), indent=1, sort_keys=True, allow_nan=False))
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """A temporary file renamed over `path`; on failure (a full disk) `path` is unchanged and
+  the temporary file removed."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def json_safe(obj):

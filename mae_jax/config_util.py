@@ -84,6 +84,9 @@ def base_config(variant: str = "tiny", patch: int = 5):
   # sparse tokens, training: sort windows of this many batches by occupancy so that each
   # batch pads little (0 = off; classifier stages keep it off: it groups jets by class)
   c.data.sort_window = 0
+  # a record that cannot be read (corrupted shard): stop (one line naming the shard file) |
+  # skip (the rest of that shard is skipped; counted as unreadable_records in the metrics)
+  c.data.on_corrupt = "stop"
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mae"  # mae | depthwise_mae | convstem_mae | convmae | channel_mae | classifier | resnet15 | resnet50

@@ -5,6 +5,10 @@ these into one line on stderr and a non-zero exit instead of a traceback: they
 are errors in the user's input or in the run's numbers, not bugs.
 """
 
+import errno
+import os
+import re
+
 
 class DataFormatError(ValueError):
   """Input data does not follow a supported layout (names the file, key, shape)."""
@@ -19,5 +23,78 @@ class VerificationError(ValueError):
   """A converted dataset does not match its own metadata (counts, checksums)."""
 
 
+class CorruptDataError(DataFormatError):
+  """A record of a converted dataset cannot be read back (corrupted, truncated or unreadable
+  shard); names the shard file, the split and the byte offset."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live run holds the workdir (names its host, pid and start time)."""
+
+
+class DiskFullError(OSError):
+  """A write failed for lack of space or quota, or on a read-only filesystem; names the
+  device, the directory and what was kept."""
+
+
 # What the command-line entry points report in one line (exit status 2).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteError,
+               WorkdirLockedError, DiskFullError)
+
+
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on", errno.EDQUOT: "disk quota exceeded on",
+                errno.EROFS: "read-only filesystem on"}
+
+
+def disk_errno(exc: BaseException) -> int | None:
+  """ENOSPC, EDQUOT or EROFS if `exc` or an exception it was raised from is one, also when
+  a library (Orbax/TensorStore, TensorFlow) passed it on as text only; else None."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+      return exc.errno
+    text = str(exc)
+    code = re.search(r"os_error_code='?(\d+)", text)  # TensorStore
+    if code and int(code.group(1)) in _DISK_ERRNOS:
+      return int(code.group(1))
+    for e in _DISK_ERRNOS:
+      if os.strerror(e) in text:  # "No space left on device", as TF and TensorStore quote it
+        return e
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def describe_device(path: str) -> str:
+  """The filesystem holding `path`, e.g. '/dev/sda1 (mounted at /scratch)', from the mount
+  table (the longest mount point above the path)."""
+  path = os.path.realpath(path)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  best = None
+  try:
+    with open("/proc/self/mounts") as f:
+      for line in f:
+        parts = line.split()
+        if len(parts) < 2:
+          continue
+        source, mount = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p)
+                         for p in parts[:2])
+        if (path == mount or path.startswith(mount.rstrip("/") + "/")) and \
+            (best is None or len(mount) >= len(best[1])):
+          best = (source, mount)
+  except OSError:
+    pass
+  if best is not None:
+    return f"{best[0]} (mounted at {best[1]})"
+  dev = os.stat(path).st_dev
+  return f"device {os.major(dev)}:{os.minor(dev)}"
+
+
+def disk_full_error(exc: BaseException, directory: str, kept: str) -> "DiskFullError | None":
+  """The one-line DiskFullError for `exc` if a full disk, a quota or a read-only filesystem
+  caused it ('no space left on DEVICE for DIRECTORY; KEPT'), else None."""
+  code = disk_errno(exc)
+  if code is None:
+    return None
+  return DiskFullError(f"{_DISK_ERRNOS[code]} {describe_device(directory)} for {directory}; {kept}")

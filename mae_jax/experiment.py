@@ -105,7 +105,8 @@ def make_pipeline(config, data_dir=None, train: bool = True):
   from mae_jax.data import pipeline as pipeline_lib  # tensorflow import kept off module load
   return pipeline_lib.Pipeline(data_dir or config.data.dir, config.data.normalization,
                                jax.process_index(), jax.process_count(), config.data.host_split,
-                               tokens=pipeline_tokens(config, train))
+                               tokens=pipeline_tokens(config, train),
+                               on_corrupt=config.data.get("on_corrupt", "stop"))
 
 
 def create_state(config, model, mesh, image_shape) -> StateSetup:

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from mae_jax import checkpoint, config_util, errors, experiment, parallel, tasks
+from mae_jax import checkpoint, config_util, errors, experiment, parallel, tasks, workdir_lock
 
 
 class PreemptionWatcher:
@@ -114,7 +114,6 @@ def check_config(config, workdir):
           f"clipped to {warmup}", file=sys.stderr)
     config.warmup_steps = warmup
   os.makedirs(workdir, exist_ok=True)
-  check_workdir(workdir, config)
 
 
 def print0(line: str):
@@ -139,9 +138,22 @@ def read_history(workdir_or_file, train: bool = True) -> list[dict]:
 
 
 def append_jsonl(path, row):
-  if jax.process_index() == 0:
-    with open(path, "a") as f:
-      f.write(json.dumps(checkpoint.json_safe(row), allow_nan=False) + "\n")
+  """Process 0 appends one JSON line; a failed write (a full disk) is rolled back, so that
+  the file never ends in half a line that a restart would fail to read."""
+  if jax.process_index() != 0:
+    return
+  data = (json.dumps(checkpoint.json_safe(row), allow_nan=False) + "\n").encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      while data:
+        data = data[os.write(fd, data):]
+    except OSError:
+      os.ftruncate(fd, size)
+      raise
+  finally:
+    os.close(fd)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -150,11 +162,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
   With `eval_every` > 0 the validation split is evaluated during training and
   the best state is kept; at the end the test split (`data.test_split`) is
   evaluated once, with the validation-selected state.
+
+  One run at a time writes to a workdir (`workdir_lock`; another live run's lock is a
+  WorkdirLockedError). A record that cannot be read (CorruptDataError) or a full disk,
+  quota or read-only filesystem (DiskFullError) ends the run in one line naming the last
+  good checkpoint; saves that never finished are removed (a restart ignores them anyway).
   """
+  try:
+    check_config(config, workdir)
+    with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+      check_workdir(workdir, config)
+      mngr = checkpoint.manager(workdir, config.keep_ckpts)
+      try:
+        return _run(config, workdir, mngr, lock)
+      except BaseException:
+        checkpoint.settle(mngr, workdir)
+        raise
+  except errors.CorruptDataError as e:
+    raise errors.CorruptDataError(f"{e}; {_last_good(workdir)}") from e
+  except Exception as e:
+    full = errors.disk_full_error(e, os.path.abspath(workdir), _last_good(workdir))
+    if full is None:
+      raise
+    raise full from e
+
+
+def _last_good(workdir) -> str:
+  step = checkpoint.last_good_step(workdir)
+  return f"last good checkpoint: {'none' if step is None else f'step {step}'}"
+
+
+def _run(config, workdir, mngr, lock) -> dict:
   from mae_jax.evaluate import plots
 
   # ---- set-up: data, task, model, sharded state, resume
-  check_config(config, workdir)
   mesh = parallel.make_mesh(config.mesh)
   pipe = experiment.make_pipeline(config)
   task = tasks.build(config, pipe)
@@ -164,7 +205,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
   logging.info("model %s/%s: %d parameters", config.model.name, config.model.variant, n_params)
 
-  mngr = checkpoint.manager(workdir, config.keep_ckpts)
   if config.get("overwrite", False) and mngr.latest_step() is not None:
     raise ValueError(f"--config.overwrite=True but {workdir} still has checkpoints; "
                      "delete them or use another workdir")
@@ -227,10 +267,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "optim.grad_clip_norm, or set nan_policy=skip.")
     preempted = watcher.should_stop(step)
     if step % config.ckpt_every == 0 or step == config.total_steps or preempted:
+      lock.check()  # never write over a run that took this workdir over
       checkpoint.save(mngr, step, state)
     if step % config.log_every == 0 or step == config.total_steps:
       scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
       scalars["skipped_steps"] = skipped
+      if pipe.on_corrupt == "skip":
+        scalars["unreadable_records"] = pipe.unreadable.get(config.data.train_split, 0)
       writer.write_scalars(step, scalars)
       print0(progress.line(step, scalars))
       append_jsonl(history, {"step": step, **scalars})
@@ -269,6 +312,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     append_jsonl(history, {"step": final["selected_step"], **summary})
     final.update(summary)
     print0(" ".join(f"{k} {v:.6g}" for k, v in summary.items()))
+  if pipe.on_corrupt == "skip":
+    final.update({f"{s}/unreadable_records": n for s, n in pipe.unreadable.items()})
   checkpoint.write_json(os.path.join(workdir, "final_metrics.json"), final)
   if config.figures and jax.process_index() == 0 and os.path.exists(history):
     plots.loss_curve(history, os.path.join(workdir, "loss_curve.png"))

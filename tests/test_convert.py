@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import h5py
 import numpy as np
@@ -18,6 +21,7 @@ import data_fixtures as F  # noqa: E402
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
+from mae_jax import errors, workdir_lock  # noqa: E402
 from mae_jax.data import convert as C  # noqa: E402
 from mae_jax.data import meta as meta_lib  # noqa: E402
 from mae_jax.errors import DataFormatError, NonFiniteError, VerificationError  # noqa: E402
@@ -380,6 +384,63 @@ def test_interrupted_conversion_leaves_no_dir(tmp_path, monkeypatch):
     C.convert([str(src)], str(out))
   assert not out.exists()
   assert no_leftovers(tmp_path)
+
+
+def test_killed_conversion_leaves_no_dataset_and_rerun_starts_clean(tmp_path, caplog):
+  src = tmp_path / "a.h5"
+  F.write_e2e_split_h5(src, (8, 4, 4), channels=3)
+  out, writing = tmp_path / "out", tmp_path / "writing"
+  # the converter CLI, held in the middle of writing records, where SIGKILL finds it
+  code = ("import sys, time\n"
+          "from mae_jax.data import convert as C\n"
+          "gen = C._generate_split\n"
+          "def held(plan, split):\n"
+          "  for i, item in enumerate(gen(plan, split)):\n"
+          "    yield item\n"
+          f"    if i == 2: open({str(writing)!r}, 'w').close(); time.sleep(600)\n"
+          "C._generate_split = held\n"
+          f"sys.exit(C.main(['--input', {str(src)!r}, '--output', {str(out)!r}]))\n")
+  proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  deadline = time.time() + 120
+  while not writing.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert writing.exists(), "the converter never started writing"
+  partial, = glob.glob(str(out) + ".partial-*")
+  assert not out.exists()
+  # a live conversion's partial directory (this process) is left alone
+  live = tmp_path / "out.partial-live"
+  live.mkdir()
+  (live / C._CREATOR).write_text(json.dumps(workdir_lock.identity()))
+  caplog.set_level("WARNING")
+  C.convert([str(src)], str(out))  # the same command again
+  assert f"removed {partial}, left by an interrupted conversion (host " in caplog.text
+  assert f"process {proc.pid} is no longer running" in caplog.text
+  assert f"leaving {live}: a conversion may still be writing it" in caplog.text
+  C.verify(str(out))
+  assert sorted(os.listdir(tmp_path)) == ["a.h5", "out", "out.partial-live", "writing"]
+
+
+def test_full_disk_in_converter_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+  import tensorflow as tf
+  src = tmp_path / "a.h5"
+  F.write_egamma_h5(src, 4)
+
+  def full(cls, path, iterator):  # what TF raises writing a shard on a full disk
+    raise tf.errors.ResourceExhaustedError(None, None, f"{path}; {os.strerror(errno.ENOSPC)}")
+
+  monkeypatch.setattr(tfds.core.file_adapters.TfRecordFileAdapter, "write_examples",
+                      classmethod(full))
+  out = tmp_path / "out"
+  with pytest.raises(errors.DiskFullError) as e:
+    C.convert([str(src)], str(out))
+  assert str(e.value) == (f"no space left on {errors.describe_device(str(out))} for {out}; the "
+                          "partial conversion is removed and nothing was written to the output")
+  assert C.main(["--input", str(src), "--output", str(out)]) == 2  # one line, exit status 2
+  assert not out.exists() and no_leftovers(tmp_path)
 
 
 def test_refuses_existing_output_unless_overwrite(tmp_path):

@@ -1,17 +1,22 @@
-"""Reliability: SIGTERM preemption, SIGKILL + exact resume, interrupted checkpoints, bad input."""
+"""Reliability: SIGTERM preemption, SIGKILL + exact resume, interrupted checkpoints, bad input,
+and the faults of a shared cluster: corrupted records, two runs on one workdir, a full disk."""
 
+import errno
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mae_jax import checkpoint, trainer
+from mae_jax import checkpoint, errors, trainer, workdir_lock
 from mae_jax.data import pipeline
 from helpers import ROOT, converted_dataset, load_config, run_main
 
@@ -73,11 +78,14 @@ def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
   w = tmp_path / "killed"
   proc = start_main(*main_args(w, dataset, 8))
   wait_for_line(proc, "step 5/8")
-  proc.kill()  # SIGKILL: no handler runs, a save may be half written
+  proc.kill()  # SIGKILL: no handler runs, a save may be half written, the lock stays
   proc.wait()
   assert ocp.CheckpointManager(os.path.join(w, "checkpoints")).latest_step() in (2, 4)
+  assert os.path.exists(w / workdir_lock.LOCK_FILE)
   r = run_main(*main_args(w, dataset, 8))
   assert r.returncode == 0, r.stderr[-2000:]
+  assert f"took over the lock of a dead run on {w} (host" in r.stdout  # unattended resume
+  assert not os.path.exists(w / workdir_lock.LOCK_FILE)
   _, got = params(w, 8)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
@@ -131,3 +139,162 @@ def test_bad_inputs_fail_before_training(dataset, tmp_path):
   assert r.returncode == 2 and "not a converted mae_jax dataset" in r.stderr
   r = run_main(*main_args(tmp_path / "c", dataset, 2, "--config.data.normalization=log2"))
   assert r.returncode == 2 and "data.normalization='log2'" in r.stderr
+
+
+# Faults of a shared cluster.
+
+
+def small_config(dataset, **overrides):
+  c = load_config(**{"batch_size": 8, "warmup_steps": 1, "ckpt_every": 2, "figures": False,
+                     **overrides})
+  c.data.dir, c.data.eval_split, c.data.test_split = dataset, "", ""
+  return c
+
+
+def flip_bytes(path, where=0.5, n=64):
+  """n bytes flipped at a fraction of a shard, its size unchanged (what check_shards misses)."""
+  data = bytearray(open(path, "rb").read())
+  mid = int(len(data) * where)
+  data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+  open(path, "wb").write(bytes(data))
+
+
+def test_corrupted_record_stops_in_one_line_or_is_skipped_and_counted(dataset, tmp_path):
+  bad = tmp_path / "bad"
+  shutil.copytree(dataset, bad)
+  shards = {s: str(bad / f"mae_jax_converted-{s}.tfrecord-00000-of-00001")
+            for s in ("train", "validation")}
+  flip_bytes(shards["train"], 0.75)  # a small shuffle buffer reaches it after a few steps
+  flip_bytes(shards["validation"])
+  w = str(tmp_path / "w")
+  c = small_config(str(bad), total_steps=4, ckpt_every=1)
+  c.data.shuffle_buffer = 8
+  with pytest.raises(errors.CorruptDataError) as e:
+    trainer.train_and_evaluate(c, w)
+  msg, last = str(e.value), checkpoint.last_good_step(w)
+  assert f"record in {shards['train']} (split 'train', byte offset " in msg, msg
+  assert f"convert verify {bad}" in msg and msg.endswith(f"last good checkpoint: step {last}")
+  assert "\n" not in msg and last >= 1 and not checkpoint.interrupted_saves(w)
+  _, it = pipeline.Pipeline(str(bad)).eval_iter("validation", 8, 8)  # evaluation: the same
+  with pytest.raises(errors.CorruptDataError, match=f"{shards['validation']} .split 'validation'"):
+    list(it)
+
+  c.data.on_corrupt = "skip"
+  final = trainer.train_and_evaluate(c, w)
+  lost = final["train/unreadable_records"]
+  assert 0 < lost < 32 and final["last_step"] == 4
+  assert trainer.read_history(w)[-1]["unreadable_records"] == lost
+  skip = pipeline.Pipeline(str(bad), on_corrupt="skip")
+  _, it = skip.eval_iter("validation", 8, 8)
+  valid = sum(int(b["valid"].sum()) for b in it)
+  assert valid == 8 - skip.unreadable["validation"] and valid < 8
+
+
+def test_second_run_on_a_held_workdir_is_refused(dataset, tmp_path):
+  w = tmp_path / "w"
+  w.mkdir()
+  holder = workdir_lock.WorkdirLock(str(w)).acquire()  # a live run (this process)
+  try:
+    with pytest.raises(errors.WorkdirLockedError) as e:
+      trainer.train_and_evaluate(small_config(dataset, total_steps=1), str(w))
+  finally:
+    holder.release()
+  msg = str(e.value)
+  assert f"{w} is in use by another run: host {socket.gethostname()}, pid {os.getpid()}, " \
+      f"started {holder.me['start']}" in msg
+  assert sorted(os.listdir(w)) == []  # refused before writing anything, lock released
+
+
+def test_two_processes_racing_for_one_workdir_one_wins(tmp_path):
+  go = tmp_path / "go"
+  code = ("import os, sys, time\n"
+          "from mae_jax import errors, workdir_lock\n"
+          f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
+          "try:\n"
+          f"  lock = workdir_lock.WorkdirLock({str(tmp_path)!r}).acquire()\n"
+          "except errors.WorkdirLockedError as e:\n"
+          "  sys.exit(print(e))\n"
+          "print('locked', flush=True); time.sleep(2); lock.release()\n")
+  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True) for _ in range(2)]
+  time.sleep(1)  # both interpreters started and waiting
+  go.touch()
+  outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+  assert outs.count("locked") == 1, outs
+  assert "is in use by another run: host" in (outs[0] + outs[1]), outs
+  assert not os.path.exists(tmp_path / workdir_lock.LOCK_FILE)
+
+
+def test_dead_holders_lock_is_taken_over(tmp_path, capsys, monkeypatch):
+  path = tmp_path / workdir_lock.LOCK_FILE
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  holder = {**workdir_lock.identity(), "pid": dead.pid}
+  path.write_text(json.dumps(holder))
+  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+  assert f"process {dead.pid} is no longer running" in capsys.readouterr().out
+  # another host: alive while its heartbeat is fresh, dead after STALE_AFTER_S
+  path.write_text(json.dumps({**holder, "host": "node-7"}))
+  with pytest.raises(errors.WorkdirLockedError, match="host node-7, pid"):
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  old = time.time() - workdir_lock.STALE_AFTER_S - 10
+  os.utime(path, (old, old))
+  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+  assert "(host node-7" in capsys.readouterr().out and not path.exists()
+  # a run whose lock was taken over stops before its next save
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  lock = workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  path.write_text(json.dumps({**holder, "host": "node-8", "token": "x"}))
+  time.sleep(0.5)
+  with pytest.raises(errors.WorkdirLockedError, match="lost the lock .*host node-8"):
+    lock.check()
+  lock.release()
+  assert path.exists()  # not ours to remove
+
+
+def test_disk_full_during_checkpoint_is_one_line_and_keeps_last_good(dataset, tmp_path,
+                                                                      monkeypatch):
+  w = str(tmp_path / "w")
+  save = checkpoint.save
+
+  def full_at_4(mngr, step, state):
+    if step == 4:  # what Orbax raised on a 3 MB tmpfs, and the save it left behind
+      os.makedirs(os.path.join(w, "checkpoints", "4.orbax-checkpoint-tmp"))
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing "opt_state.0.0.mu" in OCDBT database: '
+                       "Failed to write 103699 bytes to file 5: No space left on device "
+                       "[os_error_code='28']")
+    return save(mngr, step, state)
+
+  monkeypatch.setattr(checkpoint, "save", full_at_4)
+  with pytest.raises(errors.DiskFullError) as e:
+    trainer.train_and_evaluate(small_config(dataset, total_steps=4), w)
+  assert str(e.value) == (f"no space left on {errors.describe_device(w)} for {w}; "
+                          "last good checkpoint: step 2")
+  assert errors.DiskFullError in errors.USER_ERRORS  # main: this one line, exit status 2
+  assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["2"]
+  assert not os.path.exists(os.path.join(w, workdir_lock.LOCK_FILE))
+
+
+def test_metrics_write_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+  path = str(tmp_path / trainer.HISTORY)
+  trainer.append_jsonl(path, {"step": 1, "loss": 0.5})
+  write = os.write
+
+  def half_then_full(fd, data):
+    write(fd, data[:len(data) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  with monkeypatch.context() as m:
+    m.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError) as e:
+      trainer.append_jsonl(path, {"step": 2, "loss": 0.25})
+  assert errors.disk_errno(e.value) == errno.ENOSPC
+  assert trainer.read_history(path) == [{"step": 1, "loss": 0.5}]
+  def full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  with monkeypatch.context() as m:
+    m.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+      checkpoint.write_json(str(tmp_path / "final_metrics.json"), {"a": 1})
+  assert sorted(os.listdir(tmp_path)) == [trainer.HISTORY]  # no temporary file left

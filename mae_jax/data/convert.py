@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import glob
 import itertools
 import json
 import logging
@@ -46,6 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
+from mae_jax import errors, workdir_lock
 from mae_jax.data import meta as meta_lib
 from mae_jax.data import pipeline, records, schemas
 from mae_jax.data.records import Plan, parse_bad_indices  # noqa: F401  (public API)
@@ -256,6 +258,30 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
   )
 
 
+_CREATOR = "creator.json"  # in OUTPUT.partial-*: the conversion writing it (host, pid)
+
+
+def _remove_stale_partials(output: str) -> None:
+  """Removes the OUTPUT.partial-* directories of conversions that died (SIGKILL, node failure),
+  one warning line each; a directory that a live conversion, or one on another host, may be
+  writing is left alone (with a line saying so)."""
+  for d in sorted(glob.glob(glob.escape(output) + ".partial-*")):
+    try:
+      with open(os.path.join(d, _CREATOR)) as f:
+        creator = json.load(f)
+    except (OSError, ValueError):
+      creator = None
+    reason = workdir_lock.dead_reason(creator) if creator else None
+    if reason:
+      shutil.rmtree(d, ignore_errors=True)
+      log.warning("removed %s, left by an interrupted conversion (%s): %s", d,
+                  workdir_lock.describe(creator), reason)
+    else:
+      log.warning("leaving %s: %s; remove it by hand if no conversion is writing it", d,
+                  f"a conversion may still be writing it ({workdir_lock.describe(creator)})"
+                  if creator else "it has no record of the conversion that made it")
+
+
 def convert(
     inputs: Sequence[str] | str,
     output: str,
@@ -274,7 +300,10 @@ def convert(
 
   The dataset is built under a temporary sibling `OUTPUT.partial-XXXX` and
   moved into place with one `os.rename` at the very end, so `output`
-  never exists in an incomplete state. `writer_buffer_mb` caps the TFDS
+  never exists in an incomplete state. The partial directory records its
+  creator (host, pid), so that a rerun removes those of dead conversions
+  (SIGKILL) with a warning. A full disk, quota or read-only filesystem is a
+  one-line `DiskFullError`. `writer_buffer_mb` caps the TFDS
   writer's in-memory record buffer (records spill to temporary bucket files
   beyond it); `None` keeps TFDS's 1 GB default. `engine="beam"` builds it
   with an Apache Beam pipeline instead (`beam_options`: Beam flags as
@@ -288,14 +317,21 @@ def convert(
     raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
   pipeline.hide_accelerators_from_tf()
   output = os.path.abspath(os.fspath(output))
+  _remove_stale_partials(output)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(
         f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
   plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding)
   parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  partial = tempfile.mkdtemp(prefix=os.path.basename(output) + ".partial-", dir=parent)
   try:
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=os.path.basename(output) + ".partial-", dir=parent)
+  except OSError as e:
+    _raise_if_disk_full(e, output)
+    raise
+  try:
+    with open(os.path.join(partial, _CREATOR), "w") as f:
+      json.dump(workdir_lock.identity(), f)
     if engine == "beam":
       from mae_jax.data import beam_convert  # apache-beam is an extra: imported only here
 
@@ -336,17 +372,28 @@ def convert(
       del meta["label_names"]
     with open(os.path.join(version_dir, meta_lib.META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
-    old = None
-    if os.path.exists(output):  # overwrite=True
-      old = tempfile.mkdtemp(prefix=os.path.basename(output) + ".old-", dir=parent)
-      os.rmdir(old)
+    old = os.path.join(partial, "old")
+    if os.path.exists(output):  # overwrite=True: the old one goes where a rerun removes it
       os.rename(output, old)
-    os.rename(version_dir, output)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
+    try:
+      os.rename(version_dir, output)
+    except OSError:
+      if os.path.exists(old):  # keep the old dataset
+        os.rename(old, output)
+      raise
+  except Exception as e:
+    _raise_if_disk_full(e, output)
+    raise
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return meta
+
+
+def _raise_if_disk_full(e: Exception, output: str) -> None:
+  full = errors.disk_full_error(e, output, "the partial conversion is removed and nothing was "
+                                "written to the output")
+  if full is not None:
+    raise full from e
 
 
 # CLI.

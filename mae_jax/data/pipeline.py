@@ -18,6 +18,12 @@ windows of W batches, sorts each window's jets by occupancy, and emits its W
 batches in a seeded order: each batch then pads little. A window is a pure
 function of (seed, window index), so resuming stays exact and cheap (whole
 windows are skipped as encoded records).
+
+Damaged records (`on_corrupt`, config `data.on_corrupt`): with "stop" a record that
+cannot be read ends iteration with `errors.CorruptDataError`, one line naming the shard
+file, the split and the byte offset. With "skip" unreadable records are skipped: TFRecord
+framing cannot be resynchronised past a corrupted record, so the rest of that shard is
+lost; each split's shards are scanned once to count them (`Pipeline.unreadable`).
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 from tensorflow.experimental import numpy as tnp
 
+from mae_jax import errors
 from mae_jax.data import meta as meta_lib
 
 
@@ -44,31 +53,62 @@ def hide_accelerators_from_tf() -> None:
     pass
 
 
+def _dataset_info(data_dir: str) -> dict:
+  path = os.path.join(data_dir, "dataset_info.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{data_dir}: dataset_info.json missing; not a converted dataset")
+  with open(path) as f:
+    return json.load(f)
+
+
+def shard_files(data_dir: str) -> dict[str, list[tuple[str, int]]]:
+  """{split: [(shard file, number of records)]}, from dataset_info.json."""
+  info = _dataset_info(data_dir)
+  out = {}
+  for split in info.get("splits", []):
+    lengths = [int(n) for n in split.get("shardLengths", [])]
+    prefix = os.path.join(data_dir, f"{info['name']}-{split['name']}.tfrecord")
+    out[split["name"]] = [(f"{prefix}-{i:05d}-of-{len(lengths):05d}", n)
+                          for i, n in enumerate(lengths)]
+  return out
+
+
 def check_shards(data_dir: str) -> None:
   """Fails fast on a missing or truncated shard, before any long work starts.
 
   A TFRecord file is its records' bytes plus 16 framing bytes per record, and
   TFDS stores both counts in dataset_info.json, so sizes alone reveal damage.
   """
-  path = os.path.join(data_dir, "dataset_info.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{data_dir}: dataset_info.json missing; not a converted dataset")
-  with open(path) as f:
-    info = json.load(f)
-  for split in info.get("splits", []):
-    lengths = [int(n) for n in split.get("shardLengths", [])]
-    files = [os.path.join(data_dir, f"{info['name']}-{split['name']}.tfrecord-{i:05d}-of-{len(lengths):05d}")
-             for i in range(len(lengths))]
-    missing = [f for f in files if not os.path.exists(f)]
+  num_bytes = {s["name"]: int(s.get("numBytes", 0))
+               for s in _dataset_info(data_dir).get("splits", [])}
+  for split, shards in shard_files(data_dir).items():
+    missing = [f for f, _ in shards if not os.path.exists(f)]
     if missing:
-      raise FileNotFoundError(f"{data_dir}: split {split['name']!r} shard missing: {missing[0]}")
-    want = int(split.get("numBytes", 0)) + 16 * sum(lengths)
-    have = sum(os.path.getsize(f) for f in files)
+      raise FileNotFoundError(f"{data_dir}: split {split!r} shard missing: {missing[0]}")
+    want = num_bytes[split] + 16 * sum(n for _, n in shards)
+    have = sum(os.path.getsize(f) for f, _ in shards)
     if have != want:
       raise ValueError(
-          f"{data_dir}: split {split['name']!r} shards hold {have} bytes but the dataset "
+          f"{data_dir}: split {split!r} shards hold {have} bytes but the dataset "
           f"records {want}: a shard is truncated or corrupted; reconvert, or run "
           f"`python -m mae_jax.data.convert verify {data_dir}`")
+
+
+def _count_records(path: str) -> tuple[int, str]:
+  """(records readable from the start of one TFRecord file, the error that stopped it or "")."""
+  n = int(tf.data.TFRecordDataset(path).ignore_errors().reduce(np.int64(0), lambda c, _: c + 1))
+  try:  # the records after n cannot be read: what stops them
+    for _ in tf.data.TFRecordDataset(path).skip(n).take(1):
+      pass
+  except tf.errors.OpError as e:
+    return n, _op_message(e)
+  return n, ""
+
+
+def _op_message(e: Exception) -> str:
+  """A TF op error's own text, without the function-node and op decorations."""
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e).strip().splitlines()[0])
+  return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip()
 
 
 class Tokens(NamedTuple):
@@ -111,7 +151,7 @@ class Pipeline:
 
   def __init__(self, data_dir: str, normalization: str = "log1p",
                process_index: int = 0, process_count: int = 1, host_split: str = "shard",
-               tokens: Tokens | None = None):
+               tokens: Tokens | None = None, on_corrupt: str = "stop"):
     self.data_dir = data_dir
     hide_accelerators_from_tf()
     self.meta = meta_lib.load_meta(data_dir)
@@ -126,6 +166,10 @@ class Pipeline:
       raise ValueError(f"data.host_split={host_split!r}; choose 'shard' or 'interleave'")
     self.host_split = host_split
     self.tokens = tokens
+    if on_corrupt not in ("stop", "skip"):
+      raise ValueError(f"data.on_corrupt={on_corrupt!r}; choose 'stop' or 'skip'")
+    self.on_corrupt = on_corrupt
+    self.unreadable = {}  # on_corrupt="skip": {split: records skipped in each pass}
     if tokens is not None:
       h, w = self.image_shape[:2]
       if tokens.patch <= 0 or h % tokens.patch or w % tokens.patch:
@@ -137,10 +181,60 @@ class Pipeline:
     if split not in self.meta["splits"]:
       raise ValueError(f"split {split!r} not in {self.data_dir}; it has "
                        f"{sorted(self.meta['splits'])}")
+    name = split
     if not whole:
       split = _process_split(split, self.process_index, self.process_count)
-    return self.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
-                                   shuffle_files=False)
+    skip = self.on_corrupt == "skip"
+    # TFDS asserts the record count, an error that ignore_errors() would retry forever
+    ds = self.builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()},
+                                 shuffle_files=False,
+                                 read_config=tfds.ReadConfig(assert_cardinality=not skip))
+    if skip:
+      self._count_unreadable(name)
+      ds = ds.ignore_errors()
+    return ds
+
+  def _count_unreadable(self, split):
+    """Scans a split's shards once for records that cannot be read, and warns about them."""
+    if split in self.unreadable:
+      return
+    lost, first = 0, ""
+    for path, n in shard_files(self.data_dir)[split]:
+      readable, why = _count_records(path)
+      lost += n - readable
+      if n > readable and not first:
+        first = f"{path}: {why}"
+    self.unreadable[split] = lost
+    if lost:
+      logging.warning("data.on_corrupt=skip: skipping %d unreadable records of %d in split %r "
+                      "of %s in each pass (%s; the rest of a shard after a damaged record "
+                      "cannot be read)", lost, int(self.meta["splits"][split]["num_examples"]),
+                      split, self.data_dir, first)
+
+  def _guarded(self, it, split):
+    """Yields from `it`; a record that cannot be read becomes one CorruptDataError line."""
+    try:
+      yield from it
+    except (tf.errors.DataLossError, tf.errors.NotFoundError,
+            tf.errors.PermissionDeniedError) as e:
+      raise self._read_error(split, e) from e
+
+  def _read_error(self, split, e) -> errors.CorruptDataError:
+    text = _op_message(e)
+    hint = (f"run `python -m mae_jax.data.convert verify {self.data_dir}` and reconvert, or set "
+            "--config.data.on_corrupt=skip to skip unreadable records")
+    m = re.search(r"(corrupted|truncated) record at (\d+)", text)
+    if not m:
+      return errors.CorruptDataError(
+          f"cannot read split {split!r} of {self.data_dir}: {text}; {hint}")
+    offset = int(m.group(2))
+    shards = [f for f, _ in shard_files(self.data_dir)[split]
+              if os.path.exists(f) and os.path.getsize(f) > offset]
+    if len(shards) > 1:  # the error does not name the file: find the one failing there
+      shards = [f for f in shards if f" record at {offset}" in _count_records(f)[1]] or shards
+    where = shards[0] if len(shards) == 1 else f"one of {len(shards)} shards in {self.data_dir}"
+    return errors.CorruptDataError(
+        f"{m.group(1)} record in {where} (split {split!r}, byte offset {offset}); {hint}")
 
   def _decode(self, ex):
     image_feature = self.builder.info.features["image"]
@@ -256,13 +350,14 @@ class Pipeline:
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
-    return ds.with_options(options).as_numpy_iterator()
+    return self._guarded(ds.with_options(options).as_numpy_iterator(), split)
 
   def targets_only(self, split: str) -> Iterator[dict]:
     """This host's records of a split without decoding images (for target statistics)."""
     if "targets" not in self.builder.info.features:
       raise ValueError(f"{self.data_dir} has no regression targets")
-    return self._records(split).map(lambda ex: {"targets": ex["targets"]}).as_numpy_iterator()
+    return self._guarded(
+        self._records(split).map(lambda ex: {"targets": ex["targets"]}).as_numpy_iterator(), split)
 
   def eval_iter(self, split: str, local_batch: int, global_batch: int) -> tuple[int, Iterator[dict]]:
     """All of a split once, padded; each batch has `valid` (1 = real example).
@@ -278,4 +373,4 @@ class Pipeline:
          for k, s in ds.element_spec.items()}).repeat()
     ds = self._batch(ds.concatenate(pad), local_batch, drop_remainder=False)
     ds = ds.take(num_batches).prefetch(2)
-    return num_batches, ds.as_numpy_iterator()
+    return num_batches, self._guarded(ds.as_numpy_iterator(), split)
