@@ -320,6 +320,12 @@ def _run(config, workdir, mngr, lock) -> dict:
   if config.figures and task.name == "mae":
     plots.reconstructions(model, selected["params"], pipe, val_split or config.data.train_split,
                           mesh, config, os.path.join(workdir, "reconstruction.png"))
+  missing = [s for s in (config.data.eval_split, test_split) if s and s not in pipe.meta["splits"]]
+  if missing:  # say it where the run ends, not only in the logs
+    print0(f"note: {config.data.dir} has no {' or '.join(map(repr, missing))} split: "
+           + ("the checkpoint is the last step, not selected on validation; "
+              if config.data.eval_split in missing else "")
+           + ("no held-out test numbers" if test_split in missing else "test numbers above"))
   writer.flush()
   mngr.wait_until_finished()
   mngr.close()

@@ -1,6 +1,7 @@
 """The benchmark script runs end to end on a tiny model (its numbers are not asserted: not a timed test)."""
 
 from mae_jax import bench
+from helpers import converted_dataset
 
 
 def rows_of(out, prefix):
@@ -11,25 +12,33 @@ def rows_of(out, prefix):
 def test_bench_prints_table_with_pytorch_ratio(capsys):
   bench.main(["--variants", "tiny", "--batch", "8", "--steps", "1", "--torch"])
   out = capsys.readouterr().out
-  assert "matmul ceiling" in out and "| tiny | 8 |" in out
+  assert "matmul ceiling" in out and "| tiny | 8 | dense |" in out
   assert "-> cpu_kernel" in out  # the CPU default is the fused attention kernel
-  cells = rows_of(out, "| tiny | 8 |")
-  assert float(cells[4]) > 0 and float(cells[6]) > 0  # step seconds, GFLOP per image
-  assert float(cells[9]) > 0 and cells[10].endswith("×")  # PyTorch step and the ratio
-  assert float(cells[11]) > 0  # peak host memory
+  cells = rows_of(out, "| tiny | 8 | dense |")
+  step = float(cells[5].split()[0])
+  assert step > 0 and float(cells[7]) > 0  # step seconds, GFLOP per image
+  assert float(cells[10]) > 0 and cells[11].endswith("×")  # PyTorch step and the ratio
+  assert float(cells[13]) > 0  # peak host memory
 
 
-def test_batch_sweep_measures_each_row_in_its_own_process(capsys):
-  bench.main(["--variants", "tiny", "--batch", "8,16", "--steps", "1"])
+def test_sweep_rows_in_their_own_processes_and_sparse_tokens_on_real_jets(capsys, tmp_path):
+  data = converted_dataset(tmp_path)
+  bench.main(["--variants", "tiny", "--batch", "8", "--tokens", "dense,sparse", "--steps", "2",
+              "--data", data])
   out = capsys.readouterr().out
-  small, large = rows_of(out, "| tiny | 8 |"), rows_of(out, "| tiny | 16 |")
-  assert float(small[6]) > 0 and abs(float(small[6]) - float(large[6])) < 0.02  # GFLOP/image
-  assert small[9] == "nan"  # no --torch
+  dense, sparse = rows_of(out, "| tiny | 8 | dense |"), rows_of(out, "| tiny | 8 | sparse |")
+  assert float(dense[7]) >= float(sparse[7]) > 0  # GFLOP/image: fewer tokens, fewer FLOPs
+  import re
+  mean = float(re.search(r"occupied patches per jet mean ([0-9.]+)", out).group(1))
+  assert 0 < mean < 25  # of the 25 patches of these 25x25 toy jets
+  assert dense[10] == "nan" and float(sparse[12].rstrip("×")) > 0  # no --torch; sparse/dense
+  assert "occupied patches per jet" in out and "padding" in out
 
 
 def kernel_lowering_flops(config, image_shape):
   _, state, step, images = bench.train_step_setup(config, image_shape)
-  return step.lower(state, images).cost_analysis()["flops"]
+  cost = step.lower(state, images[0]).cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
 
 
 def test_model_flops_count_attention_whatever_the_kernel():

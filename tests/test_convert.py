@@ -569,3 +569,16 @@ def test_cli_convert_and_verify(tmp_path, capsys):
   (out / meta_lib.META_FILE).write_text(json.dumps(meta))
   assert C.main(["verify", str(out)]) == 1
   assert "split 'test'" in capsys.readouterr().err
+
+
+def test_cli_holds_out_validation_and_test_by_default_for_files_without_splits(tmp_path):
+  src = tmp_path / "qg.h5"
+  F.write_qg_opendata_h5(src, 20)
+  assert C.main(["--input", str(src), "--output", str(tmp_path / "auto")]) == 0
+  meta = json.loads((tmp_path / "auto" / "mae_jax_meta.json").read_text())
+  assert {s: m["num_examples"] for s, m in meta["splits"].items()} == {
+      "train": 16, "validation": 2, "test": 2}
+  assert meta["holdout"] == [0.1, 0.1]
+  assert C.main(["--input", str(src), "--output", str(tmp_path / "all"), "--holdout", "0"]) == 0
+  meta = json.loads((tmp_path / "all" / "mae_jax_meta.json").read_text())
+  assert list(meta["splits"]) == ["train"] and meta["holdout"] is None

@@ -425,3 +425,38 @@ def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
     np.testing.assert_array_equal(np.asarray(encode({**params, "encoder": got})), np.asarray(want))
   assert export.main(["--workdir", workdir, "--format", "safetensors", "--names", "hf",
                       "--output", str(tmp_path / "hf.safetensors")]) == 2
+
+
+def test_sparse_features_in_transformers_one_jet_at_a_time(tmp_path):
+  """A sparse-token encoder exports like a dense one (same parameters); transformers'
+  ViTMAEModel reproduces its features jet by jet: noise ranks the occupied patches first,
+  in patch order, and mask_ratio = 1 - (K + 0.5) / N keeps exactly the K occupied ones."""
+  from safetensors.torch import load_file
+  from mae_jax.models import sparse
+  model, params, image_shape, _, _ = make("tiny", seed=11)
+  rng = np.random.default_rng(4)
+  images = np.zeros((2, *image_shape), np.float32)
+  for b, hits in enumerate((6, 13)):  # very sparse jets: a few occupied patches each
+    rows, cols = rng.integers(0, image_shape[0], (2, hits))
+    images[b, rows, cols] = rng.exponential(1.0, (hits, image_shape[-1]))
+  sp = sparse.SparseMAE(variant=model.variant, patch=model.patch, channels=image_shape[-1])
+  ids = sparse.occupied_patch_ids(jnp.asarray(images), model.patch)
+  feats = sp.apply({"params": params}, jnp.asarray(images), patch_ids=ids, method=sp.encode)
+  spec = export.model_spec(model, image_shape)
+  path = str(tmp_path / "enc.safetensors")
+  sidecar = export.export_encoder(params, spec, "safetensors", path, step=0)
+  n = spec["num_patches"]
+  for b in range(2):
+    occupied = np.asarray(ids[b][ids[b] >= 0])
+    k = len(occupied)
+    config = transformers.ViTMAEConfig(**{**sidecar["transformers"]["config"],
+                                          "mask_ratio": 1.0 - (k + 0.5) / n})
+    enc = transformers.ViTMAEModel(config).eval()
+    enc.load_state_dict(load_file(path), strict=True)
+    noise = np.full((1, n), 2.0, np.float32)
+    noise[0, occupied] = np.arange(k) / n  # occupied first, in patch order
+    with torch.no_grad():
+      out = enc(torch.from_numpy(images[b:b + 1].transpose(0, 3, 1, 2).copy()),
+                noise=torch.from_numpy(noise)).last_hidden_state.numpy()
+    assert out.shape[1] == 1 + k
+    close(f"sparse jet {b} tokens", np.asarray(feats["tokens"][b:b + 1, :1 + k]), out)

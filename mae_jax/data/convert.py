@@ -370,6 +370,12 @@ def convert(
     }
     if meta["label_names"] is None:
       del meta["label_names"]
+    for split, res in meta["splits"].items():
+      counts = {k: v for k, v in res.get("label_counts", {}).items() if k != "-1" and v}
+      if split != "train" and len(counts) == 1:
+        log.warning("split %r holds only label %s (%s): its AUC is undefined; is the input "
+                    "sorted by class? Shuffle it or choose other hold-outs", split,
+                    next(iter(counts)), counts)
     with open(os.path.join(version_dir, meta_lib.META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
     old = os.path.join(partial, "old")
@@ -387,6 +393,26 @@ def convert(
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return meta
+
+
+DEFAULT_HOLDOUT = (0.1, 0.1)
+SPLIT_FORMATS = ("e2e_split", "ml4sci_split")
+
+
+def default_holdout(holdout, inputs, format="auto"):
+  """The CLI's --holdout: 'auto' -> DEFAULT_HOLDOUT for single-split formats (with a line
+  saying so), None for files that have splits; '0' -> None (everything in train)."""
+  if isinstance(holdout, str) and holdout.strip() in ("0", "0,0", "none"):
+    return None
+  if holdout != "auto":
+    return holdout
+  fmt = format if format != "auto" else schemas.detect_format(inputs[0])
+  if fmt in SPLIT_FORMATS:
+    return None
+  log.warning("%s has no train/validation/test splits: holding out the last %g / %g of its "
+              "rows as validation / test (recorded in the metadata; --holdout 0 keeps every "
+              "row in train)", inputs[0], *DEFAULT_HOLDOUT)
+  return DEFAULT_HOLDOUT
 
 
 def _raise_if_disk_full(e: Exception, output: str) -> None:
@@ -412,8 +438,11 @@ def _convert_parser() -> argparse.ArgumentParser:
   p.add_argument("--nan-policy", default="reject", choices=("reject", "drop"))
   p.add_argument("--bad-indices", default=None,
                  help="JSON {split: [idx]} or text file of 'split:index' lines")
-  p.add_argument("--holdout", default=None,
-                 help="VAL,TEST fractions for single-split formats (last rows)")
+  p.add_argument("--holdout", default="auto",
+                 help="VAL,TEST fractions for single-split formats (the last rows, in file "
+                 f"order); default: {DEFAULT_HOLDOUT[0]},{DEFAULT_HOLDOUT[1]} for single-split "
+                 "formats (so evaluation has held-out jets), none for files with splits; "
+                 "0 keeps every row in train")
   p.add_argument("--chunk-size", type=int, default=256, help="images read per chunk")
   p.add_argument("--writer-buffer-mb", type=int, default=256,
                  help="TFDS writer in-memory buffer cap (MB)")
@@ -450,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   a = _convert_parser().parse_args(argv)
   try:
+    a.holdout = default_holdout(a.holdout, a.input, a.format)
     # TFDS prints progress messages to stdout; keep stdout for the JSON summary.
     with contextlib.redirect_stdout(sys.stderr):
       meta = convert(

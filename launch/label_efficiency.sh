@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The seed study's own experiment: pretrain the sparse-token MAE on an UNLABELLED pool of jets,
+# then train the downstream stages on few LABELLED jets of a separate set, against the same
+# classifier from scratch, ResNet-15 and the simple-observable baseline, per labelled-set size.
+#   POOL=30000 NUM=10000 SIZES=100,300,1000,3000 SEEDS=0,1,2 OUT=workdirs/label_efficiency \
+#   bash launch/label_efficiency.sh [--config.FIELD=VALUE ...]
+# Generates (Pythia 8 + FastJet) and converts what data_cache/ lacks: the pool with seed 1,
+# the labelled set with seed 0 (different events). Writes OUT/report.md with the AUC-vs-labels
+# table and figure (OUT/label_efficiency.png). Finished stages are reused.
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+POOL="${POOL:-30000}"
+NUM="${NUM:-10000}"
+SIZES="${SIZES:-100,300,1000,3000}"
+SEEDS="${SEEDS:-0,1,2}"
+STEPS="${STEPS:-pretrain=3000,probe=200,finetune=200,resnet=200}"
+OUT="${OUT:-workdirs/label_efficiency}"
+start=$(date +%s)
+source "$(dirname "${BASH_SOURCE[0]}")/embedded_data.sh"  # the labelled set: DATA (seed 0)
+POOL_H5="data_cache/boosted_top_pool${POOL}_seed1.h5"
+POOL_DATA="data_cache/boosted_top_pool${POOL}_seed1_tfds"
+if [ ! -f "$POOL_H5" ]; then
+  python -m mae_jax.simulation --process boosted_top --num "$POOL" --output "$POOL_H5" \
+    --workers 2 --seed 1
+fi
+if [ ! -d "$POOL_DATA" ]; then
+  python -m mae_jax.data.convert --input "$POOL_H5" --output "$POOL_DATA" > \
+    "data_cache/convert_pool${POOL}.log" 2>&1
+  echo "[data] converted $POOL_DATA"
+fi
+python -m mae_jax.protocol --data "$DATA" --pretrain-data "$POOL_DATA" --root "$OUT" \
+  --variant tiny --tokens sparse --seeds "$SEEDS" --labelled "$SIZES" --recon-splits test \
+  --stages pretrain,probe,probe_random,finetune,scratch,resnet,observables --steps "$STEPS" \
+  --config.batch_size=64 --pretrain.lr=5e-3 --pretrain.warmup_steps=200 \
+  --probe.lr=0.1 --finetune.lr=4e-3 --resnet.lr=4e-3 --resnet.batch_size=32 \
+  "$@" 2>&1 | grep --line-buffered -v "^I[0-9]\{4\} \|^W[0-9]\{4\} "
+echo "[label_efficiency] done in $(( $(date +%s) - start )) s: $OUT/report.md"
