@@ -110,7 +110,8 @@ def test_cli_beam_pipeline_options_select_beam(tmp_path, capsys):
   F.write_egamma_h5(src, 10)
   out = tmp_path / "out"
   assert C.main(["--input", str(src), "--output", str(out),
-                 "--beam_pipeline_options", "direct_num_workers=1", "--verify"]) == 0
+                 "--beam_pipeline_options", "direct_num_workers=1", "--holdout", "0",
+                 "--verify"]) == 0
   assert json.loads(capsys.readouterr().out.split("\nverified")[0])["splits"]["train"][
       "num_examples"] == 10
   assert meta_lib.load_meta(out)["engine"] == "beam"

@@ -14,7 +14,8 @@ PROBE = """
 import resource, jax
 from mae_jax import bench
 cfg = bench._pretrain_config("tiny", 32, "float32", "auto")
-_, state, step, images = bench.train_step_setup(cfg, (125, 125, 8))
+_, state, step, batches = bench.train_step_setup(cfg, (125, 125, 8))
+images = batches[0]
 faults = []
 for _ in range(12):
   r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -74,17 +74,20 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
                  # inherited by probe_random, except model_init (what makes it a control)
                  "--probe.lr=0.05", "--probe.model_init=/no/such/run",
                  "--config.batch_size=16", "--config.task.bootstrap=5"])
-  seed0 = json.load(open(root / "results.json"))["per_seed"][0]
+  seed0 = json.load(open(root / "results.json"))["per_seed"][0]["by_labelled"]["all"]
   # one workdir per value, each trained with its own lr; the choice is the best validation AUC
   val = {}
   for lr in ("1e-3", "3e-2"):
     wd = root / "seed0" / f"finetune_lr{lr}"
     assert json.load(open(wd / "config.json"))["lr"] == float(lr)
     val[lr] = json.load(open(wd / "best.json"))["validation/auc"]
-  # lr 1e30 diverges: recorded as failed, scored -inf, not chosen, and the run goes on
+  # lr 1e30 diverges: recorded as failed, scored -inf (null in strict JSON), not chosen,
+  # and the run goes on
   failed = root / "seed0" / "finetune_lr1e30" / "failed.json"
   assert "non-finite" in json.load(open(failed))["error"]
-  assert seed0["finetune"]["grid"] == pytest.approx({**val, "1e30": float("-inf")})
+  grid = seed0["finetune"]["grid"]
+  assert grid.pop("1e30") is None
+  assert grid == pytest.approx(val)
   chosen = seed0["finetune"]["selected"]["lr"]
   assert val[chosen] == max(val.values())
   test_auc = json.load(open(root / "seed0" / f"finetune_lr{chosen}" / "final_metrics.json"))
