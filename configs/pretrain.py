@@ -30,5 +30,8 @@ def get_config(arg=None):
     # batches of jets of similar occupancy pad little (data/pipeline.py); MAE pretraining does
     # not care that a batch's jets are alike
     c.data.sort_window = 16
+    # 16 empty patches per jet as extra decoder queries (target 0): probe validation AUC
+    # 0.924 vs 0.916 without, one seed, within its bootstrap std (docs/models.md)
+    c.model.empty_queries = 16
   c.task.name = "mae"
   return c

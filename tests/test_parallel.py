@@ -71,7 +71,7 @@ def test_one_vs_eight_devices_equal(one_device_run, axes):
 
 def state_bytes_per_device(fsdp):
   """Bytes of the train state held by one device, from the shardings of the created state."""
-  config = load_config("pretrain", "variant=small-e2e", batch_size=8)
+  config = load_config("pretrain", "variant=tiny", batch_size=8)
   config.mesh = [("data", -1), ("fsdp", fsdp)]
   mesh = parallel.make_mesh(config.mesh)
   _, setup, step = train_setup(config, (25, 25, 3), mesh)
