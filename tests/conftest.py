@@ -17,6 +17,8 @@ if os.environ.get("MAE_JAX_TEST_NO_CACHE") != "1" and "JAX_COMPILATION_CACHE_DIR
   _cache = tempfile.mkdtemp(prefix="mae_jax_test_xla_cache_")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  # JAX caches only compiles over 1 s by default; the tiny eval steps take a few tenths
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 

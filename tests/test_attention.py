@@ -217,3 +217,29 @@ def test_missing_compiler_falls_back_to_xla_with_a_reason(tmp_path):
   assert "(1, 3, 1, 16)" in out.stdout
   assert "ERROR" in out.stdout and "compil" in out.stdout
   assert "using XLA attention" in out.stderr
+
+
+def test_kernel_steps_hit_the_persistent_compilation_cache(tmp_path):
+  """custom_partitioning puts a Python address into the HLO; unless it is dropped from the
+  cache key, every process compiles the kernel's steps afresh. Two processes compile the same
+  forward + backward: the second must find the first's entry (one file, and a cache hit)."""
+  code = (
+      "import jax, jax.numpy as jnp\n"
+      "jax.config.update('jax_num_cpu_devices', 2)\n"  # one device: no partitioning call
+      "from mae_jax.kernels import cpu_attention\n"
+      "def kernel_cache_probe(q):\n"
+      "  return jax.grad(lambda q: cpu_attention.attention(q, q, q).sum())(q)\n"
+      "mesh = jax.make_mesh((2,), ('data',))\n"
+      "q = jax.device_put(jnp.ones((2, 5, 1, 16)), jax.NamedSharding(mesh, jax.P('data')))\n"
+      "print(jax.jit(kernel_cache_probe)(q).shape)\n")
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu",
+             JAX_LOG_COMPILES="1")
+  runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+          for _ in range(2)]
+  for run in runs:
+    assert run.returncode == 0, run.stderr
+  entries = [f for f in os.listdir(tmp_path / "xla") if f.startswith("jit_kernel_cache_probe-")]
+  assert len(entries) == 1, entries
+  assert "Persistent compilation cache hit for 'jit_kernel_cache_probe'" in runs[1].stderr, \
+      runs[1].stderr[-2000:]

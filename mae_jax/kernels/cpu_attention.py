@@ -157,6 +157,13 @@ def _backward_call(q, k, v, lengths, o, lse, do, scale):
       vmap_method="sequential")(q, k, v, lengths, o, lse, do, scale=np.float32(scale))
 
 
+# custom_partitioning writes a Python object's address into the HLO (backend_config), so every
+# process and every trace gets a new persistent-cache key and the compilation cache never hits
+# for a step that uses this kernel. The address only names the partitioning callbacks, which are
+# this module's and run before compilation; JAX's own flag drops it from the key.
+jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
+
+
 @functools.partial(custom_partitioning, static_argnums=(4,))
 def _forward(q, k, v, lengths, scale):
   return _forward_call(q, k, v, lengths, scale)
