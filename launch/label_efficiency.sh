@@ -6,13 +6,16 @@
 #   bash launch/label_efficiency.sh [--config.FIELD=VALUE ...]
 # Generates (Pythia 8 + FastJet) and converts what data_cache/ lacks: the pool with seed 1,
 # the labelled set with seed 0 (different events). Writes OUT/report.md with the AUC-vs-labels
-# table and figure (OUT/label_efficiency.png). Finished stages are reused.
+# table and figure (OUT/label_efficiency.png). Finished stages are reused. STAGES=... drops
+# stages (ResNet-15 is the slowest). The finetune/scratch lrs are the quickstart's, chosen on
+# the validation split at 200 labels; --select finetune.lr=...,... re-chooses them per size.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 POOL="${POOL:-30000}"
 NUM="${NUM:-10000}"
 SIZES="${SIZES:-100,300,1000,3000}"
 SEEDS="${SEEDS:-0,1,2}"
 STEPS="${STEPS:-pretrain=3000,probe=200,finetune=200,resnet=200}"
+STAGES="${STAGES:-pretrain,probe,probe_random,finetune,scratch,resnet,observables}"
 OUT="${OUT:-workdirs/label_efficiency}"
 start=$(date +%s)
 source "$(dirname "${BASH_SOURCE[0]}")/embedded_data.sh"  # the labelled set: DATA (seed 0)
@@ -29,8 +32,8 @@ if [ ! -d "$POOL_DATA" ]; then
 fi
 python -m mae_jax.protocol --data "$DATA" --pretrain-data "$POOL_DATA" --root "$OUT" \
   --variant tiny --tokens sparse --seeds "$SEEDS" --labelled "$SIZES" --recon-splits test \
-  --stages pretrain,probe,probe_random,finetune,scratch,resnet,observables --steps "$STEPS" \
+  --stages "$STAGES" --steps "$STEPS" \
   --config.batch_size=64 --pretrain.lr=5e-3 --pretrain.warmup_steps=200 \
-  --probe.lr=0.1 --finetune.lr=4e-3 --resnet.lr=4e-3 --resnet.batch_size=32 \
+  --probe.lr=0.1 --finetune.lr=8e-3 --scratch.lr=2e-3 --resnet.lr=4e-3 --resnet.batch_size=32 \
   "$@" 2>&1 | grep --line-buffered -v "^I[0-9]\{4\} \|^W[0-9]\{4\} "
 echo "[label_efficiency] done in $(( $(date +%s) - start )) s: $OUT/report.md"

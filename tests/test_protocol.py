@@ -48,6 +48,9 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path):
   for n in (8, 16):
     cfg = json.load(open(root / "seed0" / f"n{n}" / "finetune" / "config.json"))
     assert cfg["data"]["train_examples"] == n and cfg["data"]["dir"] == str(tmp_path / "tfds")
+    scratch = json.load(open(root / "seed0" / f"n{n}" / "scratch" / "config.json"))
+    # the finetune model and budget, randomly initialised
+    assert scratch["model_init"] == "" and scratch["total_steps"] == cfg["total_steps"] == 2
     obs = json.load(open(root / "seed0" / f"n{n}" / "observables" / "final_metrics.json"))
     assert obs["train_examples"] == n
   results = json.load(open(root / "results.json"))

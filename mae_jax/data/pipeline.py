@@ -44,6 +44,12 @@ from mae_jax import errors
 from mae_jax.data import meta as meta_lib
 
 
+# The map functions are plain TensorFlow (their Python branches test Python values, never
+# tensors), so AutoGraph has nothing to convert; left on, it fails to parse the lambdas, warns,
+# and its warnings hold the pipeline alive until the log records go.
+_plain = tf.autograph.experimental.do_not_convert
+
+
 def hide_accelerators_from_tf() -> None:
   """TF must never take the accelerator from JAX (called by the pipeline and the converter,
   not at import)."""
@@ -259,7 +265,7 @@ class Pipeline:
     values = {k: (tf.constant(-1, tf.int32) if k == "patch_ids" else tf.zeros((), s.dtype))
               for k, s in ds.element_spec.items()}
     ds = ds.padded_batch(size, padding_values=values, drop_remainder=drop_remainder)
-    return ds.map(lambda b: _pad_tokens(b, self.tokens.bucket))
+    return ds.map(_plain(lambda b: _pad_tokens(b, self.tokens.bucket)))
 
   def _sorted_windows(self, ds, local_batch, seed, first_window):
     """Windows of W batches sorted by occupancy, emitted in a seeded order (see module doc)."""
@@ -278,12 +284,12 @@ class Pipeline:
           {k: tf.reshape(tf.gather(v, order), tf.concat([[w, local_batch], tf.shape(v)[1:]], 0))
            for k, v in window.items()})
 
-    ds = ds.enumerate(start=first_window).flat_map(sort)
-    return ds.map(lambda b: _pad_tokens(b, self.tokens.bucket))
+    ds = ds.enumerate(start=first_window).flat_map(_plain(sort))
+    return ds.map(_plain(lambda b: _pad_tokens(b, self.tokens.bucket)))
 
   def labels(self, split: str) -> np.ndarray:
     """Labels of a whole split in record order, read without decoding any image."""
-    return np.fromiter(self._records(split, whole=True).map(lambda ex: ex["label"])
+    return np.fromiter(self._records(split, whole=True).map(_plain(lambda ex: ex["label"]))
                        .as_numpy_iterator(), np.int64)
 
   def labelled_subset(self, split: str, n: int, seed: int) -> np.ndarray:
@@ -325,7 +331,7 @@ class Pipeline:
       keep[np.asarray(subset, np.int64)] = True
       keep = tf.constant(keep)
       ds = self._records(split, whole=True).enumerate()
-      ds = ds.filter(lambda i, ex: tf.gather(keep, i)).map(lambda i, ex: ex)
+      ds = ds.filter(_plain(lambda i, ex: tf.gather(keep, i))).map(_plain(lambda i, ex: ex))
       if not interleave and self.process_count > 1:
         ds = ds.shard(self.process_count, self.process_index)
     else:
@@ -336,12 +342,12 @@ class Pipeline:
       global_batch = local_batch * self.process_count
       lo = self.process_index * local_batch
       ds = ds.skip(start_step * global_batch).batch(global_batch, drop_remainder=True)
-      ds = ds.map(lambda b: {k: v[lo:lo + local_batch] for k, v in b.items()}).unbatch()
+      ds = ds.map(_plain(lambda b: {k: v[lo:lo + local_batch] for k, v in b.items()})).unbatch()
     elif window:  # skip whole windows as encoded records, then batches inside one
       ds = ds.skip((start_step // window) * window * local_batch)
     else:
       ds = ds.skip(start_step * local_batch)
-    ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_plain(self._decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if window:
       ds = self._sorted_windows(ds, local_batch, seed, start_step // window)
       ds = ds.skip(start_step % window)
@@ -357,7 +363,8 @@ class Pipeline:
     if "targets" not in self.builder.info.features:
       raise ValueError(f"{self.data_dir} has no regression targets")
     return self._guarded(
-        self._records(split).map(lambda ex: {"targets": ex["targets"]}).as_numpy_iterator(), split)
+        self._records(split).map(_plain(lambda ex: {"targets": ex["targets"]}))
+        .as_numpy_iterator(), split)
 
   def eval_iter(self, split: str, local_batch: int, global_batch: int) -> tuple[int, Iterator[dict]]:
     """All of a split once, padded; each batch has `valid` (1 = real example).
@@ -366,8 +373,8 @@ class Pipeline:
     """
     total = int(self.meta["splits"][split]["num_examples"])
     num_batches = max(1, math.ceil(total / global_batch))
-    ds = self._records(split).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda ex: {**ex, "valid": tf.constant(1.0)})
+    ds = self._records(split).map(_plain(self._decode), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_plain(lambda ex: {**ex, "valid": tf.constant(1.0)}))
     pad = tf.data.Dataset.from_tensors(
         {k: tf.zeros([0] if k == "patch_ids" else s.shape, s.dtype)
          for k, s in ds.element_spec.items()}).repeat()
