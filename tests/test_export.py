@@ -466,3 +466,15 @@ def test_sparse_features_in_transformers_one_jet_at_a_time(tmp_path):
                 noise=torch.from_numpy(noise)).last_hidden_state.numpy()
     assert out.shape[1] == 1 + k
     close(f"sparse jet {b} tokens", np.asarray(feats["tokens"][b:b + 1, :1 + k]), out)
+
+
+def test_sparse_model_has_the_dense_vit_spec():
+  """A sparse-token MAE is the ViT MAE's parameters: same registry name and transformers
+  config (bench --torch and export build PyTorch twins from it)."""
+  from mae_jax.models import sparse
+  dense, _, image_shape, _, _ = make("tiny")
+  fields = {f: getattr(dense, f) for f in ("variant", "patch", "channels", "mask_ratio", "norm_pix_loss")}
+  sparse_model = sparse.SparseMAE(**fields)
+  assert export.model_name(sparse_model) == "mae"
+  assert (export.vitmae_config(sparse_model, image_shape).to_dict()
+          == export.vitmae_config(dense, image_shape).to_dict())

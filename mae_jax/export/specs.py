@@ -29,6 +29,8 @@ def model_name(model) -> str:
   for name, cls in registry.MAE_FAMILY.items():
     if type(model) is cls:
       return name
+  if isinstance(model, registry.MAE_FAMILY["mae"]):  # the sparse-token MAE: same parameters
+    return "mae"
   raise ValueError(f"{type(model).__name__} is not an MAE-family model "
                    f"({sorted(registry.MAE_FAMILY)})")
 
