@@ -160,7 +160,9 @@ def _backward_call(q, k, v, lengths, o, lse, do, scale):
 # custom_partitioning writes a Python object's address into the HLO (backend_config), so every
 # process and every trace gets a new persistent-cache key and the compilation cache never hits
 # for a step that uses this kernel. The address only names the partitioning callbacks, which are
-# this module's and run before compilation; JAX's own flag drops it from the key.
+# this module's and run before compilation; JAX's own flag drops it from the key. The price: the
+# key no longer sees the partitioning code, so after editing `_specs` or the partition rules
+# below, clear the cache directory (JAX_COMPILATION_CACHE_DIR) or old programs are reused.
 jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
 
 
