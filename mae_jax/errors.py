@@ -28,6 +28,11 @@ class CorruptDataError(DataFormatError):
   shard); names the shard file, the split and the byte offset."""
 
 
+class UsageError(ValueError):
+  """A wrong command-line argument, config value, path or workdir (names the value at fault);
+  what library code raises where it used to `raise SystemExit(message)`."""
+
+
 class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir (names its host, pid and start time)."""
 
