@@ -16,9 +16,20 @@ in the public E2E channel layouts (names from the dataset metadata):
   log_sum_<ch>   log(1 + Σ |pixel|) per channel
   mean_abs_<ch>  mean |value| over non-zero pixels of the signed (impact-parameter)
                  channels: displaced tracks, i.e. b hadrons
+  tau1, tau2, tau3, tau21, tau32   N-subjettiness of the calorimeter E_T pixels (appended
+                 last; see `nsubjettiness`); tau21 = tau2/tau1, tau32 = tau3/tau2, 0 where
+                 the denominator is 0 (an empty or one-pixel jet)
 
 Unknown channel names are treated as energy channels (sums and multiplicities
 only). Pixel size 0.0174 in (η, φ) (the E2E images); only the masses depend on it.
+
+`nsubjettiness(pt, eta, phi, valid)`: τ_N (β = 1) of padded point clouds, axes from
+exclusive-kT (E-scheme, no beam distance: fastjet's kt_algorithm with R larger than the
+jet, as fastjet-contrib's ExclusiveJetAxes), no axis minimisation afterwards. Each pixel
+is a massless particle with pT = its E_T at its (η, φ) (rapidity = η).
+
+`PixelCalibration`: the physicist's regression estimate of jet mass / pT, a least-squares
+linear calibration of the image's own calo_mass and Σ E_T (`pixel_estimates`).
 
 `LogisticRegression`: standardised features, L2-penalised Newton iterations in
 float64 (the test compares it with scikit-learn's).
@@ -43,12 +54,11 @@ def _mass(et, eta, phi):
   return np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0))
 
 
-def observables(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
-  """(features [B, F] float64, names [F]) of raw images [B, H, W, C] (see module doc)."""
-  x = np.asarray(images, np.float64)
-  if x.ndim != 4:
-    raise ValueError(f"images must be [B, H, W, C], got shape {x.shape}")
-  b, h, w, c = x.shape
+def _channels(shape, channel_names):
+  """(names, signed, hits, track, calo) channel roles of images of `shape` [B, H, W, C]."""
+  if len(shape) != 4:
+    raise ValueError(f"images must be [B, H, W, C], got shape {tuple(shape)}")
+  c = shape[-1]
   names = list(channel_names or [f"ch{i}" for i in range(c)])
   if len(names) != c:
     raise ValueError(f"{len(names)} channel names for {c} channels: {names}")
@@ -59,8 +69,30 @@ def observables(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
   calo = [idx[n] for n in ("ecal", "hcal") if n in idx]
   if not calo:  # an unknown layout: every non-signed, non-hit, non-track channel is energy
     calo = [i for i in range(c) if i not in signed + hits and i != track]
+  return names, signed, hits, track, calo
+
+
+def pixel_grid(h, w, pixel_size: float = PIXEL_SIZE):
+  """(eta [1, H, 1], phi [1, 1, W]) of the pixel centres relative to the image centre."""
   eta = ((np.arange(h) - (h - 1) / 2.0) * pixel_size)[None, :, None]
   phi = ((np.arange(w) - (w - 1) / 2.0) * pixel_size)[None, None, :]
+  return eta, phi
+
+
+def calo_et(images, channel_names=None):
+  """Calorimeter E_T [B, H, W] float64: Σ of the ECAL + HCAL channels (or of every energy
+  channel in an unknown layout), negative values clipped to 0."""
+  x = np.asarray(images)
+  calo = _channels(x.shape, channel_names)[4]
+  return np.clip(x[..., calo].astype(np.float64).sum(-1), 0.0, None)
+
+
+def observables(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
+  """(features [B, F] float64, names [F]) of raw images [B, H, W, C] (see module doc)."""
+  x = np.asarray(images, np.float64)
+  names, signed, hits, track, calo = _channels(x.shape, channel_names)
+  b, h, w, c = x.shape
+  eta, phi = pixel_grid(h, w, pixel_size)
   et = np.clip(x[..., calo].sum(-1), 0.0, None)
   total = et.sum((1, 2))
   safe = np.maximum(total, 1e-12)
@@ -90,8 +122,194 @@ def observables(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
       feats[f"mean_abs_{n}"] = np.abs(x[..., i]).sum((1, 2)) / np.maximum(nz.sum((1, 2)), 1)
     else:
       feats[f"log_sum_{n}"] = np.log1p(np.abs(x[..., i]).sum((1, 2)))
+  feats.update(image_nsubjettiness(et, pixel_size))
   keys = list(feats)
   return np.stack([feats[k] for k in keys], axis=1), keys
+
+
+# N-subjettiness. ---------------------------------------------------------------------------
+R0 = 0.8  # jet radius of the boosted-jet images: the τ_N normalisation
+
+
+def _wrap(dphi, needed=True):
+  # Jet images span |φ| < π/2 about their axis, so the φ difference of any two E-scheme
+  # sums of their pixels stays below π: the (costly) wrap is only done for wider clouds.
+  return (dphi + np.pi) % (2 * np.pi) - np.pi if needed else dphi
+
+
+def _rapidity(px, py, pz, e):
+  del px, py
+  return 0.5 * np.log(np.maximum(e + pz, 1e-300) / np.maximum(e - pz, 1e-300))
+
+
+def _nearest(y, phi, alive, rows_b, rows_s, wrap=True):
+  """Geometric nearest alive neighbour (index, ΔR²) of particles (rows_b, rows_s)."""
+  d = (y[rows_b] - y[rows_b, rows_s][:, None]) ** 2
+  d += _wrap(phi[rows_b] - phi[rows_b, rows_s][:, None], wrap) ** 2
+  d[~alive[rows_b]] = np.inf
+  d[np.arange(len(rows_b)), rows_s] = np.inf
+  k = np.argmin(d, 1) if d.shape[1] else np.zeros(len(rows_b), np.int64)
+  return k, d[np.arange(len(rows_b)), k] if d.shape[1] else np.full(len(rows_b), np.inf)
+
+
+def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
+  """{N: (rapidity [B, N], phi [B, N], found [B])}: the exclusive-kT jets of each padded
+  cloud of massless particles [B, n] clustered to N jets.
+
+  d_ij = min(pT_i², pT_j²) ΔR_ij², no beam distance (fastjet's kt_algorithm with R beyond
+  the jet), E-scheme recombination. Vectorised over jets: one merge per jet per step, with
+  FastJet's nearest-neighbour bookkeeping (the smallest d_ij pairs a particle with its
+  geometric nearest neighbour), so a step costs O(B n). found is False where the cloud
+  has fewer than N particles. Exact ΔR ties (pixels on a grid) are broken by slot order,
+  which may differ from fastjet's; the axes then differ only among equivalent choices."""
+  pt, eta, phi = (np.asarray(a, np.float64) for a in (pt, eta, phi))
+  alive = np.asarray(valid, bool) & (pt > 0)
+  b, n = pt.shape
+  w = np.where(alive, pt, 0.0)
+  px, py, pz, e = w * np.cos(phi), w * np.sin(phi), w * np.sinh(eta), w * np.cosh(eta)
+  y, ph, kt2 = np.where(alive, eta, 0.0), np.where(alive, phi, 0.0), w**2
+  wrap = bool(alive.any() and np.abs(ph[alive]).max() >= np.pi / 2)
+  nn = np.zeros((b, n), np.int64)
+  nnd = np.full((b, n), np.inf)
+  chunk = max(1, 4_000_000 // max(n * n, 1))  # bound the [chunk, n, n] distance memory
+  for lo in range(0, b, chunk):
+    rb, rs = np.nonzero(alive[lo:lo + chunk])
+    if len(rb):
+      nn[lo + rb, rs], nnd[lo + rb, rs] = _nearest(y, ph, alive, lo + rb, rs, wrap)
+  count = alive.sum(1)
+  out = {m: (np.zeros((b, m)), np.zeros((b, m)), np.zeros(b, bool)) for m in njets}
+
+  def snapshot(jets):
+    for m, (ay, aphi, found) in out.items():
+      sel = jets[count[jets] == m]
+      if len(sel):
+        slots = np.argsort(~alive[sel], axis=1, kind="stable")[:, :m]
+        ay[sel] = np.take_along_axis(y[sel], slots, 1)
+        aphi[sel] = np.take_along_axis(ph[sel], slots, 1)
+        found[sel] = True
+
+  snapshot(np.arange(b))
+  stop = min(njets)
+  while True:
+    ab = np.nonzero(count > stop)[0]
+    if not len(ab):
+      break
+    if n > 16 and count.max() <= n // 2:  # compact: move alive slots to the front
+      n = max(int(count.max()), 2)
+      perm = np.argsort(~alive, axis=1, kind="stable")[:, :n]
+      inv = np.zeros_like(nn)
+      np.put_along_axis(inv, perm, np.arange(n)[None, :].repeat(b, 0), 1)
+      nn = np.take_along_axis(inv, np.take_along_axis(nn, perm, 1), 1)
+      px, py, pz, e, y, ph, kt2, nnd, alive = (np.take_along_axis(a, perm, 1) for a in
+                                               (px, py, pz, e, y, ph, kt2, nnd, alive))
+    r = np.arange(len(ab))
+    nn_a, nnd_a, alive_a = nn[ab], nnd[ab], alive[ab]
+    with np.errstate(invalid="ignore"):  # 0 * inf on dead slots, masked out
+      dij = np.where(alive_a, np.minimum(kt2[ab], np.take_along_axis(kt2[ab], nn_a, 1)) * nnd_a,
+                     np.inf)
+    i = np.argmin(dij, 1)
+    j = nn_a[r, i]
+    keep, drop = np.minimum(i, j), np.maximum(i, j)
+    for a in (px, py, pz, e):
+      a[ab, keep] += a[ab, drop]
+      a[ab, drop] = 0.0
+    alive[ab, drop] = False
+    alive_a[r, drop] = False
+    kt2[ab, drop] = 0.0
+    kx, ky, kz, ke = px[ab, keep], py[ab, keep], pz[ab, keep], e[ab, keep]
+    y[ab, keep], ph[ab, keep], kt2[ab, keep] = (_rapidity(kx, ky, kz, ke), np.arctan2(ky, kx),
+                                                kx**2 + ky**2)
+    # Rows whose neighbour was merged away, or moved away from them, need a fresh search;
+    # every other row may only have gained the merged particle as a closer neighbour.
+    d = (y[ab] - y[ab, keep][:, None]) ** 2 + _wrap(ph[ab] - ph[ab, keep][:, None], wrap) ** 2
+    dirty = alive_a & ((nn_a == drop[:, None]) | ((nn_a == keep[:, None]) & (d > nnd_a)))
+    dirty[r, keep] = True
+    closer = alive_a & ~dirty & (d <= nnd_a)
+    nn[ab] = np.where(closer, keep[:, None], nn_a)
+    nnd[ab] = np.where(closer, d, nnd_a)
+    db, ds = np.nonzero(dirty)
+    nn[ab[db], ds], nnd[ab[db], ds] = _nearest(y, ph, alive, ab[db], ds, wrap)
+    count[ab] -= 1
+    snapshot(ab)
+  return out
+
+
+def nsubjettiness(pt, eta, phi, valid, r0: float = R0, n_max: int = 3):
+  """τ_N [B, n_max] (N = 1..n_max, β = 1) of padded clouds of massless particles [B, n]:
+  τ_N = Σ_i pT_i min_k ΔR(i, axis_k) / (Σ_i pT_i r0), ΔR in (rapidity, φ); the axis of
+  τ1 is the whole jet's, those of τ_{N>1} the exclusive-kT jets (`exclusive_kt_axes`).
+  τ_N = 0 for clouds of at most N particles (each is its own axis) and empty ones."""
+  pt, eta, phi = (np.asarray(a, np.float64) for a in (pt, eta, phi))
+  w = np.where(np.asarray(valid, bool) & (pt > 0), pt, 0.0)
+  total = w.sum(1)
+  px, py = (w * np.cos(phi)).sum(1), (w * np.sin(phi)).sum(1)
+  pz, e = (w * np.sinh(eta)).sum(1), (w * np.cosh(eta)).sum(1)
+  axes = {1: (_rapidity(px, py, pz, e)[:, None], np.arctan2(py, px)[:, None], total > 0)}
+  if n_max > 1:
+    axes.update(exclusive_kt_axes(pt, eta, phi, valid, tuple(range(2, n_max + 1))))
+  taus = np.zeros((len(pt), n_max))
+  for m, (ay, aphi, found) in axes.items():
+    d2 = (eta[:, :, None] - ay[:, None, :]) ** 2 + _wrap(phi[:, :, None] - aphi[:, None, :]) ** 2
+    num = (w * np.sqrt(d2.min(-1))).sum(1)
+    taus[:, m - 1] = np.where(found, num / np.maximum(total * r0, 1e-300), 0.0)
+  return taus
+
+
+def _ratio(num, den):
+  return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def pack_pixels(grid, pixel_size: float = PIXEL_SIZE):
+  """(pt, eta, phi, valid) [B, n_max] of the non-zero (positive) pixels of grid [B, H, W]."""
+  grid = np.asarray(grid, np.float64)
+  b, h, w = grid.shape
+  jb, r, c = np.nonzero(grid > 0)  # row-major: sorted by jet
+  counts = np.bincount(jb, minlength=b)
+  n = max(int(counts.max()) if b else 0, 1)
+  slot = np.arange(len(jb)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[jb]
+  eta, phi = pixel_grid(h, w, pixel_size)
+  out = np.zeros((4, b, n))
+  out[0, jb, slot] = grid[jb, r, c]
+  out[1, jb, slot] = eta[0, r, 0]
+  out[2, jb, slot] = phi[0, 0, c]
+  out[3, jb, slot] = 1.0
+  return out[0], out[1], out[2], out[3] > 0
+
+
+def image_nsubjettiness(et, pixel_size: float = PIXEL_SIZE, r0: float = R0):
+  """{tau1, tau2, tau3, tau21, tau32} [B] of E_T grids [B, H, W] (e.g. `calo_et`)."""
+  taus = nsubjettiness(*pack_pixels(et, pixel_size), r0=r0)
+  return {"tau1": taus[:, 0], "tau2": taus[:, 1], "tau3": taus[:, 2],
+          "tau21": _ratio(taus[:, 1], taus[:, 0]), "tau32": _ratio(taus[:, 2], taus[:, 1])}
+
+
+# The physicist's regression estimate. ------------------------------------------------------
+def pixel_estimates(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
+  """[B, 2] float64: the image's own jet mass (calo_mass) and Σ calorimeter E_T."""
+  et = calo_et(images, channel_names)
+  eta, phi = pixel_grid(et.shape[1], et.shape[2], pixel_size)
+  return np.stack([_mass(et, eta, phi), et.sum((1, 2))], 1)
+
+
+class PixelCalibration:
+  """Least-squares linear calibration y ≈ x @ coef + intercept, fitted on train, of the
+  `pixel_estimates` features x [N, F] to targets y [N] or [N, T] (jet mass, jet pT): the
+  estimate a physicist makes from the pixels alone, the control for the regression stages."""
+
+  def fit(self, x, y):
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if x.ndim != 2 or len(x) != len(y):
+      raise ValueError(f"features [N, F] and targets [N] or [N, T] expected, got {x.shape}, "
+                       f"{y.shape}")
+    z = np.concatenate([x, np.ones((len(x), 1))], 1)
+    w, *_ = np.linalg.lstsq(z, y, rcond=None)
+    self.coef, self.intercept = w[:-1], w[-1]
+    return self
+
+  def predict(self, x):
+    """Calibrated estimates [N] or [N, T]."""
+    return np.asarray(x, np.float64) @ self.coef + self.intercept
 
 
 class LogisticRegression:
