@@ -142,11 +142,14 @@ def _rapidity(px, py, pz, e):
   return 0.5 * np.log(np.maximum(e + pz, 1e-300) / np.maximum(e - pz, 1e-300))
 
 
-def _nearest(y, phi, alive, rows_b, rows_s, wrap=True):
-  """Geometric nearest alive neighbour (index, ΔR²) of particles (rows_b, rows_s)."""
+_FAR = 1e6  # the rapidity of dead slots: no live particle ever has one as its neighbour
+
+
+def _nearest(y, phi, rows_b, rows_s, wrap=True):
+  """Geometric nearest live neighbour (index, ΔR²) of particles (rows_b, rows_s); dead
+  slots sit at rapidity _FAR."""
   d = (y[rows_b] - y[rows_b, rows_s][:, None]) ** 2
   d += _wrap(phi[rows_b] - phi[rows_b, rows_s][:, None], wrap) ** 2
-  d[~alive[rows_b]] = np.inf
   d[np.arange(len(rows_b)), rows_s] = np.inf
   k = np.argmin(d, 1) if d.shape[1] else np.zeros(len(rows_b), np.int64)
   return k, d[np.arange(len(rows_b)), k] if d.shape[1] else np.full(len(rows_b), np.inf)
@@ -167,7 +170,7 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
   b, n = pt.shape
   w = np.where(alive, pt, 0.0)
   px, py, pz, e = w * np.cos(phi), w * np.sin(phi), w * np.sinh(eta), w * np.cosh(eta)
-  y, ph, kt2 = np.where(alive, eta, 0.0), np.where(alive, phi, 0.0), w**2
+  y, ph, kt2 = np.where(alive, eta, _FAR), np.where(alive, phi, 0.0), w**2
   wrap = bool(alive.any() and np.abs(ph[alive]).max() >= np.pi / 2)
   nn = np.zeros((b, n), np.int64)
   nnd = np.full((b, n), np.inf)
@@ -175,7 +178,7 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
   for lo in range(0, b, chunk):
     rb, rs = np.nonzero(alive[lo:lo + chunk])
     if len(rb):
-      nn[lo + rb, rs], nnd[lo + rb, rs] = _nearest(y, ph, alive, lo + rb, rs, wrap)
+      nn[lo + rb, rs], nnd[lo + rb, rs] = _nearest(y, ph, lo + rb, rs, wrap)
   count = alive.sum(1)
   out = {m: (np.zeros((b, m)), np.zeros((b, m)), np.zeros(b, bool)) for m in njets}
 
@@ -215,6 +218,7 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
       a[ab, drop] = 0.0
     alive[ab, drop] = False
     alive_a[r, drop] = False
+    y[ab, drop] = _FAR
     kt2[ab, drop] = 0.0
     kx, ky, kz, ke = px[ab, keep], py[ab, keep], pz[ab, keep], e[ab, keep]
     y[ab, keep], ph[ab, keep], kt2[ab, keep] = (_rapidity(kx, ky, kz, ke), np.arctan2(ky, kx),
@@ -228,7 +232,7 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
     nn[ab] = np.where(closer, keep[:, None], nn_a)
     nnd[ab] = np.where(closer, d, nnd_a)
     db, ds = np.nonzero(dirty)
-    nn[ab[db], ds], nnd[ab[db], ds] = _nearest(y, ph, alive, ab[db], ds, wrap)
+    nn[ab[db], ds], nnd[ab[db], ds] = _nearest(y, ph, ab[db], ds, wrap)
     count[ab] -= 1
     snapshot(ab)
   return out
@@ -276,9 +280,17 @@ def pack_pixels(grid, pixel_size: float = PIXEL_SIZE):
   return out[0], out[1], out[2], out[3] > 0
 
 
-def image_nsubjettiness(et, pixel_size: float = PIXEL_SIZE, r0: float = R0):
-  """{tau1, tau2, tau3, tau21, tau32} [B] of E_T grids [B, H, W] (e.g. `calo_et`)."""
-  taus = nsubjettiness(*pack_pixels(et, pixel_size), r0=r0)
+def image_nsubjettiness(et, pixel_size: float = PIXEL_SIZE, r0: float = R0, group: int = 32):
+  """{tau1, tau2, tau3, tau21, tau32} [B] of E_T grids [B, H, W] (e.g. `calo_et`).
+
+  Jets go through the clustering in groups of `group` with similar pixel counts, so
+  little of each group's padded work is padding."""
+  et = np.asarray(et, np.float64)
+  order = np.argsort((et > 0).sum((1, 2)), kind="stable")
+  taus = np.zeros((len(et), 3))
+  for lo in range(0, len(et), group):
+    sel = order[lo:lo + group]
+    taus[sel] = nsubjettiness(*pack_pixels(et[sel], pixel_size), r0=r0)
   return {"tau1": taus[:, 0], "tau2": taus[:, 1], "tau3": taus[:, 2],
           "tau21": _ratio(taus[:, 1], taus[:, 0]), "tau32": _ratio(taus[:, 2], taus[:, 1])}
 
