@@ -81,7 +81,7 @@ def main():
     cells = []
     for q in QUANTITIES:
       s = fidelity.response_resolution(orig[q], np.concatenate(vals[q]))
-      cells.append(f"{s['response']:.4f} | {s['resolution']:.4f} ({s['half_width_68']:.4f})")
+      cells.append(f"{s['response']:.4f} | {s['resolution']:.2e} ({s['half_width_68']:.2e})")
     print(f"| {name} | {np.concatenate(nbytes).mean():,.0f} | {'yes' if lossless else 'no'} | "
           + " | ".join(cells) + " |")
   print(f"({time.time() - t0:.1f} s)")

@@ -16,10 +16,20 @@ def images():
 
 
 @pytest.mark.parametrize("codec", storage.CODECS)
-def test_sparse_float32_round_trips_exactly(images, codec):
-  s = storage.sparse(images, "float32", codec)
+@pytest.mark.parametrize("delta", [False, True])
+def test_sparse_float32_round_trips_exactly(images, codec, delta):
+  s = storage.sparse(images, "float32", codec, delta=delta)
   assert s.lossless and np.array_equal(s.decoded, images)
   assert s.decoded.dtype == np.float32
+
+
+def test_delta_indices_are_differences(images):
+  raw = np.frombuffer(storage.encode_sparse(images[0]), "<u2")
+  dlt = np.frombuffer(storage.encode_sparse(images[0], delta=True), "<u2")
+  n = int((images[0] != 0).sum())
+  assert np.array_equal(raw[:n], np.flatnonzero(images[0]))
+  assert np.array_equal(dlt[:n], np.diff(np.flatnonzero(images[0]), prepend=0))
+  assert np.array_equal(raw[n:], dlt[n:])  # same values
 
 
 def test_byte_counts_are_the_encoded_lengths(images):
@@ -75,5 +85,7 @@ def test_bad_arguments(images):
     storage.sparse(images, "int8")
   with pytest.raises(ValueError, match="not a whole number"):
     storage.decode_sparse(b"\x00" * 7, (20, 20, 3))
+  with pytest.raises(ValueError, match="index 1200 beyond the 1200 pixels"):
+    storage.decode_sparse(np.array([1200], "<u2").tobytes() + b"\x00" * 4, (20, 20, 3))
   names = [s.name for s in storage.baselines(images, top_k=(8,))]
   assert "sparse float32" in names and "dense float16" in names and len(set(names)) == len(names)

@@ -11,6 +11,8 @@ images (`Stored`), so the lossy ones can be scored with `fidelity`:
   top-k       the same keeping only the k pixels of largest |value| per jet (lossy)
   dense fp16  the whole image quantised to float16 (lossy), optionally compressed
 
+With `delta=True` the indices are stored as differences from the previous one (the first
+as is): same size raw, but mostly small numbers, which the codecs compress far better.
 Record layout: [indices][values], no header (the pixel count follows from the length;
 the shape and dtypes are fixed per dataset). Sizes are len() of the final byte strings.
 zstd needs the `zstandard` package; `CODECS` lists what this installation offers.
@@ -79,9 +81,10 @@ def _check(images, value_dtype, codec):
   return x
 
 
-def encode_sparse(image, value_dtype: str = "float32", top_k: int | None = None) -> bytes:
+def encode_sparse(image, value_dtype: str = "float32", top_k: int | None = None,
+                  delta: bool = False) -> bytes:
   """One jet [H, W, C] -> [flat indices][values] of its non-zero (or top-k |value|) pixels,
-  in increasing index order (which the codecs like)."""
+  in increasing index order (which the codecs like); delta: index differences."""
   flat = np.asarray(image, np.float32).reshape(-1)
   idx = np.flatnonzero(flat)
   if top_k is not None and len(idx) > top_k:
@@ -89,10 +92,12 @@ def encode_sparse(image, value_dtype: str = "float32", top_k: int | None = None)
     order = np.argsort(-np.abs(flat[idx]), kind="stable")[:top_k]
     idx = np.sort(idx[order])
   vals = flat[idx].astype("<f4" if value_dtype == "float32" else "<f2")
-  return idx.astype(_index_dtype(flat.size)).tobytes() + vals.tobytes()
+  stored = np.diff(idx, prepend=0) if delta else idx
+  return stored.astype(_index_dtype(flat.size)).tobytes() + vals.tobytes()
 
 
-def decode_sparse(blob: bytes, shape, value_dtype: str = "float32") -> np.ndarray:
+def decode_sparse(blob: bytes, shape, value_dtype: str = "float32",
+                  delta: bool = False) -> np.ndarray:
   """Inverse of encode_sparse: the image [H, W, C] float32."""
   size = int(np.prod(shape))
   it, vt = _index_dtype(size), np.dtype("<f4" if value_dtype == "float32" else "<f2")
@@ -101,6 +106,11 @@ def decode_sparse(blob: bytes, shape, value_dtype: str = "float32") -> np.ndarra
     raise ValueError(f"sparse record of {len(blob)} bytes is not a whole number of "
                      f"({it}, {vt}) pixels")
   idx = np.frombuffer(blob, it, n)
+  if delta:
+    idx = np.cumsum(idx, dtype=np.int64)
+  if n and idx.max() >= size:
+    raise ValueError(f"sparse record holds pixel index {int(idx.max())} beyond the "
+                     f"{size} pixels of shape {tuple(shape)}")
   vals = np.frombuffer(blob, vt, n, offset=n * it.itemsize)
   out = np.zeros(size, np.float32)
   out[idx] = vals.astype(np.float32)
@@ -108,14 +118,14 @@ def decode_sparse(blob: bytes, shape, value_dtype: str = "float32") -> np.ndarra
 
 
 def sparse(images, value_dtype: str = "float32", codec: str = "none",
-           top_k: int | None = None) -> Stored:
+           top_k: int | None = None, delta: bool = False) -> Stored:
   """Zero-suppressed storage (all non-zero pixels, or the top_k of largest |value|)."""
   x = _check(images, value_dtype, codec)
-  blobs = [compress(encode_sparse(im, value_dtype, top_k), codec) for im in x]
-  decoded = np.stack([decode_sparse(decompress(b, codec), x.shape[1:], value_dtype)
+  blobs = [compress(encode_sparse(im, value_dtype, top_k, delta), codec) for im in x]
+  decoded = np.stack([decode_sparse(decompress(b, codec), x.shape[1:], value_dtype, delta)
                       for b in blobs]) if len(x) else np.zeros(x.shape, np.float32)
-  name = f"sparse {value_dtype}" + (f" top-{top_k}" if top_k else "") + \
-         ("" if codec == "none" else f" + {codec}")
+  name = f"sparse {value_dtype}" + (" delta" if delta else "") + \
+         (f" top-{top_k}" if top_k else "") + ("" if codec == "none" else f" + {codec}")
   lossless = value_dtype == "float32" and top_k is None
   return Stored(name, np.array([len(b) for b in blobs], np.int64), decoded, lossless)
 
@@ -132,10 +142,13 @@ def dense_float16(images, codec: str = "none") -> Stored:
 
 
 def baselines(images, top_k=(16, 32, 64, 128), codecs=None) -> list[Stored]:
-  """The standard grid: sparse float32/float16 with every codec, top-k (float16, best
-  codec) for each k, dense float16 with every codec."""
+  """The standard grid: sparse float32/float16 with every codec, and with delta indices
+  for every real codec, top-k (float16, delta, each real codec) for each k, dense float16
+  with every codec. top-k ranks |value| across channels, whatever their units."""
   codecs = tuple(codecs or CODECS)
+  packed = [c for c in codecs if c != "none"]
   out = [sparse(images, vt, c) for vt in VALUE_DTYPES for c in codecs]
-  out += [sparse(images, "float16", codecs[-1], top_k=k) for k in top_k]
+  out += [sparse(images, vt, c, delta=True) for vt in VALUE_DTYPES for c in packed]
+  out += [sparse(images, "float16", c, top_k=k, delta=True) for k in top_k for c in packed]
   out += [dense_float16(images, c) for c in codecs]
   return out
