@@ -37,8 +37,8 @@ def test_exclusive_kt_axes_match_fastjet_on_random_clouds():
   for i in range(b):
     v = valid[i]
     for m in (2, 3):
-      if v.sum() < m:
-        assert not axes[m][2][i]
+      if v.sum() < m:  # the particles themselves are the axes
+        assert axes[m][2][i] == (v.sum() > 0)
         continue
       ref = _fastjet_axes(pt[i, v], eta[i, v], phi[i, v], m)
       mine = np.stack([axes[m][0][i], axes[m][1][i]], 1)
@@ -107,17 +107,25 @@ def test_two_equal_pixels_known_answer():
 
 def test_observables_names_keep_order_and_append_taus():
   x = np.zeros((3, 25, 25, 8), np.float32)
-  x[:, 12, 12, 3] = 5.0
-  x[:, 3, 20, 4] = 2.0
+  x[:, 12, 12, 3] = 5.0  # one ECAL pixel
+  x[:, 0:5, 20:25, 4] = 2.0 / 25  # one HCAL tower, spread over its 5 x 5 pixels
   x[0, 20, 4, 3] = 1.0
-  x[:, 12, 13, 0] = 1.0
+  x[:, 12, 13, 0] = 1.0  # a track: not in the τ's
   feats, names = bl.observables(x, E2E)
   assert names[:3] == ["calo_mass", "log_calo_et", "girth"]
   assert names[-5:] == ["tau1", "tau2", "tau3", "tau21", "tau32"]
   assert feats.shape == (3, len(names)) and feats.dtype == np.float64
   assert np.all(np.isfinite(feats))
-  assert feats[0, names.index("tau2")] > 0 and feats[1, names.index("tau2")] == 0  # 3 vs 2 px
-  assert feats[0, names.index("tau3")] == 0
+  tau = {k: feats[:, names.index(k)] for k in names[-5:]}
+  # Jet 1: axes are the ECAL pixel and the tower centre (pixel (2, 22)); τ2 sums the
+  # tower's spread pixels' distances to its centre; with 2 axis particles τ3 = τ2.
+  rr, cc = np.mgrid[0:5, 20:25]
+  dr = np.hypot(rr - 2, cc - 22) * bl.PIXEL_SIZE
+  ref = (2.0 / 25 * dr).sum() / (7.0 * bl.R0)
+  np.testing.assert_allclose([tau["tau2"][1], tau["tau3"][1]], [ref, ref], rtol=1e-6)
+  assert tau["tau3"][0] < tau["tau2"][0] and tau["tau32"][1] == pytest.approx(1.0)
+  # the observables' τ's are calo_nsubjettiness, the fidelity's too
+  np.testing.assert_allclose(tau["tau21"], bl.calo_nsubjettiness(x, E2E)["tau21"])
 
 
 def test_pixel_calibration_matches_sklearn():

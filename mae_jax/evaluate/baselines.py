@@ -16,7 +16,7 @@ in the public E2E channel layouts (names from the dataset metadata):
   log_sum_<ch>   log(1 + Σ |pixel|) per channel
   mean_abs_<ch>  mean |value| over non-zero pixels of the signed (impact-parameter)
                  channels: displaced tracks, i.e. b hadrons
-  tau1, tau2, tau3, tau21, tau32   N-subjettiness of the calorimeter E_T pixels (appended
+  tau1, tau2, tau3, tau21, tau32   N-subjettiness of the calorimeter deposits (appended
                  last; see `nsubjettiness`); tau21 = tau2/tau1, tau32 = tau3/tau2, 0 where
                  the denominator is 0 (an empty or one-pixel jet)
 
@@ -25,8 +25,9 @@ only). Pixel size 0.0174 in (η, φ) (the E2E images); only the masses depend on
 
 `nsubjettiness(pt, eta, phi, valid)`: τ_N (β = 1) of padded point clouds, axes from
 exclusive-kT (E-scheme, no beam distance: fastjet's kt_algorithm with R larger than the
-jet, as fastjet-contrib's ExclusiveJetAxes), no axis minimisation afterwards. Each pixel
-is a massless particle with pT = its E_T at its (η, φ) (rapidity = η).
+jet, as fastjet-contrib's ExclusiveJetAxes), no axis minimisation afterwards. The
+observables' τ's use `calo_particles`: each ECAL pixel and each 5 x 5 HCAL tower is a
+massless particle with pT = its E_T at its (η, φ) (rapidity = η).
 
 `PixelCalibration`: the physicist's regression estimate of jet mass / pT, a least-squares
 linear calibration of the image's own calo_mass and Σ E_T (`pixel_estimates`).
@@ -122,7 +123,7 @@ def observables(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
       feats[f"mean_abs_{n}"] = np.abs(x[..., i]).sum((1, 2)) / np.maximum(nz.sum((1, 2)), 1)
     else:
       feats[f"log_sum_{n}"] = np.log1p(np.abs(x[..., i]).sum((1, 2)))
-  feats.update(image_nsubjettiness(et, pixel_size))
+  feats.update(calo_nsubjettiness(x, names, pixel_size))
   keys = list(feats)
   return np.stack([feats[k] for k in keys], axis=1), keys
 
@@ -163,7 +164,7 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
   the jet), E-scheme recombination. Vectorised over jets: one merge per jet per step, with
   FastJet's nearest-neighbour bookkeeping (the smallest d_ij pairs a particle with its
   geometric nearest neighbour), so a step costs O(B n). found is False where the cloud
-  has fewer than N particles. Exact ΔR ties (pixels on a grid) are broken by slot order,
+  is empty; a cloud of at most N particles is its own jets (padded far away). Exact ΔR ties (pixels on a grid) are broken by slot order,
   which may differ from fastjet's; the axes then differ only among equivalent choices."""
   pt, eta, phi = (np.asarray(a, np.float64) for a in (pt, eta, phi))
   alive = np.asarray(valid, bool) & (pt > 0)
@@ -182,16 +183,20 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
   count = alive.sum(1)
   out = {m: (np.zeros((b, m)), np.zeros((b, m)), np.zeros(b, bool)) for m in njets}
 
-  def snapshot(jets):
+  def snapshot(jets, first=False):
     for m, (ay, aphi, found) in out.items():
-      sel = jets[count[jets] == m]
+      # at the start, a cloud of 1..N particles is its own N jets (dead slots, at
+      # rapidity _FAR, pad the axes and are never the nearest)
+      sel = jets[(count[jets] <= m) & (count[jets] > 0)] if first else jets[count[jets] == m]
       if len(sel):
         slots = np.argsort(~alive[sel], axis=1, kind="stable")[:, :m]
+        if slots.shape[1] < m:  # fewer slots than axes: repeat one (a duplicate axis)
+          slots = np.pad(slots, ((0, 0), (0, m - slots.shape[1])), mode="edge")
         ay[sel] = np.take_along_axis(y[sel], slots, 1)
         aphi[sel] = np.take_along_axis(ph[sel], slots, 1)
         found[sel] = True
 
-  snapshot(np.arange(b))
+  snapshot(np.arange(b), first=True)
   stop = min(njets)
   while True:
     ab = np.nonzero(count > stop)[0]
@@ -238,11 +243,13 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
   return out
 
 
-def nsubjettiness(pt, eta, phi, valid, r0: float = R0, n_max: int = 3):
+def nsubjettiness(pt, eta, phi, valid, r0: float = R0, n_max: int = 3, axes_from=None):
   """τ_N [B, n_max] (N = 1..n_max, β = 1) of padded clouds of massless particles [B, n]:
   τ_N = Σ_i pT_i min_k ΔR(i, axis_k) / (Σ_i pT_i r0), ΔR in (rapidity, φ); the axis of
-  τ1 is the whole jet's, those of τ_{N>1} the exclusive-kT jets (`exclusive_kt_axes`).
-  τ_N = 0 for clouds of at most N particles (each is its own axis) and empty ones."""
+  τ1 is the whole jet's, those of τ_{N>1} the exclusive-kT jets (`exclusive_kt_axes`) of
+  the same particles, or of `axes_from` = (pt, eta, phi, valid) [B, n'] (coarser
+  particles of the same jets: cheaper clustering). τ_N = 0 for clouds of at most N
+  particles (each is its own axis) and empty ones."""
   pt, eta, phi = (np.asarray(a, np.float64) for a in (pt, eta, phi))
   w = np.where(np.asarray(valid, bool) & (pt > 0), pt, 0.0)
   total = w.sum(1)
@@ -250,7 +257,8 @@ def nsubjettiness(pt, eta, phi, valid, r0: float = R0, n_max: int = 3):
   pz, e = (w * np.sinh(eta)).sum(1), (w * np.cosh(eta)).sum(1)
   axes = {1: (_rapidity(px, py, pz, e)[:, None], np.arctan2(py, px)[:, None], total > 0)}
   if n_max > 1:
-    axes.update(exclusive_kt_axes(pt, eta, phi, valid, tuple(range(2, n_max + 1))))
+    axes.update(exclusive_kt_axes(*(axes_from or (pt, eta, phi, valid)),
+                                  njets=tuple(range(2, n_max + 1))))
   taus = np.zeros((len(pt), n_max))
   for m, (ay, aphi, found) in axes.items():
     d2 = (eta[:, :, None] - ay[:, None, :]) ** 2 + _wrap(phi[:, :, None] - aphi[:, None, :]) ** 2
@@ -263,36 +271,90 @@ def _ratio(num, den):
   return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def pack_pixels(grid, pixel_size: float = PIXEL_SIZE):
-  """(pt, eta, phi, valid) [B, n_max] of the non-zero (positive) pixels of grid [B, H, W]."""
-  grid = np.asarray(grid, np.float64)
-  b, h, w = grid.shape
-  jb, r, c = np.nonzero(grid > 0)  # row-major: sorted by jet
+def _pack(values, eta, phi):
+  """(pt, eta, phi, valid) [B, n_max] of the positive entries of values [B, P] at
+  positions eta, phi [P]."""
+  b = len(values)
+  jb, k = np.nonzero(values > 0)  # row-major: sorted by jet
   counts = np.bincount(jb, minlength=b)
   n = max(int(counts.max()) if b else 0, 1)
   slot = np.arange(len(jb)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[jb]
-  eta, phi = pixel_grid(h, w, pixel_size)
   out = np.zeros((4, b, n))
-  out[0, jb, slot] = grid[jb, r, c]
-  out[1, jb, slot] = eta[0, r, 0]
-  out[2, jb, slot] = phi[0, 0, c]
+  out[0, jb, slot] = values[jb, k]
+  out[1, jb, slot] = eta[k]
+  out[2, jb, slot] = phi[k]
   out[3, jb, slot] = 1.0
   return out[0], out[1], out[2], out[3] > 0
 
 
-def image_nsubjettiness(et, pixel_size: float = PIXEL_SIZE, r0: float = R0, group: int = 32):
-  """{tau1, tau2, tau3, tau21, tau32} [B] of E_T grids [B, H, W] (e.g. `calo_et`).
+def pack_pixels(grid, pixel_size: float = PIXEL_SIZE):
+  """(pt, eta, phi, valid) [B, n_max] of the non-zero (positive) pixels of grid [B, H, W]."""
+  grid = np.asarray(grid, np.float64)
+  b, h, w = grid.shape
+  eta, phi = pixel_grid(h, w, pixel_size)
+  return _pack(grid.reshape(b, -1), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h))
 
-  Jets go through the clustering in groups of `group` with similar pixel counts, so
-  little of each group's padded work is padding."""
-  et = np.asarray(et, np.float64)
-  order = np.argsort((et > 0).sum((1, 2)), kind="stable")
-  taus = np.zeros((len(et), 3))
-  for lo in range(0, len(et), group):
+
+def _taus(values, eta, phi, r0, group, axes_from=None):
+  """τ features of particles values [B, P] at eta, phi [P] (axes: exclusive-kT of
+  axes_from = (values', eta', phi'), if given), in groups of jets with similar particle
+  counts, so little of each group's padded work is padding."""
+  order = np.argsort((values > 0).sum(1) if axes_from is None else (axes_from[0] > 0).sum(1),
+                     kind="stable")
+  taus = np.zeros((len(values), 3))
+  for lo in range(0, len(values), group):
     sel = order[lo:lo + group]
-    taus[sel] = nsubjettiness(*pack_pixels(et[sel], pixel_size), r0=r0)
+    coarse = None if axes_from is None else _pack(axes_from[0][sel], *axes_from[1:])
+    taus[sel] = nsubjettiness(*_pack(values[sel], eta, phi), r0=r0, axes_from=coarse)
   return {"tau1": taus[:, 0], "tau2": taus[:, 1], "tau3": taus[:, 2],
           "tau21": _ratio(taus[:, 1], taus[:, 0]), "tau32": _ratio(taus[:, 2], taus[:, 1])}
+
+
+def image_nsubjettiness(et, pixel_size: float = PIXEL_SIZE, r0: float = R0, group: int = 32):
+  """{tau1, tau2, tau3, tau21, tau32} [B] of E_T grids [B, H, W], one particle a pixel."""
+  et = np.asarray(et, np.float64)
+  b, h, w = et.shape
+  eta, phi = pixel_grid(h, w, pixel_size)
+  return _taus(et.reshape(b, -1), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h), r0,
+               group)
+
+
+def calo_particles(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
+  """(E_T [B, P], eta [P], phi [P]): the calorimeter deposits as particles. Each ECAL (or
+  other energy-channel) pixel is one; the HCAL, whose images spread each 5 x 5-pixel
+  tower's E_T evenly over its pixels, gives one particle per tower, at the tower centre
+  (its true granularity: 25x fewer particles than its pixels). Negative values clipped."""
+  x = np.asarray(images)
+  names, _, _, _, calo = _channels(x.shape, channel_names)
+  b, h, w, _ = x.shape
+  eta, phi = pixel_grid(h, w, pixel_size)
+  eta, phi = eta[0, :, 0], phi[0, 0, :]
+  vals, etas, phis = [], [], []
+  for i in calo:
+    g, ge, gp = np.clip(x[..., i].astype(np.float64), 0.0, None), eta, phi
+    if names[i] == "hcal" and h % 5 == 0 and w % 5 == 0:
+      g = g.reshape(b, h // 5, 5, w // 5, 5).sum((2, 4))
+      ge, gp = eta.reshape(-1, 5).mean(1), phi.reshape(-1, 5).mean(1)
+    vals.append(g.reshape(b, -1))
+    etas.append(np.repeat(ge, len(gp)))
+    phis.append(np.tile(gp, len(ge)))
+  return np.concatenate(vals, 1), np.concatenate(etas), np.concatenate(phis)
+
+
+def calo_nsubjettiness(images, channel_names=None, pixel_size: float = PIXEL_SIZE,
+                       r0: float = R0, group: int = 32):
+  """{tau1, tau2, tau3, tau21, tau32} [B] of raw images: τ_N summed over the calorimeter
+  E_T pixels (`calo_et`, HCAL tower E_T spread over its pixels as in the images), with
+  exclusive-kT axes of the `calo_particles` (ECAL pixels, HCAL towers): the clustering,
+  the costly part, then runs on ~10x fewer particles, while the sum keeps the pixels'
+  angular spread (on simulated top/QCD jets, τ32 summed over tower centres instead
+  separated worse)."""
+  x = np.asarray(images)
+  et = calo_et(x, channel_names)
+  b, h, w = et.shape
+  eta, phi = pixel_grid(h, w, pixel_size)
+  return _taus(et.reshape(b, -1), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h), r0,
+               group, calo_particles(x, channel_names, pixel_size))
 
 
 # The physicist's regression estimate. ------------------------------------------------------

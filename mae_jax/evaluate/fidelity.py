@@ -5,7 +5,8 @@ survive a lossy encoding, from decoded images versus the originals (raw, un-norm
 Per jet (`jet_quantities`):
   mass          calo_mass of `baselines` (calorimeter pixels as massless particles)
   pt            scalar Σ of the calorimeter E_T (`baselines.calo_et`)
-  tau21, tau32  N-subjettiness ratios of the calorimeter E_T pixels (`baselines`)
+  tau21, tau32  N-subjettiness ratios of the calorimeter deposits (ECAL pixels, HCAL
+                towers: `baselines.calo_nsubjettiness`)
   energy_<ch>   Σ |pixel| of each channel (|.|: the impact-parameter channels are signed)
 
 Per quantity (`response_resolution`), over jets, of the ratio r = decoded / original:
@@ -34,7 +35,7 @@ def jet_quantities(images, channel_names=None, pixel_size: float = baselines.PIX
   names = baselines._channels(x.shape, channel_names)[0]
   et = baselines.calo_et(x, channel_names)
   eta, phi = baselines.pixel_grid(et.shape[1], et.shape[2], pixel_size)
-  taus = baselines.image_nsubjettiness(et, pixel_size)
+  taus = baselines.calo_nsubjettiness(x, channel_names, pixel_size)
   out = {"mass": baselines._mass(et, eta, phi), "pt": et.sum((1, 2)),
          "tau21": taus["tau21"], "tau32": taus["tau32"]}
   for i, n in enumerate(names):
