@@ -126,6 +126,8 @@ def test_observables_names_keep_order_and_append_taus():
   assert tau["tau3"][0] < tau["tau2"][0] and tau["tau32"][1] == pytest.approx(1.0)
   # the observables' τ's are calo_nsubjettiness, the fidelity's too
   np.testing.assert_allclose(tau["tau21"], bl.calo_nsubjettiness(x, E2E)["tau21"])
+  empty, empty_names = bl.observables(x[:0], E2E)  # an empty batch still has the columns
+  assert empty.shape == (0, len(names)) and empty_names == names
 
 
 def test_pixel_calibration_matches_sklearn():

@@ -292,7 +292,7 @@ def pack_pixels(grid, pixel_size: float = PIXEL_SIZE):
   grid = np.asarray(grid, np.float64)
   b, h, w = grid.shape
   eta, phi = pixel_grid(h, w, pixel_size)
-  return _pack(grid.reshape(b, -1), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h))
+  return _pack(grid.reshape(b, h * w), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h))
 
 
 def _taus(values, eta, phi, r0, group, axes_from=None):
@@ -315,7 +315,7 @@ def image_nsubjettiness(et, pixel_size: float = PIXEL_SIZE, r0: float = R0, grou
   et = np.asarray(et, np.float64)
   b, h, w = et.shape
   eta, phi = pixel_grid(h, w, pixel_size)
-  return _taus(et.reshape(b, -1), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h), r0,
+  return _taus(et.reshape(b, h * w), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h), r0,
                group)
 
 
@@ -335,7 +335,7 @@ def calo_particles(images, channel_names=None, pixel_size: float = PIXEL_SIZE):
     if names[i] == "hcal" and h % 5 == 0 and w % 5 == 0:
       g = g.reshape(b, h // 5, 5, w // 5, 5).sum((2, 4))
       ge, gp = eta.reshape(-1, 5).mean(1), phi.reshape(-1, 5).mean(1)
-    vals.append(g.reshape(b, -1))
+    vals.append(g.reshape(b, g.shape[1] * g.shape[2]))
     etas.append(np.repeat(ge, len(gp)))
     phis.append(np.tile(gp, len(ge)))
   return np.concatenate(vals, 1), np.concatenate(etas), np.concatenate(phis)
@@ -353,7 +353,7 @@ def calo_nsubjettiness(images, channel_names=None, pixel_size: float = PIXEL_SIZ
   et = calo_et(x, channel_names)
   b, h, w = et.shape
   eta, phi = pixel_grid(h, w, pixel_size)
-  return _taus(et.reshape(b, -1), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h), r0,
+  return _taus(et.reshape(b, h * w), np.repeat(eta[0, :, 0], w), np.tile(phi[0, 0, :], h), r0,
                group, calo_particles(x, channel_names, pixel_size))
 
 
