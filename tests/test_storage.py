@@ -89,3 +89,27 @@ def test_bad_arguments(images):
     storage.decode_sparse(np.array([1200], "<u2").tobytes() + b"\x00" * 4, (20, 20, 3))
   names = [s.name for s in storage.baselines(images, top_k=(8,))]
   assert "sparse float32" in names and "dense float16" in names and len(set(names)) == len(names)
+
+
+def test_storage_fidelity_benchmark_runs_on_a_converted_split(tmp_path, capsys, monkeypatch):
+  """benchmarks/storage_fidelity.py end to end on a tiny converted dataset: one row per
+  baseline, lossless rows with response 1 and resolution 0."""
+  import importlib.util
+  import pathlib
+  import sys
+  import helpers
+  data = helpers.converted_dataset(tmp_path, n=(4, 4, 6))
+  path = pathlib.Path(__file__).parent.parent / "benchmarks" / "storage_fidelity.py"
+  spec = importlib.util.spec_from_file_location("storage_fidelity", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  monkeypatch.setattr(sys, "argv", ["storage_fidelity.py", "--data_dir", data, "--top_k", "8"])
+  bench.main()
+  out = capsys.readouterr().out
+  rows = [line for line in out.splitlines() if line.startswith("| sparse") or
+          line.startswith("| dense")]
+  assert len(rows) == len(storage.baselines(np.zeros((1, 5, 5, 3), np.float32), top_k=(8,)))
+  assert "6 jets of split 'test'" in out
+  lossless = [r for r in rows if "| yes |" in r]
+  assert lossless and all("| 1.0000 | 0.00e+00 (0.00e+00) | 1.0000 | 0.00e+00" in r
+                          for r in lossless)
