@@ -138,8 +138,7 @@ def _wrap(dphi, needed=True):
   return (dphi + np.pi) % (2 * np.pi) - np.pi if needed else dphi
 
 
-def _rapidity(px, py, pz, e):
-  del px, py
+def _rapidity(pz, e):
   return 0.5 * np.log(np.maximum(e + pz, 1e-300) / np.maximum(e - pz, 1e-300))
 
 
@@ -164,8 +163,9 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
   the jet), E-scheme recombination. Vectorised over jets: one merge per jet per step, with
   FastJet's nearest-neighbour bookkeeping (the smallest d_ij pairs a particle with its
   geometric nearest neighbour), so a step costs O(B n). found is False where the cloud
-  is empty; a cloud of at most N particles is its own jets (padded far away). Exact ΔR ties (pixels on a grid) are broken by slot order,
-  which may differ from fastjet's; the axes then differ only among equivalent choices."""
+  is empty; a cloud of at most N particles is its own jets (padded far away). Exact ΔR
+  ties (pixels on a grid) are broken by slot order, which may differ from fastjet's; the
+  axes then differ only among equivalent choices."""
   pt, eta, phi = (np.asarray(a, np.float64) for a in (pt, eta, phi))
   alive = np.asarray(valid, bool) & (pt > 0)
   b, n = pt.shape
@@ -226,7 +226,7 @@ def exclusive_kt_axes(pt, eta, phi, valid, njets=(2, 3)):
     y[ab, drop] = _FAR
     kt2[ab, drop] = 0.0
     kx, ky, kz, ke = px[ab, keep], py[ab, keep], pz[ab, keep], e[ab, keep]
-    y[ab, keep], ph[ab, keep], kt2[ab, keep] = (_rapidity(kx, ky, kz, ke), np.arctan2(ky, kx),
+    y[ab, keep], ph[ab, keep], kt2[ab, keep] = (_rapidity(kz, ke), np.arctan2(ky, kx),
                                                 kx**2 + ky**2)
     # Rows whose neighbour was merged away, or moved away from them, need a fresh search;
     # every other row may only have gained the merged particle as a closer neighbour.
@@ -248,14 +248,14 @@ def nsubjettiness(pt, eta, phi, valid, r0: float = R0, n_max: int = 3, axes_from
   τ_N = Σ_i pT_i min_k ΔR(i, axis_k) / (Σ_i pT_i r0), ΔR in (rapidity, φ); the axis of
   τ1 is the whole jet's, those of τ_{N>1} the exclusive-kT jets (`exclusive_kt_axes`) of
   the same particles, or of `axes_from` = (pt, eta, phi, valid) [B, n'] (coarser
-  particles of the same jets: cheaper clustering). τ_N = 0 for clouds of at most N
-  particles (each is its own axis) and empty ones."""
+  particles of the same jets: cheaper clustering). τ_N = 0 for empty clouds and, without
+  axes_from, for clouds of at most N particles (each is its own axis)."""
   pt, eta, phi = (np.asarray(a, np.float64) for a in (pt, eta, phi))
   w = np.where(np.asarray(valid, bool) & (pt > 0), pt, 0.0)
   total = w.sum(1)
   px, py = (w * np.cos(phi)).sum(1), (w * np.sin(phi)).sum(1)
   pz, e = (w * np.sinh(eta)).sum(1), (w * np.cosh(eta)).sum(1)
-  axes = {1: (_rapidity(px, py, pz, e)[:, None], np.arctan2(py, px)[:, None], total > 0)}
+  axes = {1: (_rapidity(pz, e)[:, None], np.arctan2(py, px)[:, None], total > 0)}
   if n_max > 1:
     axes.update(exclusive_kt_axes(*(axes_from or (pt, eta, phi, valid)),
                                   njets=tuple(range(2, n_max + 1))))
