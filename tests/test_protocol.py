@@ -29,7 +29,8 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
   argv = ["--data", str(tmp_path / "tfds"), "--pretrain-data", str(tmp_path / "pool"),
           "--root", str(root), "--seeds", "0", "--labelled", "8,16",
           "--steps", "pretrain=3,probe=2,finetune=2,resnet=2", "--recon-splits", "test",
-          "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10"]
+          "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10",
+          "--trees-grid", "learning_rate=0.1;max_iter=10,20;max_leaf_nodes=7"]
   protocol.main(argv)
   report = open(root / "report.md").read()
   for section in ("## What this run shows", "## Caveats", "## Classification (test split)",

@@ -223,3 +223,49 @@ def test_a_stopped_stage_stops_the_protocol_and_a_rerun_resumes(tmp_path, monkey
   assert "seed 0: finetune: reusing the finished run" in out
   assert "seed 0: scratch: resuming from step 4 of 6" in out  # scratch takes finetune's steps
   assert (root / "report.md").exists()
+
+
+def test_controls_without_training_regression_and_trees_only(tmp_path, capsys):
+  """Only non-trainer stages: the calorimeter-mass regression control and the trees. The
+  report has the regression table and a classification table of the trees only; the
+  calibration is the least-squares line of the train split's calo_mass against jet_mass
+  (scikit-learn's LinearRegression on the h5 file's raw images as the reference)."""
+  import h5py
+  from sklearn.linear_model import LinearRegression
+  from helpers import converted_dataset
+  from mae_jax.evaluate import baselines
+  data = converted_dataset(tmp_path, n=(32, 12, 12))
+  root = tmp_path / "p"
+  protocol.main(["--data", data, "--root", str(root),
+                 "--stages", "regress_observables,observables_gbt",
+                 "--trees-grid", "learning_rate=0.1,0.3;max_iter=10;max_leaf_nodes=7"])
+  text = (root / "report.md").read_text()
+  assert "| regress_observables | jet_mass |" in text and "| observables_gbt |" in text
+  assert "| finetune |" not in text and "Reconstruction (" not in text
+  final = json.load(open(root / "seed0" / "regress_observables" / "final_metrics.json"))
+  with h5py.File(tmp_path / "small.h5") as f:
+    from mae_jax.data import meta as meta_lib
+    x, names = baselines.observables(f["train_jet"][:], meta_lib.load_meta(data)["channel_names"])
+    mass = f["train_meta"][:, 1]
+  ref = LinearRegression().fit(x[:, names.index("calo_mass"), None], mass)
+  cal = final["calibration"]["jet_mass"]
+  assert abs(cal["slope"] / ref.coef_[0] - 1) < 1e-6 and abs(cal["intercept"] - ref.intercept_) \
+      < 1e-4 * (1 + abs(ref.intercept_)), (cal, ref.coef_, ref.intercept_)
+  gbt = json.load(open(root / "seed0" / "observables_gbt" / "final_metrics.json"))
+  best = max(gbt["grid"], key=lambda g: g["validation_auc"])
+  assert all(gbt["selected"][k] == best[k] for k in gbt["selected"])
+
+
+def test_ctrl_c_in_a_stage_stops_the_protocol_in_one_line(tmp_path, monkeypatch):
+  from helpers import converted_dataset
+  from mae_jax import trainer
+  data = converted_dataset(tmp_path, n=(16, 8, 8))
+
+  def interrupted(config, workdir):
+    os.makedirs(os.path.join(workdir, "checkpoints", "2"))
+    raise KeyboardInterrupt
+  monkeypatch.setattr(trainer, "train_and_evaluate", interrupted)
+  with pytest.raises(stages.StageStopped, match=r"^seed 0: scratch stopped at step 2 .*resume "
+                     r"with: python -m mae_jax.protocol --data"):
+    protocol.main(["--data", data, "--root", str(tmp_path / "p"), "--stages", "scratch,resnet"])
+  assert not (tmp_path / "p" / "seed0" / "resnet").exists()

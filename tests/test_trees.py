@@ -5,7 +5,7 @@ import pytest
 
 from mae_jax.evaluate import trees
 
-GRID = {"learning_rate": (0.03, 0.3), "max_iter": (20, 60), "max_leaf_nodes": (7,)}
+GRID = {"learning_rate": (0.03, 0.3), "max_iter": (10, 30), "max_leaf_nodes": (7,)}
 
 
 def xor_data(n, seed):
@@ -18,7 +18,7 @@ def xor_data(n, seed):
 def test_trees_recover_a_nonlinear_rule_and_choose_on_validation():
   from sklearn.linear_model import LogisticRegression
   from sklearn.metrics import roc_auc_score
-  x, y = xor_data(1000, 0)
+  x, y = xor_data(600, 0)
   xv, yv = xor_data(400, 1)
   xt, yt = xor_data(400, 2)
   model, chosen, grid = trees.fit_selected(x, y, xv, yv, seed=0, grid=GRID)
@@ -29,9 +29,11 @@ def test_trees_recover_a_nonlinear_rule_and_choose_on_validation():
   # every grid point was tried, and the choice is the argmax of the validation AUCs
   # (recomputed here with scikit-learn's roc_auc_score, to 1e-12)
   assert [p for p, _ in grid] == trees.grid_points(GRID) and len(grid) == 4
+  from sklearn.ensemble import HistGradientBoostingClassifier
+  from threadpoolctl import threadpool_limits
   for point, auc in grid:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    ref = HistGradientBoostingClassifier(random_state=0, early_stopping=False, **point).fit(x, y)
+    with threadpool_limits(limits=1, user_api="openmp"):  # one thread: see trees.default_threads
+      ref = HistGradientBoostingClassifier(random_state=0, early_stopping=False, **point).fit(x, y)
     assert abs(auc - roc_auc_score(yv, ref.decision_function(xv))) < 1e-12, point
   assert chosen == max(grid, key=lambda g: g[1])[0]
   # seeded: the same fit twice gives the same scores
@@ -43,3 +45,14 @@ def test_trees_refuse_one_class_validation():
   x, y = xor_data(50, 0)
   with pytest.raises(ValueError, match="validation labels hold one class only"):
     trees.fit_selected(x, y, x, np.zeros_like(y), grid=GRID)
+
+
+def test_grid_from_the_command_line():
+  assert trees.parse_grid("") == trees.GRID
+  g = trees.parse_grid("learning_rate=0.2;max_iter=5,10")
+  assert g == {**trees.GRID, "learning_rate": (0.2,), "max_iter": (5, 10)}
+  assert len(trees.grid_points(g)) == 1 * 2 * len(trees.GRID["max_leaf_nodes"])
+  with pytest.raises(ValueError, match="'depth=3'.*one of"):
+    trees.parse_grid("depth=3")
+  with pytest.raises(ValueError, match="max_iter takes int"):
+    trees.parse_grid("max_iter=0.5")

@@ -83,6 +83,10 @@ def parse_args(argv):
   p.add_argument("--labelled", default="",
                  help="comma-separated labelled-set sizes for the downstream stages; 'all' = "
                       "every labelled jet (e.g. 100,1000,all: the full-label ceiling too)")
+  p.add_argument("--trees-grid", default="",
+                 help="grid of the tree stages, chosen on validation, e.g. "
+                      "'learning_rate=0.05,0.1;max_iter=100,300;max_leaf_nodes=15,31' "
+                      "(the default; a field not named keeps its default values)")
   p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
                  help="run STAGE once per value, keep the best on the validation split")
   p.add_argument("--recon-splits", default=None,
@@ -102,6 +106,11 @@ def parse_args(argv):
   except ValueError:
     raise UsageError(f"--steps {args.steps!r} / --labelled {args.labelled!r}: expected "
                      "stage=N,... and N,M,... (or all)") from None
+  from mae_jax.evaluate import trees
+  try:
+    args.trees_grid = trees.parse_grid(args.trees_grid)
+  except ValueError as e:
+    raise UsageError(f"--trees-grid: {e}") from None
   args.stage_list = [s for s in args.stages.split(",") if s]
   unknown = set(args.stage_list) - set(STAGES)
   if unknown:
@@ -244,17 +253,23 @@ def main(argv=None):
       config_for = (lambda st, size=size, seed=seed: stages.stage_config(
           st, args, seed, size, overrides, per_stage, args.steps_by_stage))
       config = config_for(stage) if record.config else None
-      if record.run is not None:
-        clock.start(label, workdir)
-        final, now = record.run(stages.Job(record, seed, size, workdir, args, cache, config_for))
-        if not now:
-          print(f"[protocol] {label}: reusing the finished run in {workdir}", flush=True)
-      elif stage in selects:
-        clock.start(label)
-        final, now, workdir = stages.run_selected(config, workdir, *selects[stage], label)
-      else:
-        clock.start(label, workdir)
-        final, now = stages.run_stage(config, workdir, label)
+      try:
+        if record.run is not None:
+          clock.start(label, workdir)
+          final, now = record.run(stages.Job(record, seed, size, workdir, args, cache,
+                                             config_for))
+          if not now:
+            print(f"[protocol] {label}: reusing the finished run in {workdir}", flush=True)
+        elif stage in selects:
+          clock.start(label)
+          final, now, workdir = stages.run_selected(config, workdir, *selects[stage], label)
+        else:
+          clock.start(label, workdir)
+          final, now = stages.run_stage(config, workdir, label)
+      except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handling: the same stop
+        from mae_jax import checkpoint
+        raise stages.stopped({"preempted_at": checkpoint.last_good_step(workdir) or 0},
+                             label, workdir, argv) from None
       stop = stages.stopped(final, label, workdir, argv)
       if stop is not None:
         raise stop

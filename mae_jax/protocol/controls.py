@@ -68,11 +68,11 @@ def _trees(job, x, y, xv, yv, xt, yt, names, what):
   from mae_jax.evaluate import metrics, trees
   t0 = time.time()
   if xv is None:  # no validation split: the first grid point, said so in the metrics
-    point = trees.grid_points()[0]
+    point = trees.grid_points(job.args.trees_grid)[0]
     model, _, grid = trees.fit_selected(x, y, x, y, job.seed, {k: [v] for k, v in point.items()})
     selected_by = "no validation split: fixed hyper-parameters"
   else:
-    model, point, grid = trees.fit_selected(x, y, xv, yv, job.seed)
+    model, point, grid = trees.fit_selected(x, y, xv, yv, job.seed, job.args.trees_grid)
     selected_by = "validation AUC over the grid"
   scores = trees.score(model, xt)
   rep = metrics.classification_report(yt.astype(np.int64), scores, logits=True,
