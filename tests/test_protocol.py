@@ -30,7 +30,7 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
           "--root", str(root), "--seeds", "0", "--labelled", "8,16",
           "--steps", "pretrain=3,probe=2,finetune=2,resnet=2", "--recon-splits", "test",
           "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10",
-          "--trees-grid", "learning_rate=0.1;max_iter=10,20;max_leaf_nodes=7"]
+          "--trees-grid", "learning_rate=0.1;max_iter=10,20;max_leaf_nodes=7;min_samples_leaf=2"]
   protocol.main(argv)
   report = open(root / "report.md").read()
   for section in ("## What this run shows", "## Caveats", "## Classification (test split)",
@@ -41,7 +41,8 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
               "observables_gbt", "observables_encoder"):
     assert f"\n| {row} | " in report, row
   # the verdict weighs the pretrained stages against the strongest control that ran
-  assert "Against the strongest control that ran (" in report and "σ: **" in report
+  verdict = [ln for ln in report.splitlines() if "Against the strongest control that ran (" in ln]
+  assert len(verdict) == 2 and all("σ" in ln and ": **" in ln for ln in verdict), verdict
   compression = report[report.index("## Compression"):report.index("## Runtime")]
   assert "Signal: **" in report and "| same |" not in compression and "n/a" not in compression
   assert "a separate dataset, labels ignored" in report and "16 labelled" in report

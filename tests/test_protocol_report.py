@@ -269,3 +269,13 @@ def test_ctrl_c_in_a_stage_stops_the_protocol_in_one_line(tmp_path, monkeypatch)
                      r"with: python -m mae_jax.protocol --data"):
     protocol.main(["--data", data, "--root", str(tmp_path / "p"), "--stages", "scratch,resnet"])
   assert not (tmp_path / "p" / "seed0" / "resnet").exists()
+
+
+def test_labelled_all_is_the_full_label_ceiling_in_the_unsized_workdir():
+  args, _, _ = protocol.parse_args(["--data", "d", "--root", "r", "--labelled", "100,all,10"])
+  assert args.sizes == [10, 100, None]  # 'all' last: the largest set, the report's main size
+  # 'all' runs where a run without --labelled puts its stages, so either reuses the other
+  assert stages.run_dir("r", 0, None, "scratch") == os.path.join("r", "seed0", "scratch")
+  assert stages.size_key(None) == stages.size_key("all") == "all"
+  with pytest.raises(UsageError, match="--labelled '10,most'"):
+    protocol.parse_args(["--data", "d", "--root", "r", "--labelled", "10,most"])
