@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mae_jax import protocol
+from mae_jax.errors import UsageError
 from mae_jax.data import convert
 from helpers import load_config, write_small_e2e
 
@@ -17,7 +18,7 @@ def test_fmt_mean_and_sample_std():
   assert protocol.fmt([None, float("nan")]) == "n/a"
 
 
-def test_protocol_runs_all_stages_and_writes_report(tmp_path):
+def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
   """One run of every default stage with a separate pretraining set and two labelled-set
   sizes, then a rerun that reuses everything."""
   write_small_e2e(tmp_path / "small.h5", n=(48, 16, 16))
@@ -28,15 +29,22 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path):
   argv = ["--data", str(tmp_path / "tfds"), "--pretrain-data", str(tmp_path / "pool"),
           "--root", str(root), "--seeds", "0", "--labelled", "8,16",
           "--steps", "pretrain=3,probe=2,finetune=2,resnet=2", "--recon-splits", "test",
-          "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10"]
+          "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10",
+          "--trees-grid", "learning_rate=0.1;max_iter=10,20;max_leaf_nodes=7;min_samples_leaf=2"]
   protocol.main(argv)
   report = open(root / "report.md").read()
   for section in ("## What this run shows", "## Caveats", "## Classification (test split)",
                   "## AUC against the number of labelled jets", "## Reconstruction",
                   "## Compression", "## Runtime"):
     assert section in report, section
-  for row in ("probe", "probe_random", "finetune", "scratch", "resnet", "observables"):
+  for row in ("probe", "probe_random", "finetune", "scratch", "resnet", "observables",
+              "observables_gbt", "observables_encoder"):
     assert f"\n| {row} | " in report, row
+  # the verdict weighs the pretrained stages against the strongest control that ran
+  verdict = [ln for ln in report.splitlines() if "Against the strongest control that ran (" in ln]
+  assert len(verdict) == 2 and all("σ" in ln and ": **" in ln for ln in verdict), verdict
+  compression = report[report.index("## Compression"):report.index("## Runtime")]
+  assert "Signal: **" in report and "| same |" not in compression and "n/a" not in compression
   assert "a separate dataset, labels ignored" in report and "16 labelled" in report
   assert "Reconstruction skill < 0" in report  # 3 pretraining steps: the caveat is there
   assert "| track_d0 |" not in report  # toy channels (tracks, ecal, hcal): no signed ones
@@ -56,11 +64,16 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path):
   results = json.load(open(root / "results.json"))
   seed0 = results["per_seed"][0]
   for n in ("8", "16"):
-    for stage in ("probe", "probe_random", "finetune", "scratch", "resnet", "observables"):
+    for stage in ("probe", "probe_random", "finetune", "scratch", "resnet", "observables",
+                  "observables_gbt", "observables_encoder"):
       assert 0.0 <= seed0["by_labelled"][n][stage]["test/auc"] <= 1.0, (n, stage)
   assert set(results["timings"]) >= {"pretrain", "reconstruction", "probe", "finetune"}
   # rerunning reuses finished stages, and the runtime table keeps what they took
+  capsys.readouterr()
   protocol.main(argv)
+  out = capsys.readouterr().out
+  assert "seed 0 n=16: finetune: reusing the finished run" in out
+  assert "seed 0 n=16: observables_encoder: reusing the finished run" in out
   again = json.load(open(root / "results.json"))
   assert again["timings"]["probe"] == results["timings"]["probe"] > 0
 
@@ -122,14 +135,14 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
     ("resnet.lr=1e-3", "stage 'resnet'"),  # not among the stages run
 ])
 def test_select_rejects_bad_requests(item, message):
-  with pytest.raises(SystemExit, match=message):
+  with pytest.raises(UsageError, match=message):
     protocol.parse_selects([item], ["pretrain", "probe", "finetune"])
 
 
 def test_select_fields_are_checked_before_anything_trains():
   config_for = lambda st: protocol.load_stage_config(st, "tiny", "mae", 5)  # noqa: E731
   protocol.check_selects({"finetune": ("optim.b2", ["0.99", "0.999"])}, config_for)
-  with pytest.raises(SystemExit, match="finetune.lrr=1e-3.*unknown config field 'lrr'"):
+  with pytest.raises(UsageError, match="finetune.lrr=1e-3.*unknown config field 'lrr'"):
     protocol.check_selects(protocol.parse_selects(["finetune.lrr=1e-3"], ["finetune"]),
                            config_for)
 
@@ -141,18 +154,18 @@ def test_recon_splits_are_checked_against_the_dataset(tmp_path):
   assert protocol.check_recon_splits(None, str(tmp_path)) == ["train", "test"]
   assert protocol.check_recon_splits("test", str(tmp_path)) == ["test"]
   # asked for by name: an error naming the split and the dataset's splits
-  with pytest.raises(SystemExit, match=r"\['validation'\] not in the dataset.*'test', 'train'"):
+  with pytest.raises(UsageError, match=r"\['validation'\] not in the dataset.*'test', 'train'"):
     protocol.check_recon_splits("test,validation", str(tmp_path))
-  with pytest.raises(SystemExit, match="at least one split"):
+  with pytest.raises(UsageError, match="at least one split"):
     protocol.check_recon_splits(",", str(tmp_path))
   # the default skips a split the dataset lacks (an unlabelled set without a test split),
   # a named one does not
   (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"train": {}}}))
   assert protocol.check_recon_splits(None, str(tmp_path)) == ["train"]
-  with pytest.raises(SystemExit, match=r"\['test'\] not in the dataset"):
+  with pytest.raises(UsageError, match=r"\['test'\] not in the dataset"):
     protocol.check_recon_splits("train,test", str(tmp_path))
   (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"validation": {}}}))
-  with pytest.raises(SystemExit, match="neither a train nor a test split"):
+  with pytest.raises(UsageError, match="neither a train nor a test split"):
     protocol.check_recon_splits(None, str(tmp_path))
 
 
@@ -160,8 +173,8 @@ def test_bad_labelled_sizes_and_pretraining_data_fail_before_training(tmp_path):
   from helpers import converted_dataset
   data = converted_dataset(tmp_path)
   base = ["--data", data, "--root", str(tmp_path / "p")]
-  with pytest.raises(SystemExit, match=r"--labelled 100: a class-balanced set of 100 needs"):
+  with pytest.raises(UsageError, match=r"--labelled 100: a class-balanced set of 100 needs"):
     protocol.main(base + ["--labelled", "10,100"])
-  with pytest.raises(SystemExit, match="is not a converted mae_jax dataset"):
+  with pytest.raises(UsageError, match="is not a converted mae_jax dataset"):
     protocol.main(base + ["--pretrain-data", str(tmp_path / "nothing")])
   assert not (tmp_path / "p").exists()

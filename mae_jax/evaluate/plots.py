@@ -153,43 +153,48 @@ def label_efficiency(per_seed, sizes, stages, out_path):
   plt.close(fig)
 
 
-def protocol_figures(root: str, workdirs: dict) -> list[str]:
+def protocol_figures(root: str, workdirs: dict, class_names=("class 0", "class 1"),
+                     curves=None) -> list[str]:
   """Loss curves of every stage, ROC curves on the test split, the reconstruction figure.
 
   `workdirs`: stage name -> its workdir (one seed's); figures are written into `root`.
+  `class_names`: (background, signal) for the ROC axes. `curves`: stage -> {"ylabel",
+  "validation" (a history key drawn beside the training loss, or None), "reference" (a
+  history key drawn as a dashed line, "ln2", or None)}, from the protocol's stage table.
   """
   import shutil
 
   from mae_jax import trainer
   from mae_jax.evaluate import metrics
 
+  curves = curves or {}
   stages = [s for s in workdirs if os.path.exists(os.path.join(workdirs[s], "metrics.jsonl"))]
   out = []
-  fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
-  for ax, stage in zip(axes[0], stages):
-    rows = trainer.read_history(workdirs[stage])
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train")
-    evals = [r for r in trainer.read_history(workdirs[stage], train=False)
-             if "validation/masked_mse" in r or "validation/auc" in r]
-    if stage == "pretrain":
-      val = [r for r in evals if "validation/masked_mse" in r]
+  if stages:
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+      spec = curves.get(stage, {})
+      rows = trainer.read_history(workdirs[stage])
+      ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train")
+      key, ref = spec.get("validation"), spec.get("reference")
+      val = [r for r in trainer.read_history(workdirs[stage], train=False) if key and key in r]
       if val:
-        ax.plot([r["step"] for r in val], [r["validation/masked_mse"] for r in val], "o-",
-                ms=3, lw=1, label="validation")
-        ax.axhline(val[-1]["validation/masked_mse_predict_zeros"], color="k", ls="--", lw=0.8,
-                   label="predict zeros")
-    elif stage != "resnet" or rows:
-      ax.axhline(np.log(2.0), color="k", ls="--", lw=0.8, label="ln 2 (no information)")
-    ax.set_title(stage, fontsize=9)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-  axes[0][0].set_ylabel("loss")
-  fig.tight_layout()
-  out.append(os.path.join(root, "loss_curves.png"))
-  fig.savefig(out[-1], dpi=110)
-  plt.close(fig)
+        ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", ms=3, lw=1,
+                label="validation")
+        if ref and ref in val[-1]:
+          ax.axhline(val[-1][ref], color="k", ls="--", lw=0.8, label="predict zeros")
+      if ref == "ln2" and rows:
+        ax.axhline(np.log(2.0), color="k", ls="--", lw=0.8, label="ln 2 (no information)")
+      ax.set_title(stage, fontsize=9)
+      ax.set_xlabel("step")
+      ax.set_ylabel(spec.get("ylabel", "training loss"), fontsize=8)
+      ax.set_yscale("log")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6)
+    fig.tight_layout()
+    out.append(os.path.join(root, "loss_curves.png"))
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(4.5, 4))
   for stage in workdirs:
@@ -201,16 +206,17 @@ def protocol_figures(root: str, workdirs: dict) -> list[str]:
     ok = fpr > 0  # rejection is unbounded where no background passes: not drawn
     ax.plot(tpr[ok], 1.0 / fpr[ok], lw=1.2,
             label=f"{stage} (AUC {metrics.roc_auc(d['label'], d['score']):.3f})")
-  ax.set_xlabel("signal efficiency (test split)")
-  ax.set_ylabel("background rejection 1/FPR")
+  background, signal = class_names
+  ax.set_xlabel(f"signal efficiency: {signal} jets kept (test split)")
+  ax.set_ylabel(f"background rejection: 1 / {background} jets kept")
   ax.set_yscale("log")
   ax.set_xlim(0, 1)
   ax.grid(alpha=0.3)
-  if ax.lines:  # no classification stage ran: an empty frame, no legend
+  if ax.lines:  # no classification stage ran: no ROC figure
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  out.append(os.path.join(root, "roc_curves.png"))
-  fig.savefig(out[-1], dpi=110)
+    fig.tight_layout()
+    out.append(os.path.join(root, "roc_curves.png"))
+    fig.savefig(out[-1], dpi=110)
   plt.close(fig)
 
   rec = os.path.join(workdirs.get("pretrain", ""), "reconstruction.png")

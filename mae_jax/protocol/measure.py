@@ -51,24 +51,40 @@ def reconstruction(pretrain_dir, config, splits, data_dir=None):
 
 def observable_features(data_dir, split, cache_dir):
   """(features, labels, names) of a split's raw images, cached in cache_dir (npz)."""
+  d = observable_table(data_dir, split, cache_dir)
+  return d["x"], d["y"], d["names"]
+
+
+def observable_table(data_dir, split, cache_dir):
+  """{"x": features, "y": labels, "names", "t": regression targets or None} of a split's raw
+  images in record order, cached in cache_dir (npz; a cache without targets is refreshed
+  when the dataset has them)."""
+  from mae_jax.data import meta as meta_lib
   from mae_jax.data import pipeline as pipeline_lib
   from mae_jax.evaluate import baselines
   path = os.path.join(cache_dir, f"observables_{split}.npz")
+  has_targets = bool(meta_lib.load_meta(data_dir).get("target_names"))
   if os.path.exists(path):
     d = np.load(path)
-    return d["x"], d["y"], list(d["names"])
+    if "t" in d or not has_targets:
+      return {"x": d["x"], "y": d["y"], "names": list(d["names"]),
+              "t": d["t"] if "t" in d else None}
   pipe = pipeline_lib.Pipeline(data_dir, "none")
   n_batches, it = pipe.eval_iter(split, 250, 250)
-  xs, ys = [], []
+  xs, ys, ts = [], [], []
   for batch in it:
     keep = batch["valid"] > 0
     x, names = baselines.observables(batch["image"][keep], pipe.meta.get("channel_names"))
     xs.append(x)
     ys.append(batch["label"][keep])
-  x, y = np.concatenate(xs), np.concatenate(ys)
+    if "targets" in batch:
+      ts.append(batch["targets"][keep])
+  out = {"x": np.concatenate(xs), "y": np.concatenate(ys), "names": names,
+         "t": np.concatenate(ts) if ts else None}
   os.makedirs(cache_dir, exist_ok=True)
-  np.savez(path, x=x, y=y, names=np.array(names))
-  return x, y, names
+  extra = {"t": out["t"]} if ts else {}
+  np.savez(path, x=out["x"], y=out["y"], names=np.array(names), **extra)
+  return out
 
 
 def observable_baseline(data_dir, seed, labelled, cache_dir, workdir, bootstrap=200):

@@ -69,31 +69,23 @@ def headline(per_seed, size):
                   "— **worse than predicting empty patches**: the decoder has not learned "
                   "what masked patches hold; pretrain longer."))
 
-  def compare(a, b, what):
-    ma, sa = _mean_std(col(a))
-    mb, sb = _mean_std(col(b))
-    if ma is None or mb is None:
-      return
-    # the larger of the seeds' spread and the bootstrap std of the test AUC
-    boot = [v for st in (a, b) for v in col(st, "test/auc_std") if v is not None]
-    spread = max([v for v in (sa, sb) if v is not None] + boot, default=0.0)
-    diff = ma - mb
-    if diff == 0:
-      verdict = "level"
-    else:
-      verdict = ("above" if diff > 0 else "below") + (
-          f" by {abs(diff):.4f}" if abs(diff) > spread else
-          f" by {abs(diff):.4f}, within the uncertainty ({spread:.4f})")
-    out.append(f"{what}: {a} AUC {fmt(col(a))} vs {b} {fmt(col(b))}: {verdict}.")
-  compare("probe", "probe_random", "Pretraining vs a random encoder, same probe")
-  compare("finetune", "scratch", "Pretraining vs none, same classifier and budget")
-  compare("finetune", "observables", "Learned vs simple jet observables")
-  compare("finetune", "resnet", "Finetuned MAE vs ResNet-15")
+  from mae_jax.protocol import verdict
+  out += verdict.verdict_lines(per_seed, size)
   return out
 
 
-def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
-  """Writes ROOT/report.md and ROOT/results.json; returns the report's path."""
+def class_names(meta):
+  """(background, signal) names from the dataset metadata (label 1 is the signal)."""
+  names = meta.get("label_names") or []
+  if len(names) >= 2:
+    return str(names[0]), str(names[1])
+  return "class 0", "class 1"
+
+
+def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=()):
+  """Writes ROOT/report.md and ROOT/results.json; returns the report's path. Sections are
+  those of the stages that ran (their `kind`); `missing`: requested stages without results,
+  named at the top."""
   from mae_jax.data import meta as meta_lib
   from mae_jax.evaluate import plots
   os.makedirs(root, exist_ok=True)
@@ -117,6 +109,9 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
   lines += ["## What this run shows", ""] + [f"- {s}" for s in headline(per_seed, main)] + [""]
 
   caveats = []
+  if missing:
+    caveats.append("**Incomplete run**: these requested stages have no results and are not in "
+                   "the tables: " + ", ".join(missing) + ".")
   for split in ("validation", "test"):
     if split not in meta["splits"]:
       caveats.append(f"The dataset has no {split} split: "
@@ -129,6 +124,8 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
   counts = meta["splits"].get("test", {}).get("label_counts", {})
   frac = (int(counts.get("1", 0)) / max(sum(int(v) for v in counts.values()), 1)) if counts else 0.5
   for stage in stages_lib.CLASSIFY_STAGES:
+    if stage not in first["by_labelled"][stages_lib.size_key(main)]:
+      continue
     wd = first["workdirs"].get(f"{stage}@{stages_lib.size_key(main)}")
     if wd:
       caveats += score_caveats(stage, wd, frac)
@@ -150,27 +147,27 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
             + ". Classification numbers are on the **test split**, evaluated once with the "
             "checkpoint selected on the validation split; AUC is exact over the whole split.",
             f"- Seeds: {args.seeds} (mean ± sample std over seeds where more than one). "
-            f"Command: `python -m mae_jax.protocol {' '.join(args.argv)}`.", "",
-            "## Classification (test split)", "",
-            "| stage | acc | AUC | rejection @50% sig. eff. | rejection @30% | selected step "
-            "| selected on validation |", "|---|---|---|---|---|---|---|"]
+            f"Command: `python -m mae_jax.protocol {' '.join(args.argv)}`."]
+  background, signal = class_names(meta)
   shown = [st for st in stages_lib.CLASSIFY_STAGES if col(st, "test/auc")]
+  if shown:
+    lines += ["", "## Classification (test split)", "",
+              f"Signal: **{signal}** (label 1), background: **{background}** (label 0); "
+              "rejection = 1 / background efficiency at the given signal efficiency.", "",
+              "| stage | acc | AUC | rejection @50% sig. eff. | rejection @30% | selected step "
+              "| selected on validation |", "|---|---|---|---|---|---|---|"]
   for stage in shown:
     chosen = stages_lib.format_selected(col(stage, "selected")) or "–"
     steps = ", ".join(str(s) for s in col(stage, "selected_step") if s is not None) or "–"
     lines.append(f"| {stage} | {fmt(col(stage, 'test/accuracy'))} | {fmt(col(stage, 'test/auc'))} "
                  f"| {fmt(col(stage, 'test/rejection_50'), 1)} "
                  f"| {fmt(col(stage, 'test/rejection_30'), 1)} | {steps} | {chosen} |")
-  lines += ["", "probe: linear head on the frozen pretrained encoder; probe_random: the same on "
-            "the same encoder *randomly initialised* (what the probe gets without pretraining); "
-            "finetune: everything trains from the pretrained encoder; scratch: the finetune "
-            "model and budget from random initialisation; resnet: ResNet-15 of the E2E papers; "
-            "observables: logistic regression on image-derived jet observables "
-            "(mass, girth, p_T^D, multiplicities, channel sums, impact parameters).", "",
-            "Bootstrap std of the first seed's test AUC: " + ", ".join(
-                f"{st} ± {first['by_labelled'][stages_lib.size_key(main)][st].get('test/auc_std') or float('nan'):.4f}"
-                for st in shown) + "."]
-  if len(sizes) > 1:
+  if shown:
+    lines += [""] + [f"- {st}: {stages_lib.BY_NAME[st].describe}." for st in shown]
+    lines += ["", "Bootstrap std of the first seed's test AUC: " + ", ".join(
+        f"{st} ± {first['by_labelled'][stages_lib.size_key(main)].get(st, {}).get('test/auc_std') or float('nan'):.4f}"
+        for st in shown) + "."]
+  if shown and len(sizes) > 1:
     lines += ["", "## AUC against the number of labelled jets (test split)", "",
               "| labelled jets | " + " | ".join(shown) + " |",
               "|---|" + "---|" * len(shown)]
@@ -183,13 +180,16 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
   reg = [st for st in stages_lib.REGRESS_STAGES if col(st, "test/examples")]
   if reg:
     names = stages_lib.REGRESS_TARGETS.split(",")
-    lines += ["", "## Regression (test split, GeV)", "",
-              "| stage | target | MAE | resolution (rel. std) | bias | R² |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Regression (test split)", "",
+              "MAE in GeV; resolution and bias relative (std and mean of (pred − true) / true).",
+              "", "| stage | target | MAE (GeV) | resolution (rel. std) | bias (rel.) | R² |",
+              "|---|---|---|---|---|---|"]
     for st in reg:
       for t in names:
         lines.append(f"| {st} | {t} | {fmt(col(st, f'test/{t}_mae'), 2)} "
                      f"| {fmt(col(st, f'test/{t}_resolution'), 3)} "
                      f"| {fmt(col(st, f'test/{t}_bias'), 2)} | {fmt(col(st, f'test/{t}_r2'), 3)} |")
+    lines += [""] + [f"- {st}: {stages_lib.BY_NAME[st].describe}." for st in reg]
 
   if first.get("recon"):
     sparse = args.tokens == "sparse"
@@ -214,7 +214,10 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
       lines += ["", f"Per channel ({r['split']} split): MSE on masked patches; energy in masked "
                 "patches, reconstructed / true (sum over jets) and per-jet relative error "
                 "mean ± std; none for the signed impact-parameter channels (their sums are not "
-                "energies).", "",
+                "energies). The sums are of the model's target pixels, in normalised units "
+                f"(`{first.get('normalization')}`): ratios of energies in GeV only when that "
+                "normalisation is a pure scale (none, div255); the ratios are "
+                "dimensionless.", "",
                 "| channel | MSE masked | predict-zeros | energy ratio | per-jet rel. error |",
                 "|---|---|---|---|---|"]
       for i, n in enumerate(names):
@@ -225,19 +228,22 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
         lines.append(f"| {n} | {r['mse_masked_per_channel'][i]:.5f} | "
                      f"{r['mse_masked_zeros_per_channel'][i]:.5f} | {energy} |")
 
+  def score(stage, what):  # a measured number, or which stage would measure it
+    vals = col(stage, "test/auc")
+    return f"{what} AUC {fmt(vals)}" if vals else f"not measured ({stage} did not run)"
   lines += ["", "## Compression", "",
             "| representation | bytes per jet | ratio to raw | downstream score from it alone |",
             "|---|---|---|---|",
-            f"| raw image float32 {h}×{w}×{c} | {raw:,} | 1× | ResNet AUC "
-            f"{fmt(col('resnet', 'test/auc'))} |"]
+            f"| raw image float32 {h}×{w}×{c} | {raw:,} | 1× | {score('resnet', 'ResNet-15')} |"]
   if meta.get("stored_bytes_per_jet"):
     b = meta["stored_bytes_per_jet"]
-    lines.append(f"| converted TFRecord (zlib) | {b:,.0f} | {raw / b:.0f}× | same |")
+    lines.append(f"| converted TFRecord (zlib, lossless) | {b:,.0f} | {raw / b:.0f}× "
+                 f"| that of the raw image (lossless) |")
   if width:
     for dtype, nbytes in (("float32", 4), ("float16", 2)):
       lines.append(f"| encoder {first.get('pool', 'mean')}-pooled feature, {width} × {dtype} | "
-                   f"{width * nbytes} | {raw / (width * nbytes):.0f}× | linear probe AUC "
-                   f"{fmt(col('probe', 'test/auc'))} |")
+                   f"{width * nbytes} | {raw / (width * nbytes):.0f}× | "
+                   f"{score('probe', 'linear probe')} |")
     lines += ["", "(float16 features: the probe was trained on float32 features; the float16 "
               "row is storage only.)"]
   lines += ["", "## Runtime of each stage (first seed, this machine; a stage chosen by --select: "
@@ -247,8 +253,11 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
     lines.append(f"| {stage} | {sec:.0f} |")
   lines += ["", "## Figures", ""]
   main_key = stages_lib.size_key(main)
-  figs = plots.protocol_figures(root, {k.split("@")[0]: v for k, v in first["workdirs"].items()
-                                       if k.endswith(f"@{main_key}") or k == "pretrain"})
+  dirs = {k.split("@")[0]: v for k, v in first["workdirs"].items()
+          if k.endswith(f"@{main_key}") or k == "pretrain"}
+  figs = plots.protocol_figures(root, dirs, class_names=class_names(meta),
+                                curves={st: stages_lib.CURVES[stages_lib.BY_NAME[st].kind]
+                                        for st in dirs})
   lines += [f"![{os.path.basename(f)}]({os.path.relpath(f, root)})" for f in figs]
   with open(os.path.join(root, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -260,7 +269,7 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes):
 
 
 def summary_lines(per_seed, sizes):
-  """The few lines printed at the end of a run."""
+  """The few lines printed at the end of a run (test AUCs only if a classifier ran)."""
   main = sizes[-1]
   out = headline(per_seed, main)
   aucs = []
@@ -269,7 +278,7 @@ def summary_lines(per_seed, sizes):
             for s in per_seed]
     if any(v is not None for v in vals):
       aucs.append(f"{st} {fmt(vals)}")
-  return ["test AUC: " + ", ".join(aucs)] + out
+  return (["test AUC: " + ", ".join(aucs)] if aucs else []) + out
 
 
 def load_results(root):

@@ -1,53 +1,150 @@
-"""The protocol's stages: which config each one is, how it is assembled, how it runs.
+"""The protocol's stages: ONE table of records (`TABLE`), and how a stage is assembled and run.
 
-Every stage but `observables` is a config of the one trainer (configs/*.py). The two
-controls take the steps and the overrides of the stage they control for (`scratch` those
-of `finetune`, `probe_random` those of `probe`), then their own, which win;
-`model_init`, `model_load` and `optim.layer_decay`, which make them controls, are never
-inherited. `regress_probe` / `regress_finetune` are the probe and finetune with the
-regression task (jet mass and pT).
+A stage record says everything the protocol and its report need: its name, the trainer
+config it is (or the function that runs it, for stages that are not trainer runs), what it
+loads, which stage it controls for, and how it is measured and reported (`kind`: the report
+section; `control`: a control the verdict weighs the pretrained stages against; `versus`:
+what the verdict compares it with). Adding a stage = one record (+ its function).
+
+A control takes the steps and the overrides of the stage it controls for (`scratch` those
+of `finetune`, `probe_random` those of `probe`), then its own, which win; `model_init`,
+`model_load` and `optim.layer_decay`, which make it a control, are never inherited.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
 import time
+from typing import Callable
 
 from mae_jax import config_util
+from mae_jax.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STAGES = ("pretrain", "probe", "probe_random", "finetune", "scratch", "resnet", "observables",
-          "regress_probe", "regress_finetune")
-DEFAULT_STAGES = ("pretrain", "probe", "probe_random", "finetune", "scratch", "resnet",
-                  "observables")
-CLASSIFY_STAGES = ("probe", "probe_random", "finetune", "scratch", "resnet", "observables")
-REGRESS_STAGES = ("regress_probe", "regress_finetune")
-TRAINED = tuple(s for s in STAGES if s != "observables")
-CONTROL_OF = {"scratch": "finetune", "probe_random": "probe"}  # same budget, random init
+MAE_ARG = "variant={variant},patch={patch},model={model},tokens={tokens}"
+REGRESS_TARGETS = "jet_mass,jet_pt"
+REGRESS_TASK = (("task.name", "regress"), ("task.targets", REGRESS_TARGETS))
+STRONGEST = "strongest control"  # in `versus`: the control with the highest test AUC that ran
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One protocol stage (see the module doc)."""
+  name: str
+  kind: str                 # report section: "pretrain" | "classify" | "regress"
+  describe: str             # its line in the report
+  config: str = ""          # configs/<config>.py of the trainer ("" = `run` is a function)
+  config_arg: str = MAE_ARG
+  task: tuple = ()          # (field, value) set on the config: the task it trains
+  loads: str = ""           # "pretrain": starts from / reads the seed's pretrain checkpoint
+  controls: str = ""        # the stage whose steps and overrides it takes
+  control: bool = False     # a control of the verdict ("the strongest control")
+  versus: tuple = ()        # stages (or STRONGEST) the verdict compares it with
+  run: Callable | None = None  # fn(Job) -> (final metrics, trained now); None = the trainer
+  default: bool = False     # in the default --stages
+
+
+@dataclasses.dataclass
+class Job:
+  """One stage of one seed and labelled-set size, as a `Stage.run` function gets it."""
+  stage: Stage
+  seed: int
+  size: int | None
+  workdir: str
+  args: object
+  cache: str
+  config_for: Callable      # stage name -> its assembled config for this seed and size
+
+
+def _controls():
+  from mae_jax.protocol import controls
+  return controls
+
+
+def _lazy(name):
+  """A `run` function of protocol/controls.py, imported when the stage runs."""
+  def fn(job):
+    return getattr(_controls(), name)(job)
+  fn.__name__ = name
+  return fn
+
+
+TABLE = (
+    Stage("pretrain", "pretrain", "masked-autoencoder pretraining (labels ignored)",
+          config="pretrain", default=True),
+    Stage("probe", "classify", "linear head on the frozen pretrained encoder",
+          config="probe", loads="pretrain", versus=("probe_random", STRONGEST), default=True),
+    Stage("probe_random", "classify", "the same probe on the same encoder *randomly "
+          "initialised* (what the probe gets without pretraining)",
+          config="probe", controls="probe", default=True),
+    Stage("finetune", "classify", "everything trains from the pretrained encoder",
+          config="finetune", loads="pretrain", versus=("scratch", STRONGEST), default=True),
+    Stage("scratch", "classify", "the finetune model and budget from random initialisation",
+          config="scratch", controls="finetune", control=True, default=True),
+    Stage("resnet", "classify", "ResNet-15 of the E2E papers", config="resnet",
+          config_arg="arch=resnet15", control=True, default=True),
+    Stage("observables", "classify", "logistic regression on image-derived jet observables "
+          "(mass, girth, p_T^D, multiplicities, channel sums, impact parameters)",
+          run=_lazy("observables_lr"), control=True, default=True),
+    Stage("observables_gbt", "classify", "gradient-boosted trees on the same observables, "
+          "hyper-parameters chosen on the validation split",
+          run=_lazy("observables_gbt"), control=True, default=True),
+    Stage("observables_encoder", "classify", "the same trees on the observables and the "
+          "frozen pretrained encoder's pooled features (does the encoder add information?)",
+          run=_lazy("observables_encoder"), loads="pretrain", versus=("observables_gbt",),
+          default=True),
+    Stage("regress_probe", "regress", "linear head on the frozen pretrained encoder",
+          config="probe", task=REGRESS_TASK, loads="pretrain"),
+    Stage("regress_finetune", "regress", "the pretrained encoder finetuned",
+          config="finetune", task=REGRESS_TASK, loads="pretrain"),
+    Stage("regress_scratch", "regress", "the regress_finetune model and budget from random "
+          "initialisation", config="scratch", task=REGRESS_TASK, controls="regress_finetune",
+          control=True),
+    Stage("regress_observables", "regress", "the physicist's estimate: the image's "
+          "calorimeter mass and E_T sum, linearly calibrated on the train split",
+          run=_lazy("calo_regression"), control=True),
+)
+BY_NAME = {s.name: s for s in TABLE}
+# how a kind of stage is drawn in the loss figure: y-label of its training loss, the
+# validation metric drawn beside it, and a reference line ("ln2": no information)
+CURVES = {"pretrain": {"ylabel": "masked-patch MSE (normalised units)",
+                       "validation": "validation/masked_mse",
+                       "reference": "validation/masked_mse_predict_zeros"},
+          "classify": {"ylabel": "binary cross-entropy", "validation": None,
+                       "reference": "ln2"},
+          "regress": {"ylabel": "loss on standardised targets", "validation": None,
+                      "reference": None}}
+# views of the table (names, in table order)
+STAGES = tuple(BY_NAME)
+DEFAULT_STAGES = tuple(s.name for s in TABLE if s.default)
+CLASSIFY_STAGES = tuple(s.name for s in TABLE if s.kind == "classify")
+REGRESS_STAGES = tuple(s.name for s in TABLE if s.kind == "regress")
+TRAINED = tuple(s.name for s in TABLE if s.config)
+CONTROL_OF = {s.name: s.controls for s in TABLE if s.controls}  # same budget, random init
 # what makes a control a control: never inherited from the stage it controls for
 CONTROL_OWN_FIELDS = ("model_init", "model_load", "optim.layer_decay")
-CONFIG_FILE = {"pretrain": "pretrain", "probe": "probe", "finetune": "finetune",
-               "scratch": "scratch", "resnet": "resnet", "probe_random": "probe",
-               "regress_probe": "probe", "regress_finetune": "finetune"}
-USES_PRETRAINED = ("probe", "finetune", "regress_probe", "regress_finetune")
-ENCODER_STAGES = ("pretrain", "probe", "probe_random", "finetune", "scratch") + REGRESS_STAGES
-REGRESS_TARGETS = "jet_mass,jet_pt"
 
 
 def load_stage_config(stage, variant, model, patch, tokens="dense"):
   """The stage's config file with the run's model arguments."""
-  path = os.path.join(ROOT, "configs", f"{CONFIG_FILE[stage]}.py")
+  record = BY_NAME[stage]
+  if not record.config:
+    raise UsageError(f"stage {stage!r} is not a trainer run; it has no config")
+  path = os.path.join(ROOT, "configs", f"{record.config}.py")
   spec = importlib.util.spec_from_file_location(stage, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  if stage == "resnet":
-    return module.get_config("arch=resnet15")
-  config = module.get_config(f"variant={variant},patch={patch},model={model},tokens={tokens}")
-  if stage in REGRESS_STAGES:
-    config.task.name = "regress"
-    config.task.targets = REGRESS_TARGETS
+  config = module.get_config(record.config_arg.format(variant=variant, patch=patch, model=model,
+                                                      tokens=tokens))
+  for field, value in record.task:  # e.g. task.name=regress
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = getattr(node, p)
+    setattr(node, leaf, value)
   return config
 
 
@@ -56,27 +153,28 @@ def stage_config(stage, args, seed, labelled, overrides, per_stage, steps):
   config = load_stage_config(stage, args.variant, args.model, args.patch, args.tokens)
   config.data.dir = args.pretrain_data if stage == "pretrain" else args.data
   config.seed = seed
-  n_steps = steps.get(stage, steps.get(CONTROL_OF.get(stage)))
+  record = BY_NAME[stage]
+  n_steps = steps.get(stage, steps.get(record.controls))
   if n_steps is not None:
     config.total_steps = int(n_steps)
     config.warmup_steps = min(config.warmup_steps, max(config.total_steps // 10, 1))
     config.eval_every = max(config.total_steps // 4, 1) if stage != "pretrain" else 0
-  if stage in USES_PRETRAINED:
+  if record.loads == "pretrain" and record.config:
     config.model_init = run_dir(args.root, seed, None, "pretrain")
   if stage != "pretrain" and labelled:
     config.data.train_examples = int(labelled)
   # a control is the stage it controls for in every respect but the initialisation
-  like = [a for a in per_stage.get(CONTROL_OF.get(stage), [])
+  like = [a for a in per_stage.get(record.controls, [])
           if a[len("--config."):].split("=", 1)[0] not in CONTROL_OWN_FIELDS]
   try:
     return config_util.apply_overrides(config, overrides + like + per_stage.get(stage, []))
   except ValueError as e:
-    raise SystemExit(f"{stage}: {e}") from None
+    raise UsageError(f"{stage}: {e}") from None
 
 
 def size_key(labelled) -> str:
   """Key of a labelled-set size in results: 'all' (the whole train split) or 'N'."""
-  return str(int(labelled)) if labelled else "all"
+  return str(int(labelled)) if labelled and labelled != "all" else "all"
 
 
 def run_dir(root, seed, labelled, stage):
@@ -85,14 +183,37 @@ def run_dir(root, seed, labelled, stage):
   return os.path.join(*parts, stage)
 
 
-def run_stage(config, workdir):
-  """Trains the stage unless its workdir holds final_metrics.json; (metrics, trained now)."""
-  from mae_jax import trainer
+def run_stage(config, workdir, label=""):
+  """Trains the stage unless its workdir holds final_metrics.json; (metrics, trained now).
+  Says whether it reuses a finished run or resumes a stopped one (from which step). The
+  metrics of a run stopped by a signal are {"preempted_at": step, ...} (see `stopped`)."""
+  from mae_jax import checkpoint, trainer
   done = os.path.join(workdir, "final_metrics.json")
   if os.path.exists(done):
+    print(f"[protocol] {label}: reusing the finished run in {workdir}", flush=True)
     with open(done) as f:
       return json.load(f), False
+  step = checkpoint.last_good_step(workdir)
+  if step:
+    print(f"[protocol] {label}: resuming from step {step} of {config.total_steps} in {workdir}",
+          flush=True)
   return trainer.train_and_evaluate(config, workdir), True
+
+
+class StageStopped(RuntimeError):
+  """A signal (SIGTERM, Ctrl-C) stopped a stage: the protocol stops, writes no report."""
+
+
+def stopped(final, label, workdir, argv):
+  """The StageStopped error (one line: stage, step, the command that resumes) if the trainer
+  returned a stopped run's metrics, else None."""
+  if not isinstance(final, dict) or "preempted_at" not in final:
+    return None
+  import shlex
+  return StageStopped(
+      f"{label} stopped at step {final['preempted_at']} (checkpoint in {workdir}); later "
+      "stages did not run and no report was written; resume with: python -m mae_jax.protocol "
+      + shlex.join(argv))
 
 
 def parse_selects(items, stages):
@@ -104,14 +225,14 @@ def parse_selects(items, stages):
     stage, _, field = key.partition(".")
     vals = [v for v in values.split(",") if v]
     if not sep or not field or not vals:
-      raise SystemExit(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
+      raise UsageError(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
                        "(e.g. finetune.lr=1e-3,4e-3)")
     selectable = [s for s in stages if s in TRAINED and s != "pretrain"]
     if stage not in selectable:
-      raise SystemExit(f"--select {item!r}: stage {stage!r} is not one of the stages run "
+      raise UsageError(f"--select {item!r}: stage {stage!r} is not one of the stages run "
                        f"here that can be selected on validation: {selectable}")
     if stage in out:
-      raise SystemExit(f"--select: stage {stage!r} given twice; one field per stage")
+      raise UsageError(f"--select: stage {stage!r} given twice; one field per stage")
     out[stage] = (field, vals)
   return out
 
@@ -123,7 +244,7 @@ def check_selects(selects, config_for):
       try:
         config_util.apply_overrides(config_for(stage), [f"--config.{field}={value}"])
       except (ValueError, TypeError, KeyError) as e:
-        raise SystemExit(f"--select {stage}.{field}={','.join(values)}: {e}") from None
+        raise UsageError(f"--select {stage}.{field}={','.join(values)}: {e}") from None
 
 
 def format_selected(selected) -> str:
@@ -135,13 +256,13 @@ def validation_score(workdir):
   """The trainer's selection metric of the validation-selected checkpoint in `workdir`."""
   path = os.path.join(workdir, "best.json")
   if not os.path.exists(path):
-    raise SystemExit(f"--select needs validation scores, but {path} does not exist: the "
+    raise UsageError(f"--select needs validation scores, but {path} does not exist: the "
                      "stage had no validation split, or its validation score was never finite "
                      "(e.g. AUC on a one-class split)")
   with open(path) as f:
     best = json.load(f)
   if best.get("selection_metric") is None:
-    raise SystemExit(f"{path} has no finite 'selection_metric'; delete {workdir} to rerun it")
+    raise UsageError(f"{path} has no finite 'selection_metric'; delete {workdir} to rerun it")
   return float(best["selection_metric"])
 
 
@@ -162,8 +283,10 @@ def run_selected(config, workdir, field, values, label):
     print(f"[protocol] {label} {field}={value} -> {wd}", flush=True)
     if not os.path.exists(failed):
       try:
-        finals[value], now = run_stage(cfg, wd)
+        finals[value], now = run_stage(cfg, wd, f"{label} {field}={value}")
         trained |= now
+        if "preempted_at" in finals[value]:  # stopped by a signal: the caller stops
+          return finals[value], trained, wd
         grid[value] = validation_score(wd)
         continue
       except errors.NonFiniteError as e:
@@ -173,7 +296,7 @@ def run_selected(config, workdir, field, values, label):
       print(f"[protocol] {label} {field}={value} failed: {json.load(f)['error']}", flush=True)
     grid[value] = float("-inf")
   if not finals:
-    raise SystemExit(f"--select {field}: every value failed (see failed.json in "
+    raise UsageError(f"--select {field}: every value failed (see failed.json in "
                      f"{', '.join(dirs.values())})")
   chosen = max(finals, key=lambda v: grid[v])  # first value wins ties
   print(f"[protocol] {label} selected {field}={chosen} "

@@ -1,0 +1,190 @@
+"""The stages that are not trainer runs (`Stage.run` in protocol/stages.py): each takes a
+`stages.Job` and returns (final metrics, trained now), writing WORKDIR/final_metrics.json
+(a rerun reuses it) and, for classifiers, WORKDIR/test_scores.npz as the trainer does.
+
+  observables_lr       logistic regression on the observables (measure.observable_baseline)
+  observables_gbt      gradient-boosted trees on the observables (evaluate/trees.py)
+  observables_encoder  the same trees on [observables, frozen pretrained encoder features]
+  calo_regression      jet mass and pT from the image's calorimeter mass and E_T sum,
+                       each linearly calibrated on the train split
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from mae_jax.protocol import measure
+
+
+def _done(workdir):
+  path = os.path.join(workdir, "final_metrics.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return None
+
+
+def _subset(job, y):
+  """Record positions of the labelled subset of the train split (all when no size)."""
+  if not job.size:
+    return np.arange(len(y))
+  from mae_jax.data import pipeline as pipeline_lib
+  return pipeline_lib.Pipeline(job.args.data, "none").labelled_subset("train", int(job.size),
+                                                                      job.seed)
+
+
+def _finish(job, final, t0, labels=None, scores=None):
+  from mae_jax import checkpoint
+  final["train_seconds"] = time.time() - t0
+  os.makedirs(job.workdir, exist_ok=True)
+  if scores is not None:
+    np.savez(os.path.join(job.workdir, "test_scores.npz"), label=labels, score=scores)
+  checkpoint.write_json(os.path.join(job.workdir, "final_metrics.json"), final)
+  return final, True
+
+
+def observables_lr(job):
+  return measure.observable_baseline(job.args.data, job.seed, job.size, job.cache, job.workdir)
+
+
+def _tables(job):
+  """Observable tables of train (labelled subset), validation (None if absent) and test."""
+  from mae_jax.data import meta as meta_lib
+  splits = meta_lib.load_meta(job.args.data)["splits"]
+  tr = measure.observable_table(job.args.data, "train", job.cache)
+  keep = _subset(job, tr["y"])
+  tr = {**tr, "x": tr["x"][keep], "y": tr["y"][keep], "keep": keep}
+  va = (measure.observable_table(job.args.data, "validation", job.cache)
+        if "validation" in splits else None)
+  te = measure.observable_table(job.args.data, "test", job.cache)
+  return tr, va, te
+
+
+def _trees(job, x, y, xv, yv, xt, yt, names, what):
+  from mae_jax.evaluate import metrics, trees
+  t0 = time.time()
+  if xv is None:  # no validation split: the first grid point, said so in the metrics
+    point = trees.grid_points(job.args.trees_grid)[0]
+    model, _, grid = trees.fit_selected(x, y, x, y, job.seed, {k: [v] for k, v in point.items()})
+    selected_by = "no validation split: fixed hyper-parameters"
+  else:
+    model, point, grid = trees.fit_selected(x, y, xv, yv, job.seed, job.args.trees_grid)
+    selected_by = "validation AUC over the grid"
+  scores = trees.score(model, xt)
+  rep = metrics.classification_report(yt.astype(np.int64), scores, logits=True,
+                                      n_bootstrap=200)
+  final = {f"test/{k}": float(v) for k, v in rep.items() if np.isscalar(v)}
+  final.update({"test/examples": float(len(yt)), "train_examples": int(len(y)),
+                "features": names, "inputs": what, "selected": point,
+                "selected_by": selected_by,
+                "grid": [{**p, "validation_auc": float(a)} for p, a in grid]})
+  return _finish(job, final, t0, yt, scores)
+
+
+def observables_gbt(job):
+  done = _done(job.workdir)
+  if done is not None:
+    return done, False
+  tr, va, te = _tables(job)
+  return _trees(job, tr["x"], tr["y"], None if va is None else va["x"],
+                None if va is None else va["y"], te["x"], te["y"], tr["names"], "observables")
+
+
+def encoder_features(job, split):
+  """Pooled features [N, D] of the frozen pretrained encoder of the job's seed on a split of
+  --data, in record order (pooled as the probe pools them), cached next to the pretrain
+  checkpoint (WORKDIR/features_{pool}_{split}.npz)."""
+  from mae_jax.protocol import stages
+  pre_dir = stages.run_dir(job.args.root, job.seed, None, "pretrain")
+  probe = job.config_for("probe")
+  pool, include_cls = probe.model.pool, bool(probe.model.get("include_cls", False))
+  path = os.path.join(pre_dir, f"features_{pool}{'_cls' if include_cls else ''}_{split}.npz")
+  if os.path.exists(path):
+    d = np.load(path)
+    return d["x"], d["y"]
+  import jax
+  from mae_jax import checkpoint, experiment, parallel
+  from mae_jax.models import heads
+  pre = job.config_for("pretrain")
+  mesh = parallel.make_mesh(pre.mesh)
+  pipe = experiment.make_pipeline(probe, job.args.data, train=False)  # the probe's inputs
+  model = experiment.build_model(pre, pipe.image_shape)
+  params = checkpoint.read_arrays(pre_dir, item="params")[0]["params"]
+
+  @jax.jit
+  def features(params, batch):
+    out = model.apply({"params": params}, batch["image"], method=model.encode,
+                      **experiment.model_inputs(batch))
+    return heads.pool_tokens(out["tokens"], pool, include_cls, out.get("valid"))
+
+  xs, ys = [], []
+  _, it = pipe.eval_iter(split, probe.batch_size, probe.batch_size)
+  for batch in it:
+    f = jax.device_get(features(params, parallel.global_batch(batch, mesh)))
+    keep = batch["valid"] > 0
+    xs.append(np.asarray(f, np.float64)[keep])
+    ys.append(batch["label"][keep])
+  x, y = np.concatenate(xs), np.concatenate(ys)
+  np.savez(path, x=x, y=y)
+  return x, y
+
+
+def observables_encoder(job):
+  done = _done(job.workdir)
+  if done is not None:
+    return done, False
+  tr, va, te = _tables(job)
+
+  def joined(table, split, keep=None):
+    f, y = encoder_features(job, split)
+    if keep is not None:
+      f, y = f[keep], y[keep]
+    if not np.array_equal(y, table["y"]):  # both in record order: a mismatch is a bug
+      raise RuntimeError(f"encoder features and observables of {split} are not in the same "
+                         "jet order")
+    return np.concatenate([table["x"], f], axis=1)
+
+  width = encoder_features(job, "test")[0].shape[1]
+  names = list(tr["names"]) + [f"encoder_{i}" for i in range(width)]
+  return _trees(job, joined(tr, "train", tr["keep"]), tr["y"],
+                None if va is None else joined(va, "validation"),
+                None if va is None else va["y"], joined(te, "test"), te["y"], names,
+                "observables + frozen pretrained encoder features")
+
+
+# what the physicist reads off the image for each target: (observable, transform)
+CALO_ESTIMATES = {"jet_mass": ("calo_mass", lambda v: v),
+                  "jet_pt": ("log_calo_et", np.expm1)}  # E_T sum back from log(1 + sum)
+
+
+def calo_regression(job):
+  done = _done(job.workdir)
+  if done is not None:
+    return done, False
+  from mae_jax.data import meta as meta_lib
+  from mae_jax.evaluate import metrics
+  from mae_jax.protocol import stages
+  t0 = time.time()
+  targets = meta_lib.load_meta(job.args.data).get("target_names") or []
+  tr, _, te = _tables(job)
+  if tr["t"] is None or te["t"] is None:
+    raise ValueError(f"{job.args.data} has no regression targets")
+  final = {"test/examples": float(len(te["y"])), "train_examples": int(len(tr["y"])),
+           "calibration": {}}
+  for name in stages.REGRESS_TARGETS.split(","):
+    feature, transform = CALO_ESTIMATES[name]
+    col = targets.index(name)
+    i = list(tr["names"]).index(feature)
+    raw, raw_t = transform(tr["x"][:, i]), transform(te["x"][:, i])
+    true = np.asarray(tr["t"], np.float64)[tr["keep"], col]
+    slope, intercept = np.polyfit(raw, true, 1)  # least squares on the train split
+    rep = metrics.regression_metrics(np.asarray(te["t"], np.float64)[:, col],
+                                     intercept + slope * raw_t)
+    final.update({f"test/{name}_{k}": float(v) for k, v in rep.items() if k != "n"})
+    final["calibration"][name] = {"from": feature, "slope": float(slope),
+                                  "intercept": float(intercept)}
+  return _finish(job, final, t0)
