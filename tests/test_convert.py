@@ -162,18 +162,46 @@ def test_parquet_roundtrip_by_row_groups(tmp_path, monkeypatch):
   C.verify(str(out))
 
 
-def test_holdout_split_by_index(tmp_path):
-  src = tmp_path / "qg.h5"
-  d = F.write_qg_opendata_h5(src, 10)
-  out = tmp_path / "out"
-  meta = C.convert([str(src)], str(out), holdout="0.2,0.3")
-  counts = {s: m["num_examples"] for s, m in meta["splits"].items()}
-  assert counts == {"train": 5, "validation": 2, "test": 3}
-  for s, rows in (("train", slice(0, 5)), ("validation", slice(5, 7)), ("test", slice(7, 10))):
-    got = read_split(out, s)
-    assert_same(got, d, rows)
-    np.testing.assert_array_equal(got["index"], np.arange(10)[rows])
-  C.verify(str(out))
+def class_sorted_egamma(path, n0, n1):
+  """An egamma file sorted by class (n0 label-0 jets, then n1 label-1 jets), as one gets by
+  concatenating a background and a signal file."""
+  d = F.write_egamma_h5(path, n0 + n1)
+  d["labels"] = np.r_[np.zeros(n0), np.ones(n1)].astype(np.int64)
+  with h5py.File(path, "a") as f:
+    f["y"][...] = d["labels"].astype(np.float32)
+  return d
+
+
+def test_holdout_is_a_seeded_stratified_permutation(tmp_path):
+  src = tmp_path / "sorted.h5"
+  d = class_sorted_egamma(src, 40, 27)
+  meta = C.convert([str(src)], str(tmp_path / "a"), holdout="0.15,0.2", chunk_size=7)
+  assert meta["holdout"] == [0.15, 0.2] and meta["split_seed"] == 0
+  got = {s: read_split(tmp_path / "a", s) for s in ("train", "validation", "test")}
+  for s, frac in (("validation", 0.15), ("test", 0.2)):
+    for c, n_c in ((0, 40), (1, 27)):  # both classes, each within one jet of its fraction
+      assert abs(int(np.sum(got[s]["labels"] == c)) - frac * n_c) <= 1, (s, c)
+  for s, g in got.items():  # source order inside a split; the records are the source rows
+    assert np.all(np.diff(g["index"]) > 0)
+    assert_same(g, d, g["index"])
+    assert meta["splits"][s]["num_examples"] == g["index"].size
+  union = np.concatenate([g["index"] for g in got.values()])
+  np.testing.assert_array_equal(np.sort(union), np.arange(67))  # nothing lost or duplicated
+  again = C.convert([str(src)], str(tmp_path / "b"), holdout="0.15,0.2", chunk_size=3)
+  assert again["splits"] == meta["splits"]  # same seed: same rows, counts and sha256
+  other = C.convert([str(src)], str(tmp_path / "c"), holdout="0.15,0.2", split_seed=1)
+  assert other["split_seed"] == 1
+  assert other["splits"]["test"]["sha256"] != meta["splits"]["test"]["sha256"]
+  C.verify(str(tmp_path / "a"))
+
+
+def test_holdout_with_a_single_class_split_is_a_one_line_error(tmp_path):
+  src = tmp_path / "sorted.h5"
+  class_sorted_egamma(src, 30, 3)  # round(0.1 * 3) = 0 label-1 jets to hold out
+  with pytest.raises(DataFormatError, match=r"split 'validation' holds one class only "
+                     r"\(label counts \{'0': 3\}\)") as e:
+    C.convert([str(src)], str(tmp_path / "out"), holdout="0.1,0.1")
+  assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
 # Multi-file.

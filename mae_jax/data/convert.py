@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import datetime
 import glob
-import itertools
 import json
 import logging
 import os
@@ -49,8 +48,9 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from mae_jax import errors, workdir_lock
 from mae_jax.data import meta as meta_lib
-from mae_jax.data import pipeline, records, schemas
+from mae_jax.data import pipeline, records, schemas, splits
 from mae_jax.data.records import Plan, parse_bad_indices  # noqa: F401  (public API)
+from mae_jax.data.splits import DEFAULT_HOLDOUT, SPLIT_FORMATS, default_holdout  # noqa: F401
 from mae_jax.data.verify import verify  # noqa: F401  (public API: convert.verify)
 from mae_jax.errors import USER_ERRORS, DataFormatError, VerificationError
 
@@ -85,16 +85,13 @@ def _version() -> str:
 
 def _raise_nonfinite(plan: Plan, split: str, source: int, first: schemas.Chunk) -> None:
   """Lists the non-finite rows of this file's split from chunk `first` on, then raises."""
-  layout = plan.layouts[source]
-  spec = layout.splits[split]
   found = {"images": [], "targets": []}
-  nxt = first.start + first.images.shape[0]
-  rest = schemas.iter_chunks(layout, split, plan.chunk_size, start=nxt) if nxt < spec.stop else ()
-  for ch in itertools.chain([first], rest):
+  lo = int(splits.positions(plan, split, source, splits.chunk_index(first)[:1])[0])
+  for ch in splits.split_chunks(plan, split, source, lo=lo):
     kept = records.filter_chunk(plan, split, source, ch)
     found["images"] += kept.nonfinite_images.tolist()
     found["targets"] += kept.nonfinite_targets.tolist()
-  raise records.nonfinite_error(layout, split, found)
+  raise records.nonfinite_error(plan.layouts[source], split, found)
 
 
 def _generate_split(plan: Plan, split: str) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -105,9 +102,8 @@ def _generate_split(plan: Plan, split: str) -> Iterable[tuple[int, dict[str, Any
   total = plan.num_input(split)
   stride = _HKEY_SPACE // max(total, 1)
   key = 0
-  for source, layout in plan.inputs_for(split):
-    origin = layout.splits[split].start
-    for chunk in schemas.iter_chunks(layout, split, plan.chunk_size):
+  for source, _ in plan.inputs_for(split):
+    for chunk in splits.split_chunks(plan, split, source):
       kept = records.filter_chunk(plan, split, source, chunk)
       bad = np.union1d(kept.nonfinite_images, kept.nonfinite_targets)
       if bad.size and plan.nan_policy == "reject":
@@ -115,7 +111,8 @@ def _generate_split(plan: Plan, split: str) -> Iterable[tuple[int, dict[str, Any
       n_nonfinite += int(bad.size)
       n_badidx += kept.num_bad_indices
       dropped += [[source, int(i)] for i in kept.dropped]
-      acc.update(kept.images, kept.labels, kept.targets, rows=kept.index - origin)
+      acc.update(kept.images, kept.labels, kept.targets,
+                 rows=splits.positions(plan, split, source, kept.index))
       for i in range(kept.images.shape[0]):
         rec = {
             "image": kept.images[i],
@@ -223,7 +220,7 @@ def _writer_buffer(limit_bytes: int | None):
 
 
 def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
-              image_encoding="zlib") -> Plan:
+              image_encoding="zlib", split_seed=0) -> Plan:
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
   inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
@@ -237,6 +234,8 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
     raise ValueError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
   layouts = [schemas.inspect_file(p, format=format, holdout=holdout) for p in inputs]
   schemas.check_compatible(layouts)
+  rows = splits.apply_holdout(layouts, schemas.parse_holdout(holdout), split_seed) \
+      if holdout is not None else {}
   present = [s for s in schemas.SPLITS if any(s in lay.splits for lay in layouts)]
   bad = parse_bad_indices(bad_indices)
   unknown = sorted(set(bad) - set(present) - {"*"})
@@ -255,6 +254,7 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
       chunk_size=int(chunk_size),
       stats_split="train" if "train" in present else present[0],
       image_encoding=image_encoding,
+      rows=rows,
   )
 
 
@@ -295,6 +295,7 @@ def convert(
     engine: str = "plain",
     beam_options=None,
     image_encoding: str = "zlib",
+    split_seed: int = 0,
 ) -> dict:
   """Convert `inputs` into a TFDS dataset at `output`; return the metadata.
 
@@ -311,7 +312,10 @@ def convert(
   DirectRunner); the records and the metadata are the same either way.
   `image_encoding="sparse"` stores each image as its non-zero pixels
   (`mae_jax.data.sparse_image`, ~5x faster to decode for jets); readers see
-  the same dense images.
+  the same dense images. `holdout=(V, T)` draws validation / test rows of
+  single-split files by a permutation seeded with `split_seed`, stratified by
+  label (`mae_jax.data.splits`); a split holding one class of a labelled
+  dataset is a one-line `DataFormatError`.
   """
   if engine not in ENGINES:
     raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
@@ -321,7 +325,8 @@ def convert(
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(
         f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
-  plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding)
+  plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding,
+                   split_seed)
   parent = os.path.dirname(output)
   try:
     os.makedirs(parent, exist_ok=True)
@@ -353,6 +358,8 @@ def convert(
         "num_targets": len(plan.target_names),
         "nan_policy": plan.nan_policy,
         "holdout": list(schemas.parse_holdout(holdout)) if holdout is not None else None,
+        "split_seed": int(split_seed) if holdout is not None else None,
+        "split_method": splits.METHOD if holdout is not None else None,
         "splits": {s: plan.results[s] for s in plan.split_names},
         "channel_stats_split": plan.stats_split,
         "channel_stats": plan.channel_stats,
@@ -370,6 +377,8 @@ def convert(
     }
     if meta["label_names"] is None:
       del meta["label_names"]
+    # Drawn hold-outs were checked in `splits.apply_holdout` (an error); a file's own splits
+    # are the user's choice: a line here, and the protocol checks before it trains.
     for split, res in meta["splits"].items():
       counts = {k: v for k, v in res.get("label_counts", {}).items() if k != "-1" and v}
       if split != "train" and len(counts) == 1:
@@ -393,26 +402,6 @@ def convert(
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return meta
-
-
-DEFAULT_HOLDOUT = (0.1, 0.1)
-SPLIT_FORMATS = ("e2e_split", "ml4sci_split")
-
-
-def default_holdout(holdout, inputs, format="auto"):
-  """The CLI's --holdout: 'auto' -> DEFAULT_HOLDOUT for single-split formats (with a line
-  saying so), None for files that have splits; '0' -> None (everything in train)."""
-  if isinstance(holdout, str) and holdout.strip() in ("0", "0,0", "none"):
-    return None
-  if holdout != "auto":
-    return holdout
-  fmt = format if format != "auto" else schemas.detect_format(inputs[0])
-  if fmt in SPLIT_FORMATS:
-    return None
-  log.warning("%s has no train/validation/test splits: holding out the last %g / %g of its "
-              "rows as validation / test (recorded in the metadata; --holdout 0 keeps every "
-              "row in train)", inputs[0], *DEFAULT_HOLDOUT)
-  return DEFAULT_HOLDOUT
 
 
 def _raise_if_disk_full(e: Exception, output: str) -> None:
@@ -439,10 +428,12 @@ def _convert_parser() -> argparse.ArgumentParser:
   p.add_argument("--bad-indices", default=None,
                  help="JSON {split: [idx]} or text file of 'split:index' lines")
   p.add_argument("--holdout", default="auto",
-                 help="VAL,TEST fractions for single-split formats (the last rows, in file "
-                 f"order); default: {DEFAULT_HOLDOUT[0]},{DEFAULT_HOLDOUT[1]} for single-split "
+                 help="VAL,TEST fractions for single-split formats (a permutation seeded "
+                 "by --split-seed, stratified by label); default: {DEFAULT_HOLDOUT[0]},{DEFAULT_HOLDOUT[1]} for single-split "
                  "formats (so evaluation has held-out jets), none for files with splits; "
                  "0 keeps every row in train")
+  p.add_argument("--split-seed", type=int, default=0,
+                 help="seed of the --holdout permutation (recorded in the metadata)")
   p.add_argument("--chunk-size", type=int, default=256, help="images read per chunk")
   p.add_argument("--writer-buffer-mb", type=int, default=256,
                  help="TFDS writer in-memory buffer cap (MB)")
@@ -488,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           writer_buffer_mb=a.writer_buffer_mb,
           engine=a.engine or ("beam" if a.beam_pipeline_options is not None else "plain"),
           beam_options=a.beam_pipeline_options, image_encoding=a.image_encoding,
+          split_seed=a.split_seed,
       )
   except USER_ERRORS as e:
     print(f"ERROR: {e}", file=sys.stderr)
