@@ -478,3 +478,38 @@ def test_sparse_model_has_the_dense_vit_spec():
   assert export.model_name(sparse_model) == "mae"
   assert (export.vitmae_config(sparse_model, image_shape).to_dict()
           == export.vitmae_config(dense, image_shape).to_dict())
+
+
+def test_sparse_encoder_features_in_torch_match_jet_by_jet(tmp_path):
+  """The sparse-token encoder's features (occupied patches only) from the exported weights in
+  transformers' ViTMAEModel == SparseMAE.encode, jet by jet; the sidecar says so."""
+  from safetensors.torch import load_file
+
+  from mae_jax.models import sparse as sparse_lib
+  model, params, image_shape, _, _ = make("tiny", seed=3)
+  smodel = sparse_lib.SparseMAE(variant=model.variant, patch=model.patch,
+                                channels=image_shape[2], mask_ratio=0.75)
+  rng = np.random.default_rng(5)
+  images = np.zeros((4, *image_shape), np.float32)  # a few occupied patches per jet
+  for i, k in enumerate((1, 3, 9, 20)):
+    hit = rng.choice(image_shape[0] * image_shape[1], k, replace=False)
+    images[i].reshape(-1, image_shape[2])[hit] = rng.exponential(2.0, (k, image_shape[2]))
+  spec = export.model_spec(smodel, image_shape)
+  assert spec["model"] == "mae" and spec["tokens"] == "sparse"
+  path = str(tmp_path / "enc.safetensors")
+  sidecar = export.export_encoder(params, spec, "safetensors", path, step=0)
+  assert sidecar["features"]["token_mode"] == "sparse"
+  assert "occupied" in sidecar["features"]["mean"] and "tokens='sparse'" in \
+      sidecar["features"]["pytorch"]
+  enc = transformers.ViTMAEModel(transformers.ViTMAEConfig(**sidecar["transformers"]["config"]))
+  enc.eval().load_state_dict(load_file(path), strict=True)
+  got = export.torch_features(enc, images, patch=model.patch, tokens="sparse")
+  want = jax.jit(lambda p, x: smodel.apply({"params": p}, x, method=smodel.encode))(
+      params, jnp.asarray(images))
+  for i in range(images.shape[0]):  # jet by jet, |diff| <= 1e-5 (relative to the scale)
+    n_occ = int(np.asarray(want["valid"][i]).sum()) - 1
+    assert got["num_tokens"][i] == n_occ
+    close(f"jet {i} mean ({n_occ} tokens)", np.asarray(want["mean"][i]), got["mean"][i])
+    close(f"jet {i} cls", np.asarray(want["cls"][i]), got["cls"][i])
+  dense = export.torch_features(enc, images, patch=model.patch, tokens="dense")
+  assert np.abs(dense["mean"] - got["mean"]).max() > 1e-2  # the recipe matters

@@ -135,13 +135,25 @@ def _usage(spec: Mapping) -> dict:
         "features": {"tokens": f"{spec['model']}.encode(images)['tokens'] (mae_jax)",
                      "cls": "encode(images)['cls']", "mean": "encode(images)['mean']"}}
   n = spec["num_patches"]
+  sparse = spec.get("tokens") == "sparse"
+  feats = {
+      "token_mode": spec.get("tokens", "dense"),
+      "tokens": "encoder output after the final LayerNorm, [B, 1 + N, D], CLS first "
+                "(mae_jax: MAE.encode(images)['tokens'])",
+      "cls": "tokens[:, 0]", "mean": "tokens[:, 1:].mean(axis=1)",
+      "pytorch": f"mae_jax.export.torch_features(vitmae_model, images, patch={spec['patch']}, "
+                 f"tokens={spec.get('tokens', 'dense')!r}) -> {{'cls', 'mean'}}",
+  }
+  if sparse:  # what the probe and finetune stages saw: occupied patches only
+    feats.update(
+        tokens="encoder output on the jet's occupied patches only (any non-zero pixel in any "
+               "channel), [1 + k, D] per jet, CLS first (mae_jax: SparseMAE.encode)",
+        mean="mean over the k occupied-patch tokens (the probe's 'mean' pooling); NOT the "
+             f"mean over all {n} patches, which differs",
+        cls="tokens[0] of the same sparse pass")
   return {
       "contents": "encoder only: patch embedding, CLS token, position table, blocks, final norm",
-      "features": {
-          "tokens": "encoder output after the final LayerNorm, [B, 1 + N, D], CLS first "
-                    "(mae_jax: MAE.encode(images)['tokens'])",
-          "cls": "tokens[:, 0]", "mean": "tokens[:, 1:].mean(axis=1)",
-      },
+      "features": feats,
       "transformers": {
           "class": "ViTMAEModel (or ViTModel with vit_config; strict=False for its pooler)",
           "config": specs.hf_config_kwargs(spec, mask_ratio=0.0),
