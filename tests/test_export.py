@@ -19,6 +19,9 @@ through files must be bit-exact. The largest differences measured are printed
 import functools
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -513,3 +516,62 @@ def test_sparse_encoder_features_in_torch_match_jet_by_jet(tmp_path):
     close(f"jet {i} cls", np.asarray(want["cls"][i]), got["cls"][i])
   dense = export.torch_features(enc, images, patch=model.patch, tokens="dense")
   assert np.abs(dense["mean"] - got["mean"]).max() > 1e-2  # the recipe matters
+
+
+def test_hf_directory_loads_with_from_pretrained(tmp_path):
+  """--format hf: config.json + model.safetensors + normalization.json + a model card, loaded by
+  ViTMAEModel.from_pretrained; its features == MAE.encode at 1e-5."""
+  model, params, image_shape, images, _ = make("tiny", seed=11)
+  spec = export.model_spec(model, image_shape)
+  meta = {"inputs": ["/data/qg.h5"], "label_names": ["quark", "gluon"],
+          "channel_names": ["tracks", "ecal", "hcal"],
+          "channel_stats": {"log1p_mean": [0.1] * 3, "log1p_std": [0.5] * 3}}
+  (tmp_path / "results.json").write_text(json.dumps({"probe": {"test_auc": 0.8125}}))
+  out = tmp_path / "hf"
+  export.export_encoder(params, spec, "hf", str(out), step=7,
+                        input=export.input_spec(meta, "log1p_zscore"), meta=meta,
+                        extra={"workdir": str(tmp_path / "pretrain")})
+  assert {"config.json", "model.safetensors", "normalization.json", "README.md",
+          "mae_jax.json"} <= set(os.listdir(out))
+  card = (out / "README.md").read_text()
+  assert "/data/qg.h5" in card and "token mode: **dense**" in card and "0.8125" in card
+  norm = json.loads((out / "normalization.json").read_text())
+  assert norm["normalization"] == "log1p_zscore" and norm["channel_stats"] == meta["channel_stats"]
+  enc = transformers.ViTMAEModel.from_pretrained(str(out)).eval()
+  got = export.torch_features(enc, images, patch=model.patch, tokens="dense")
+  want = encode(model, params, images)
+  close("hf from_pretrained mean", np.asarray(want["mean"]), got["mean"])
+  close("hf from_pretrained cls", np.asarray(want["cls"]), got["cls"])
+
+
+def test_safetensors_without_the_torch_extra_is_one_line_exit_2(tmp_path):
+  """With torch, transformers and safetensors hidden (as without mae_jax[torch]), the export
+  CLI names the extra in one line and exits 2."""
+  w = tmp_path / "w"
+  w.mkdir()
+  (w / "config.json").write_text("{}")
+  code = textwrap.dedent(f"""
+      import sys
+      class Block:
+        def find_spec(self, name, path=None, target=None):
+          if name.split(".")[0] in ("torch", "transformers", "safetensors"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+      sys.meta_path.insert(0, Block())
+      from mae_jax.export import formats
+      from unittest import mock
+      import mae_jax.export.cli as cli
+      run = {{"model": None, "image_shape": (25, 25, 3), "config": {{}}, "meta": None,
+              "data_dir": ""}}
+      with mock.patch.object(cli.run_lib, "load_run", return_value=run), \\
+           mock.patch.object(cli.run_lib, "restore_params", return_value=({{}}, 1)), \\
+           mock.patch.object(cli.specs, "model_spec", return_value={{"model": "mae"}}):
+        sys.exit(cli.main(["--workdir", {str(w)!r}, "--format", "safetensors",
+                           "--output", {str(tmp_path / "e.safetensors")!r}]))
+  """)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 2, r.stderr[-2000:]
+  err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+  assert err[-1] == ("error: --format safetensors needs the Python package 'safetensors', "
+                     "which is not installed: pip install 'mae_jax[torch]'"), r.stderr[-2000:]
+  assert "Traceback" not in r.stderr

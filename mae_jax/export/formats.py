@@ -32,7 +32,9 @@ from mae_jax.data import meta as meta_lib
 from mae_jax.export import names as names_lib
 from mae_jax.export import specs
 
-FORMATS = ("npz", "safetensors", "msgpack", "torch")
+FORMATS = ("npz", "safetensors", "msgpack", "torch", "hf")
+_NEEDS = {"safetensors": ("safetensors",), "torch": ("torch",),
+          "hf": ("torch", "transformers", "safetensors")}  # the torch extra
 _PRODUCER = "mae_jax.export"
 _POS_NOTE = ("fixed sin-cos table mae_jax.models.vit.sincos_2d(width, grid)[None], "
              "not a parameter")
@@ -87,6 +89,9 @@ def _check_scheme(spec: Mapping, fmt: str, scheme: str) -> None:
   schemes = names_lib.SCHEMES + (names_lib.FLAX_SCHEME,)
   if scheme not in schemes:
     raise ValueError(f"unknown name scheme {scheme!r}; choose one of {schemes}")
+  if fmt == "hf" and (spec.get("model", "mae") != "mae" or scheme != "hf"):
+    raise ValueError("--format hf writes a transformers ViTMAEModel: ViT MAE encoders with "
+                     f"names 'hf' only (got model {spec.get('model')!r}, names {scheme!r})")
   if spec.get("model", "mae") != "mae" and scheme != names_lib.FLAX_SCHEME:
     raise ValueError(f"a {spec['model']!r} encoder has no {scheme!r} (PyTorch ViT) names; "
                      f"export it with names {names_lib.FLAX_SCHEME!r}")
@@ -168,7 +173,7 @@ def _usage(spec: Mapping) -> dict:
 
 def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
                    scheme: str = "hf", step: int | None = None, input: Mapping | None = None,
-                   extra: Mapping | None = None) -> dict:
+                   extra: Mapping | None = None, meta: Mapping | None = None) -> dict:
   """Writes the encoder of `params` to `output` and the sidecar `output + '.json'`.
 
   Args:
@@ -181,6 +186,7 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
     step: the checkpoint step, recorded in the sidecar.
     input: the sidecar's `input` block (`input_spec`); default: no normalisation.
     extra: more sidecar entries (they override the computed ones).
+    meta: the dataset metadata, for the model card of `fmt="hf"` (a directory).
 
   Returns:
     The sidecar dict, as written.
@@ -189,10 +195,17 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
     ValueError: an unknown format or scheme, or PyTorch names for a hybrid encoder.
   """
   _check_scheme(spec, fmt, scheme)
+  from mae_jax.export import hf
+  hf.require(fmt, _NEEDS.get(fmt, ()))  # one line naming the extra, before any work
   enc, _ = names_lib.split_params(params)
   flat = names_lib.flat_numpy({"encoder": enc}, np.float32)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  param_names = _write_params(flat, spec, fmt, output, scheme)
+  if fmt == "hf":
+    sd = names_lib.to_torch_state_dict(enc, spec["grid"], scheme="hf")
+    param_names = {k: v if v.startswith("fixed") else f"params/{v}"
+                   for k, v in names_lib.name_map(spec["depth"], None, "hf").items()}
+  else:
+    param_names = _write_params(flat, spec, fmt, output, scheme)
   sidecar = {
       "format": fmt,
       "file": os.path.basename(output),
@@ -206,6 +219,9 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
       **_usage(spec),
       **(extra or {}),
   }
+  if fmt == "hf":
+    hf.export_hf(sd, sidecar, output, meta=meta, workdir=(extra or {}).get("workdir"))
+    return sidecar
   with open(output + ".json", "w") as f:
     json.dump(sidecar, f, indent=1)
   return sidecar
