@@ -22,6 +22,7 @@ import data_fixtures as F  # noqa: E402
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from mae_jax import errors, workdir_lock  # noqa: E402
+from mae_jax.data import builder as B  # noqa: E402
 from mae_jax.data import convert as C  # noqa: E402
 from mae_jax.data import meta as meta_lib  # noqa: E402
 from mae_jax.errors import DataFormatError, NonFiniteError, VerificationError  # noqa: E402
@@ -398,7 +399,7 @@ def test_statistics_do_not_depend_on_the_chunk_size(tmp_path):
 def test_interrupted_conversion_leaves_no_dir(tmp_path, monkeypatch):
   src = tmp_path / "a.h5"
   F.write_e2e_split_h5(src, (8, 4, 4), channels=3)
-  orig = C._generate_split
+  orig = B._generate_split
 
   def boom(plan, split):
     for i, item in enumerate(orig(plan, split)):
@@ -406,7 +407,7 @@ def test_interrupted_conversion_leaves_no_dir(tmp_path, monkeypatch):
         raise KeyboardInterrupt("simulated crash")
       yield item
 
-  monkeypatch.setattr(C, "_generate_split", boom)
+  monkeypatch.setattr(B, "_generate_split", boom)
   out = tmp_path / "out"
   with pytest.raises(KeyboardInterrupt):
     C.convert([str(src)], str(out))
@@ -420,13 +421,13 @@ def test_killed_conversion_leaves_no_dataset_and_rerun_starts_clean(tmp_path, ca
   out, writing = tmp_path / "out", tmp_path / "writing"
   # the converter CLI, held in the middle of writing records, where SIGKILL finds it
   code = ("import sys, time\n"
-          "from mae_jax.data import convert as C\n"
-          "gen = C._generate_split\n"
+          "from mae_jax.data import builder as B, convert as C\n"
+          "gen = B._generate_split\n"
           "def held(plan, split):\n"
           "  for i, item in enumerate(gen(plan, split)):\n"
           "    yield item\n"
           f"    if i == 2: open({str(writing)!r}, 'w').close(); time.sleep(600)\n"
-          "C._generate_split = held\n"
+          "B._generate_split = held\n"
           f"sys.exit(C.main(['--input', {str(src)!r}, '--output', {str(out)!r}]))\n")
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL,
