@@ -7,6 +7,10 @@ Formats:
   safetensors  a PyTorch state dict (names from `scheme`, default "hf": loads with
                `transformers.ViTMAEModel(config).load_state_dict(...)` of transformers 5).
   torch        `torch.save` of the same state dict.
+  hf           a directory `transformers.ViTMAEModel.from_pretrained` loads (`export.hf`).
+
+safetensors, torch and hf need the torch extra; without it, one UsageError line naming
+`pip install 'mae_jax[torch]'`.
 
 Hybrid encoders have no PyTorch names: every format writes their flax names and
 layouts (scheme "flax"), and their fixed sin-cos tables are not written (the model
