@@ -425,7 +425,7 @@ def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
   x = jnp.asarray(np.random.default_rng(0).exponential(1.0, (2, 25, 25, 3)), jnp.float32)
   encode = jax.jit(lambda p: run["model"].apply({"params": p}, x, method="encode")["tokens"])
   want = encode(params)
-  for fmt in export.FORMATS:
+  for fmt in (f for f in export.FORMATS if f != "hf"):  # hf: transformers' ViTMAE only
     out = str(tmp_path / f"enc.{fmt}")
     assert export.main(["--workdir", workdir, "--format", fmt, "--output", out]) == 0
     got, side = export.load_encoder(out)
@@ -434,6 +434,7 @@ def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
     np.testing.assert_array_equal(np.asarray(encode({**params, "encoder": got})), np.asarray(want))
   assert export.main(["--workdir", workdir, "--format", "safetensors", "--names", "hf",
                       "--output", str(tmp_path / "hf.safetensors")]) == 2
+  assert export.main(["--workdir", workdir, "--format", "hf", "--output", str(tmp_path / "d")]) == 2
 
 
 def test_sparse_features_in_transformers_one_jet_at_a_time(tmp_path):
