@@ -4,12 +4,17 @@ A checkpoint holds the whole train state {"step", "params", "opt_state"}.
 Restores go against an abstract tree (`jax.ShapeDtypeStruct`s carrying the
 target shardings), so a run saved on 8 devices restores onto 1 and back.
 Orbax writes each step into a temporary directory and renames it when
-complete, so an interrupted save is never listed as a step.
+complete, so an interrupted save is never listed as a step. Once a save is
+complete, process 0 writes the sha256 of every file of the step directory
+(`MANIFEST`); a restore checks it, and a step whose files differ (or that
+TensorStore cannot decode) is set aside as `STEP.corrupt-N` with one line, and
+the run resumes from the newest intact step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mae_jax.errors import CorruptDataError
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
@@ -51,6 +57,91 @@ def settle(mngr: ocp.CheckpointManager, workdir: str) -> None:
       shutil.rmtree(os.path.join(workdir, "checkpoints", name), ignore_errors=True)
 
 
+MANIFEST = "mae_jax_sha256.json"  # in a step directory: {relative path: sha256} of its files
+_CORRUPT = ".corrupt-"
+
+
+def _digest(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _files(step_dir: str) -> dict[str, str]:
+  """{relative path: sha256} of every file under a step directory but the manifest."""
+  out = {}
+  for root, dirs, names in os.walk(step_dir):
+    dirs.sort()
+    for n in sorted(names):
+      rel = os.path.relpath(os.path.join(root, n), step_dir)
+      if rel != MANIFEST:
+        out[rel] = _digest(os.path.join(root, n))
+  return out
+
+
+def write_manifests(directory: str) -> None:
+  """Process 0 writes the manifest of each completed step directory that has none (Orbax
+  renames a step directory only once every host's save is complete)."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for n in sorted(os.listdir(directory)):
+    step_dir = os.path.join(directory, n)
+    if n.isdigit() and not os.path.exists(os.path.join(step_dir, MANIFEST)):
+      try:
+        _write_atomic(os.path.join(step_dir, MANIFEST), json.dumps(_files(step_dir), indent=0))
+      except FileNotFoundError:  # removed meanwhile (max_to_keep)
+        pass
+
+
+def check_step(directory: str, step: int) -> str | None:
+  """Why step `step` is corrupted ('sha256 mismatch in FILE', 'FILE missing'), or None when its
+  files match its manifest (or it has none: a save from before manifests, or one killed
+  before its manifest was written; the restore then still catches undecodable data)."""
+  step_dir = os.path.join(directory, str(step))
+  manifest = read_json(os.path.join(step_dir, MANIFEST))
+  if manifest is None:
+    return None
+  for rel, want in sorted(manifest.items()):
+    path = os.path.join(step_dir, rel)
+    if not os.path.exists(path):
+      return f"{rel} missing"
+    if _digest(path) != want:
+      return f"sha256 mismatch in {rel}"
+  return None
+
+
+def set_aside(directory: str, step: int, why: str) -> str:
+  """Renames a corrupted step directory out of Orbax's sight (its data is kept); one line."""
+  src = os.path.join(directory, str(step))
+  k = 0
+  while os.path.exists(f"{src}{_CORRUPT}{k}"):
+    k += 1
+  dst = f"{src}{_CORRUPT}{k}"
+  if jax.process_index() == 0:
+    os.rename(src, dst)
+  msg = f"warning: checkpoint step {step} in {directory} is corrupted ({why}); set aside as {dst}"
+  logging.warning(msg)
+  print(msg, flush=True)
+  return dst
+
+
+def _undecodable(e: BaseException) -> bool:
+  """TensorStore's (or zarr's) error for bytes that do not decode."""
+  text = str(e).lower()
+  return any(t in text for t in ("corrupt", "data_loss", "decompress", "checksum",
+                                 "error reading", "error decoding", "truncated"))
+
+
+class _Manager(ocp.CheckpointManager):
+  """Writes the manifests of completed saves whenever the saves in flight are waited for."""
+
+  def wait_until_finished(self):
+    super().wait_until_finished()
+    write_manifests(os.fspath(self.directory))
+
+
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """The trainer decides when to save (every N steps and at the end).
 
@@ -62,8 +153,7 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       print(f"warning: ignoring interrupted checkpoint {name} in {workdir}/checkpoints", flush=True)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
+  return _Manager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
 
 
 def abstract_like(tree, shardings):
@@ -73,18 +163,48 @@ def abstract_like(tree, shardings):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> bool:
+  if isinstance(mngr, _Manager):  # the previous save's manifest (Orbax waits for it anyway)
+    mngr.wait_until_finished()
   return mngr.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
-  """Restores `step` (default: latest) into the structure and shardings given."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+  """Restores `step` (default: the newest intact one) into the structure and shardings given.
+
+  Without `step`, a step whose files differ from its manifest or whose data does not decode
+  is set aside (`set_aside`, one line) and the next older one tried; none intact is a
+  one-line CorruptDataError.
+  """
+  directory = os.fspath(mngr.directory)
+  if step is not None:
+    return _restore_step(mngr, abstract_state, step)
+  bad = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    why = check_step(directory, step)
+    if why is None:
+      try:
+        return _restore_step(mngr, abstract_state, step)
+      except CorruptDataError as e:
+        why = str(e.__cause__ or e).splitlines()[0][:200]
+    bad.append(step)
+    set_aside(directory, step, why)
+    mngr.reload()
+  if bad:
+    raise CorruptDataError(f"no intact checkpoint in {directory}: steps {bad} are corrupted "
+                           f"(set aside as STEP{_CORRUPT}N); start a new run or restore a copy")
+  raise FileNotFoundError(f"no checkpoint in {directory}")
+
+
+def _restore_step(mngr, abstract_state, step: int):
   logging.info("restoring checkpoint step %d from %s", step, mngr.directory)
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-  except (ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:
+    if _undecodable(e):
+      raise CorruptDataError(f"checkpoint step {step} in {mngr.directory} does not decode: "
+                             f"{str(e).splitlines()[0][:200]}") from e
+    if isinstance(e, (RuntimeError, OSError)):
+      raise
     raise ValueError(
         f"checkpoint step {step} in {mngr.directory} does not fit this model/optimizer "
         f"(a checkpoint from a different model?): {str(e).splitlines()[0][:300]}") from e

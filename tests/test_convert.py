@@ -22,6 +22,7 @@ import data_fixtures as F  # noqa: E402
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from mae_jax import errors, workdir_lock  # noqa: E402
+from mae_jax.data import builder as B  # noqa: E402
 from mae_jax.data import convert as C  # noqa: E402
 from mae_jax.data import meta as meta_lib  # noqa: E402
 from mae_jax.errors import DataFormatError, NonFiniteError, VerificationError  # noqa: E402
@@ -162,18 +163,46 @@ def test_parquet_roundtrip_by_row_groups(tmp_path, monkeypatch):
   C.verify(str(out))
 
 
-def test_holdout_split_by_index(tmp_path):
-  src = tmp_path / "qg.h5"
-  d = F.write_qg_opendata_h5(src, 10)
-  out = tmp_path / "out"
-  meta = C.convert([str(src)], str(out), holdout="0.2,0.3")
-  counts = {s: m["num_examples"] for s, m in meta["splits"].items()}
-  assert counts == {"train": 5, "validation": 2, "test": 3}
-  for s, rows in (("train", slice(0, 5)), ("validation", slice(5, 7)), ("test", slice(7, 10))):
-    got = read_split(out, s)
-    assert_same(got, d, rows)
-    np.testing.assert_array_equal(got["index"], np.arange(10)[rows])
-  C.verify(str(out))
+def class_sorted_egamma(path, n0, n1):
+  """An egamma file sorted by class (n0 label-0 jets, then n1 label-1 jets), as one gets by
+  concatenating a background and a signal file."""
+  d = F.write_egamma_h5(path, n0 + n1)
+  d["labels"] = np.r_[np.zeros(n0), np.ones(n1)].astype(np.int64)
+  with h5py.File(path, "a") as f:
+    f["y"][...] = d["labels"].astype(np.float32)
+  return d
+
+
+def test_holdout_is_a_seeded_stratified_permutation(tmp_path):
+  src = tmp_path / "sorted.h5"
+  d = class_sorted_egamma(src, 40, 27)
+  meta = C.convert([str(src)], str(tmp_path / "a"), holdout="0.15,0.2", chunk_size=7)
+  assert meta["holdout"] == [0.15, 0.2] and meta["split_seed"] == 0
+  got = {s: read_split(tmp_path / "a", s) for s in ("train", "validation", "test")}
+  for s, frac in (("validation", 0.15), ("test", 0.2)):
+    for c, n_c in ((0, 40), (1, 27)):  # both classes, each within one jet of its fraction
+      assert abs(int(np.sum(got[s]["labels"] == c)) - frac * n_c) <= 1, (s, c)
+  for s, g in got.items():  # source order inside a split; the records are the source rows
+    assert np.all(np.diff(g["index"]) > 0)
+    assert_same(g, d, g["index"])
+    assert meta["splits"][s]["num_examples"] == g["index"].size
+  union = np.concatenate([g["index"] for g in got.values()])
+  np.testing.assert_array_equal(np.sort(union), np.arange(67))  # nothing lost or duplicated
+  again = C.convert([str(src)], str(tmp_path / "b"), holdout="0.15,0.2", chunk_size=3)
+  assert again["splits"] == meta["splits"]  # same seed: same rows, counts and sha256
+  other = C.convert([str(src)], str(tmp_path / "c"), holdout="0.15,0.2", split_seed=1)
+  assert other["split_seed"] == 1
+  assert other["splits"]["test"]["sha256"] != meta["splits"]["test"]["sha256"]
+  C.verify(str(tmp_path / "a"))
+
+
+def test_holdout_with_a_single_class_split_is_a_one_line_error(tmp_path):
+  src = tmp_path / "sorted.h5"
+  class_sorted_egamma(src, 30, 3)  # round(0.1 * 3) = 0 label-1 jets to hold out
+  with pytest.raises(DataFormatError, match=r"split 'validation' holds one class only "
+                     r"\(label counts \{'0': 3\}\)") as e:
+    C.convert([str(src)], str(tmp_path / "out"), holdout="0.1,0.1")
+  assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
 # Multi-file.
@@ -370,7 +399,7 @@ def test_statistics_do_not_depend_on_the_chunk_size(tmp_path):
 def test_interrupted_conversion_leaves_no_dir(tmp_path, monkeypatch):
   src = tmp_path / "a.h5"
   F.write_e2e_split_h5(src, (8, 4, 4), channels=3)
-  orig = C._generate_split
+  orig = B._generate_split
 
   def boom(plan, split):
     for i, item in enumerate(orig(plan, split)):
@@ -378,7 +407,7 @@ def test_interrupted_conversion_leaves_no_dir(tmp_path, monkeypatch):
         raise KeyboardInterrupt("simulated crash")
       yield item
 
-  monkeypatch.setattr(C, "_generate_split", boom)
+  monkeypatch.setattr(B, "_generate_split", boom)
   out = tmp_path / "out"
   with pytest.raises(KeyboardInterrupt):
     C.convert([str(src)], str(out))
@@ -392,13 +421,13 @@ def test_killed_conversion_leaves_no_dataset_and_rerun_starts_clean(tmp_path, ca
   out, writing = tmp_path / "out", tmp_path / "writing"
   # the converter CLI, held in the middle of writing records, where SIGKILL finds it
   code = ("import sys, time\n"
-          "from mae_jax.data import convert as C\n"
-          "gen = C._generate_split\n"
+          "from mae_jax.data import builder as B, convert as C\n"
+          "gen = B._generate_split\n"
           "def held(plan, split):\n"
           "  for i, item in enumerate(gen(plan, split)):\n"
           "    yield item\n"
           f"    if i == 2: open({str(writing)!r}, 'w').close(); time.sleep(600)\n"
-          "C._generate_split = held\n"
+          "B._generate_split = held\n"
           f"sys.exit(C.main(['--input', {str(src)!r}, '--output', {str(out)!r}]))\n")
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL,

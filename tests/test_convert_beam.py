@@ -83,7 +83,8 @@ def test_drops_sources_parquet_and_holdout_match_the_plain_path(tmp_path):
     beam = C.convert([str(p) for p in inputs], str(tmp_path / f"{name}_beam"), engine="beam", **kw)
     assert comparable(beam) == comparable(plain)
     C.verify(str(tmp_path / f"{name}_beam"))
-  assert plain["splits"]["validation"]["num_examples"] == 7  # the hold-out ran
+  # The hold-out ran (stratified: round(0.2 n_c) per class; plain and Beam drew the same rows).
+  assert plain["splits"]["validation"]["num_examples"] == 8 and plain["split_seed"] == 0
   drops = meta_lib.load_meta(tmp_path / "a_beam")["splits"]["train"]
   assert drops["num_dropped_nonfinite"] == 2 and drops["num_dropped_bad_indices"] == 3
   assert drops["dropped_indices"] == [[0, 1], [0, 3], [0, 17], [0, 20], [1, 2]]

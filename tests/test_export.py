@@ -19,6 +19,9 @@ through files must be bit-exact. The largest differences measured are printed
 import functools
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -422,7 +425,7 @@ def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
   x = jnp.asarray(np.random.default_rng(0).exponential(1.0, (2, 25, 25, 3)), jnp.float32)
   encode = jax.jit(lambda p: run["model"].apply({"params": p}, x, method="encode")["tokens"])
   want = encode(params)
-  for fmt in export.FORMATS:
+  for fmt in (f for f in export.FORMATS if f != "hf"):  # hf: transformers' ViTMAE only
     out = str(tmp_path / f"enc.{fmt}")
     assert export.main(["--workdir", workdir, "--format", fmt, "--output", out]) == 0
     got, side = export.load_encoder(out)
@@ -431,6 +434,7 @@ def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
     np.testing.assert_array_equal(np.asarray(encode({**params, "encoder": got})), np.asarray(want))
   assert export.main(["--workdir", workdir, "--format", "safetensors", "--names", "hf",
                       "--output", str(tmp_path / "hf.safetensors")]) == 2
+  assert export.main(["--workdir", workdir, "--format", "hf", "--output", str(tmp_path / "d")]) == 2
 
 
 def test_sparse_features_in_transformers_one_jet_at_a_time(tmp_path):
@@ -478,3 +482,97 @@ def test_sparse_model_has_the_dense_vit_spec():
   assert export.model_name(sparse_model) == "mae"
   assert (export.vitmae_config(sparse_model, image_shape).to_dict()
           == export.vitmae_config(dense, image_shape).to_dict())
+
+
+def test_sparse_encoder_features_in_torch_match_jet_by_jet(tmp_path):
+  """The sparse-token encoder's features (occupied patches only) from the exported weights in
+  transformers' ViTMAEModel == SparseMAE.encode, jet by jet; the sidecar says so."""
+  from safetensors.torch import load_file
+
+  from mae_jax.models import sparse as sparse_lib
+  model, params, image_shape, _, _ = make("tiny", seed=3)
+  smodel = sparse_lib.SparseMAE(variant=model.variant, patch=model.patch,
+                                channels=image_shape[2], mask_ratio=0.75)
+  rng = np.random.default_rng(5)
+  images = np.zeros((4, *image_shape), np.float32)  # a few occupied patches per jet
+  for i, k in enumerate((1, 3, 9, 20)):
+    hit = rng.choice(image_shape[0] * image_shape[1], k, replace=False)
+    images[i].reshape(-1, image_shape[2])[hit] = rng.exponential(2.0, (k, image_shape[2]))
+  spec = export.model_spec(smodel, image_shape)
+  assert spec["model"] == "mae" and spec["tokens"] == "sparse"
+  path = str(tmp_path / "enc.safetensors")
+  sidecar = export.export_encoder(params, spec, "safetensors", path, step=0)
+  assert sidecar["features"]["token_mode"] == "sparse"
+  assert "occupied" in sidecar["features"]["mean"] and "tokens='sparse'" in \
+      sidecar["features"]["pytorch"]
+  enc = transformers.ViTMAEModel(transformers.ViTMAEConfig(**sidecar["transformers"]["config"]))
+  enc.eval().load_state_dict(load_file(path), strict=True)
+  got = export.torch_features(enc, images, patch=model.patch, tokens="sparse")
+  want = jax.jit(lambda p, x: smodel.apply({"params": p}, x, method=smodel.encode))(
+      params, jnp.asarray(images))
+  for i in range(images.shape[0]):  # jet by jet, |diff| <= 1e-5 (relative to the scale)
+    n_occ = int(np.asarray(want["valid"][i]).sum()) - 1
+    assert got["num_tokens"][i] == n_occ
+    close(f"jet {i} mean ({n_occ} tokens)", np.asarray(want["mean"][i]), got["mean"][i])
+    close(f"jet {i} cls", np.asarray(want["cls"][i]), got["cls"][i])
+  dense = export.torch_features(enc, images, patch=model.patch, tokens="dense")
+  assert np.abs(dense["mean"] - got["mean"]).max() > 1e-2  # the recipe matters
+
+
+def test_hf_directory_loads_with_from_pretrained(tmp_path):
+  """--format hf: config.json + model.safetensors + normalization.json + a model card, loaded by
+  ViTMAEModel.from_pretrained; its features == MAE.encode at 1e-5."""
+  model, params, image_shape, images, _ = make("tiny", seed=11)
+  spec = export.model_spec(model, image_shape)
+  meta = {"inputs": ["/data/qg.h5"], "label_names": ["quark", "gluon"],
+          "channel_names": ["tracks", "ecal", "hcal"],
+          "channel_stats": {"log1p_mean": [0.1] * 3, "log1p_std": [0.5] * 3}}
+  (tmp_path / "results.json").write_text(json.dumps({"probe": {"test_auc": 0.8125}}))
+  out = tmp_path / "hf"
+  export.export_encoder(params, spec, "hf", str(out), step=7,
+                        input=export.input_spec(meta, "log1p_zscore"), meta=meta,
+                        extra={"workdir": str(tmp_path / "pretrain")})
+  assert {"config.json", "model.safetensors", "normalization.json", "README.md",
+          "mae_jax.json"} <= set(os.listdir(out))
+  card = (out / "README.md").read_text()
+  assert "/data/qg.h5" in card and "token mode: **dense**" in card and "0.8125" in card
+  norm = json.loads((out / "normalization.json").read_text())
+  assert norm["normalization"] == "log1p_zscore" and norm["channel_stats"] == meta["channel_stats"]
+  enc = transformers.ViTMAEModel.from_pretrained(str(out)).eval()
+  got = export.torch_features(enc, images, patch=model.patch, tokens="dense")
+  want = encode(model, params, images)
+  close("hf from_pretrained mean", np.asarray(want["mean"]), got["mean"])
+  close("hf from_pretrained cls", np.asarray(want["cls"]), got["cls"])
+
+
+def test_safetensors_without_the_torch_extra_is_one_line_exit_2(tmp_path):
+  """With torch, transformers and safetensors hidden (as without mae_jax[torch]), the export
+  CLI names the extra in one line and exits 2."""
+  w = tmp_path / "w"
+  w.mkdir()
+  (w / "config.json").write_text("{}")
+  code = textwrap.dedent(f"""
+      import sys
+      class Block:
+        def find_spec(self, name, path=None, target=None):
+          if name.split(".")[0] in ("torch", "transformers", "safetensors"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+      sys.meta_path.insert(0, Block())
+      from mae_jax.export import formats
+      from unittest import mock
+      import mae_jax.export.cli as cli
+      run = {{"model": None, "image_shape": (25, 25, 3), "config": {{}}, "meta": None,
+              "data_dir": ""}}
+      with mock.patch.object(cli.run_lib, "load_run", return_value=run), \\
+           mock.patch.object(cli.run_lib, "restore_params", return_value=({{}}, 1)), \\
+           mock.patch.object(cli.specs, "model_spec", return_value={{"model": "mae"}}):
+        sys.exit(cli.main(["--workdir", {str(w)!r}, "--format", "safetensors",
+                           "--output", {str(tmp_path / "e.safetensors")!r}]))
+  """)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 2, r.stderr[-2000:]
+  err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+  assert err[-1] == ("error: --format safetensors needs the Python package 'safetensors', "
+                     "which is not installed: pip install 'mae_jax[torch]'"), r.stderr[-2000:]
+  assert "Traceback" not in r.stderr

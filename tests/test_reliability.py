@@ -298,3 +298,82 @@ def test_metrics_write_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch)
     with pytest.raises(OSError):
       checkpoint.write_json(str(tmp_path / "final_metrics.json"), {"a": 1})
   assert sorted(os.listdir(tmp_path)) == [trainer.HISTORY]  # no temporary file left
+
+
+def _flip(path, n=256):
+  """Flips `n` bytes in the middle of `path` (what a bad disk or a bit-rotted copy leaves)."""
+  with open(path, "r+b") as f:
+    size = os.path.getsize(path)
+    f.seek(max(0, size // 2 - n // 2))
+    data = f.read(n)
+    f.seek(max(0, size // 2 - n // 2))
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def _array_files(step_dir):
+  """The data files of a step (not its JSON metadata), largest first."""
+  out = [os.path.join(r, n) for r, _, names in os.walk(step_dir) for n in names
+         if not n.endswith(".json") and "METADATA" not in n and n != "manifest.ocdbt"]
+  return sorted(out, key=os.path.getsize, reverse=True)
+
+
+def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes(dataset, tmp_path, capsys,
+                                                                      monkeypatch):
+  w = str(tmp_path / "w")
+  c = load_config(batch_size=8, total_steps=4, warmup_steps=1, ckpt_every=2, log_every=1,
+                  figures=False)
+  c.data.dir, c.data.eval_split = dataset, ""
+  trainer.train_and_evaluate(c, w)
+  ckpts = os.path.join(w, "checkpoints")
+  for s in ("2", "4"):  # every completed save has its manifest, written by process 0
+    m = checkpoint.read_json(os.path.join(ckpts, s, checkpoint.MANIFEST))
+    assert m and all(len(v) == 64 for v in m.values())
+  assert checkpoint.check_step(ckpts, 4) is None
+  want = params(w, 2)[1]
+  # 256 flipped bytes that the decoder does not notice (garbage, then NaN): the sha256 does
+  _flip(_array_files(os.path.join(ckpts, "4"))[0])
+  assert checkpoint.check_step(ckpts, 4).startswith("sha256 mismatch in ")
+  capsys.readouterr()
+  c.total_steps = 5
+  trainer.train_and_evaluate(c, w)
+  out = capsys.readouterr().out
+  line = next(ln for ln in out.splitlines() if "is corrupted" in ln)
+  assert line.startswith(f"warning: checkpoint step 4 in {ckpts} is corrupted (sha256 mismatch")
+  assert line.endswith(f"set aside as {ckpts}/4.corrupt-0")
+  assert "step 3/5" in out and "step 5/5" in out  # resumed from the intact step 2
+  assert os.path.isdir(os.path.join(ckpts, "4.corrupt-0"))  # kept, not deleted
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(params(w, 2)[1])):
+    np.testing.assert_array_equal(a, b)
+  # A step without a manifest (saved before manifests) whose data TensorStore cannot decode:
+  # its error (as TensorStore words it) sets the step aside the same way.
+  os.remove(os.path.join(ckpts, "5", checkpoint.MANIFEST))
+  orig = ocp.CheckpointManager.restore
+
+  def restore(self, step, *a, **k):
+    if step == 5:
+      raise ValueError("DATA_LOSS: Error reading local file: ZSTD_decompressStream() failed: "
+                       "Data corruption detected\n(and 150 more lines)")
+    return orig(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+  c.total_steps = 6
+  trainer.train_and_evaluate(c, w)
+  out = capsys.readouterr().out
+  line = next(ln for ln in out.splitlines() if "is corrupted" in ln)
+  assert line.startswith(f"warning: checkpoint step 5 in {ckpts} is corrupted (DATA_LOSS")
+  # the newest intact step is now 4 (the rerun above saved 4 and 5 again)
+  assert "step 5/6" in out and "step 4/6" not in out
+  assert os.path.isdir(os.path.join(ckpts, "5.corrupt-0"))
+
+
+def test_no_intact_checkpoint_is_one_line(dataset, tmp_path):
+  w = str(tmp_path / "w")
+  c = load_config(batch_size=8, total_steps=2, warmup_steps=1, ckpt_every=2, figures=False)
+  c.data.dir, c.data.eval_split = dataset, ""
+  trainer.train_and_evaluate(c, w)
+  _flip(_array_files(os.path.join(w, "checkpoints", "2"))[-1], 8)  # a small file, a few bytes
+  c.total_steps = 3
+  with pytest.raises(errors.CorruptDataError, match=r"no intact checkpoint in .*: steps \[2\] "
+                     r"are corrupted .*; last good checkpoint: none$") as e:
+    trainer.train_and_evaluate(c, w)
+  assert "\n" not in str(e.value)

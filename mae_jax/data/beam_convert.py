@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mae_jax.data import convert as convert_lib
-from mae_jax.data import records, schemas
+from mae_jax.data import records, splits
 from mae_jax.data.records import GROUP_ROWS, Plan
 from mae_jax.errors import DataFormatError
 
@@ -57,19 +57,22 @@ def pipeline_options(spec) -> PipelineOptions:
 
 
 def work_items(plan: Plan, split: str) -> list[tuple[int, int, int]]:
-  """(source, start, stop) row ranges of whole statistics groups, about `chunk_size` rows."""
+  """(source, start, stop) ranges of positions in a file's split (`splits.positions`: 0 is its
+  first row) of whole statistics groups, about `chunk_size` rows."""
   rows = -(-max(plan.chunk_size, GROUP_ROWS) // GROUP_ROWS) * GROUP_ROWS
-  return [(source, a, min(a + rows, lay.splits[split].stop))
-          for source, lay in plan.inputs_for(split)
-          for a in range(lay.splits[split].start, lay.splits[split].stop, rows)]
+  out = []
+  for source, _ in plan.inputs_for(split):
+    n = splits.num_rows(plan, split, source)
+    out += [(source, a, min(a + rows, n)) for a in range(0, n, rows)]
+  return out
 
 
 def _positions(plan: Plan, split: str) -> dict[int, int]:
-  """Record key of each source's first row: records sort by (source, row)."""
+  """Record key of each source's first row: records sort by (source, position)."""
   out, base = {}, 0
-  for source, lay in plan.inputs_for(split):
+  for source, _ in plan.inputs_for(split):
     out[source] = base
-    base += lay.splits[split].num_rows
+    base += splits.num_rows(plan, split, source)
   return out
 
 
@@ -83,25 +86,24 @@ class _ConvertRange(beam.DoFn):
   def process(self, item):
     plan, split = self.plan, self.split
     source, a, b = item
-    layout = plan.layouts[source]
-    origin = layout.splits[split].start
     k = len(plan.target_names)
     acc = records.SplitAccumulator(plan.image_shape[2], k, channel_stats=split == plan.stats_split,
                                    sha=False, keep_groups=True)
     summary = {"dropped": [], "nonfinite_images": [], "nonfinite_targets": [], "bad": 0}
-    for chunk in schemas.iter_chunks(layout, split, plan.chunk_size, start=a, stop=b):
+    for chunk in splits.split_chunks(plan, split, source, lo=a, hi=b):
       kept = records.filter_chunk(plan, split, source, chunk)
+      pos = splits.positions(plan, split, source, kept.index)
       summary["dropped"] += kept.dropped.tolist()
       summary["nonfinite_images"] += kept.nonfinite_images.tolist()
       summary["nonfinite_targets"] += kept.nonfinite_targets.tolist()
       summary["bad"] += kept.num_bad_indices
-      acc.update(kept.images, kept.labels, kept.targets, rows=kept.index - origin)
+      acc.update(kept.images, kept.labels, kept.targets, rows=pos)
       for i in range(kept.images.shape[0]):
         rec = {"image": kept.images[i], "label": np.int64(kept.labels[i]),
                "index": np.int64(kept.index[i]), "source": np.int64(source)}
         if k:
           rec["targets"] = kept.targets[i]
-        yield self.base[source] + int(kept.index[i]) - origin, rec
+        yield self.base[source] + int(pos[i]), rec
     acc.finish()
     summary.update(n=acc.n, label_counts=acc.label_counts,
                    groups={name: np.stack([g[name] for g in acc.groups])
@@ -112,8 +114,8 @@ class _ConvertRange(beam.DoFn):
 def _hash_split(split: str, plan: Plan) -> dict:
   """The split's sha256 over its kept records in order (one sequential reader)."""
   sha, n = hashlib.sha256(), 0
-  for source, layout in plan.inputs_for(split):
-    for chunk in schemas.iter_chunks(layout, split, plan.chunk_size):
+  for source, _ in plan.inputs_for(split):
+    for chunk in splits.split_chunks(plan, split, source):
       kept = records.filter_chunk(plan, split, source, chunk)
       records.update_sha(sha, kept.images, kept.labels, kept.targets)
       n += kept.images.shape[0]

@@ -33,34 +33,29 @@ import argparse
 import contextlib
 import datetime
 import glob
-import itertools
 import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterable, Sequence
-from unittest import mock
+from typing import Sequence
 
-import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from mae_jax import errors, workdir_lock
 from mae_jax.data import meta as meta_lib
-from mae_jax.data import pipeline, records, schemas
+from mae_jax.data import pipeline, schemas, splits
+from mae_jax.data.builder import BUILDER_NAME, BUILDER_VERSION, MaeJaxConverted, writer_buffer
 from mae_jax.data.records import Plan, parse_bad_indices  # noqa: F401  (public API)
+from mae_jax.data.splits import DEFAULT_HOLDOUT, SPLIT_FORMATS, default_holdout  # noqa: F401
 from mae_jax.data.verify import verify  # noqa: F401  (public API: convert.verify)
-from mae_jax.errors import USER_ERRORS, DataFormatError, VerificationError
+from mae_jax.errors import USER_ERRORS, VerificationError
 
 log = logging.getLogger(__name__)
 
-BUILDER_NAME = "mae_jax_converted"
-BUILDER_VERSION = "1.0.0"
 ENGINES = ("plain", "beam")
 IMAGE_ENCODINGS = ("zlib", "sparse")
-_HKEY_SPACE = 1 << 128  # TFDS shuffler key space (keys spread over it keep buckets balanced)
 
 
 def _version() -> str:
@@ -80,150 +75,11 @@ def _version() -> str:
     return "unknown"
 
 
-# Conversion (one process).
-
-
-def _raise_nonfinite(plan: Plan, split: str, source: int, first: schemas.Chunk) -> None:
-  """Lists the non-finite rows of this file's split from chunk `first` on, then raises."""
-  layout = plan.layouts[source]
-  spec = layout.splits[split]
-  found = {"images": [], "targets": []}
-  nxt = first.start + first.images.shape[0]
-  rest = schemas.iter_chunks(layout, split, plan.chunk_size, start=nxt) if nxt < spec.stop else ()
-  for ch in itertools.chain([first], rest):
-    kept = records.filter_chunk(plan, split, source, ch)
-    found["images"] += kept.nonfinite_images.tolist()
-    found["targets"] += kept.nonfinite_targets.tolist()
-  raise records.nonfinite_error(layout, split, found)
-
-
-def _generate_split(plan: Plan, split: str) -> Iterable[tuple[int, dict[str, Any]]]:
-  k = len(plan.target_names)
-  acc = records.SplitAccumulator(plan.image_shape[2], k, channel_stats=(split == plan.stats_split))
-  dropped: list[list[int]] = []
-  n_nonfinite = n_badidx = 0
-  total = plan.num_input(split)
-  stride = _HKEY_SPACE // max(total, 1)
-  key = 0
-  for source, layout in plan.inputs_for(split):
-    origin = layout.splits[split].start
-    for chunk in schemas.iter_chunks(layout, split, plan.chunk_size):
-      kept = records.filter_chunk(plan, split, source, chunk)
-      bad = np.union1d(kept.nonfinite_images, kept.nonfinite_targets)
-      if bad.size and plan.nan_policy == "reject":
-        _raise_nonfinite(plan, split, source, chunk)
-      n_nonfinite += int(bad.size)
-      n_badidx += kept.num_bad_indices
-      dropped += [[source, int(i)] for i in kept.dropped]
-      acc.update(kept.images, kept.labels, kept.targets, rows=kept.index - origin)
-      for i in range(kept.images.shape[0]):
-        rec = {
-            "image": kept.images[i],
-            "label": np.int64(kept.labels[i]),
-            "index": np.int64(kept.index[i]),
-            "source": np.int64(source),
-        }
-        if k:
-          rec["targets"] = kept.targets[i]
-        yield key, rec
-        key += stride
-    acc.next_source()
-  if acc.n == 0:
-    raise DataFormatError(f"split '{split}': no examples left after dropping {len(dropped)} rows")
-  plan.results[split] = dict(acc.split_meta(), num_input=int(total), num_dropped=len(dropped),
-                             num_dropped_nonfinite=n_nonfinite, num_dropped_bad_indices=n_badidx,
-                             dropped_indices=dropped)
-  if acc.do_stats:
-    plan.channel_stats = acc.channel_stats()
-
-
-def _features(plan: Plan) -> tfds.features.FeaturesDict:
-  if plan.image_encoding == "sparse":
-    from mae_jax.data.sparse_image import SparseImage
-
-    image = SparseImage(plan.image_shape)
-  else:
-    image = tfds.features.Tensor(shape=tuple(plan.image_shape), dtype=np.float32,
-                                 encoding=tfds.features.Encoding.ZLIB)
-  feats = {
-      "image": image,
-      "label": tfds.features.Scalar(dtype=np.int64),
-      "index": tfds.features.Scalar(dtype=np.int64),
-      "source": tfds.features.Scalar(dtype=np.int64),
-  }
-  if plan.target_names:
-    feats["targets"] = tfds.features.Tensor(shape=(len(plan.target_names),), dtype=np.float32)
-  return tfds.features.FeaturesDict(feats)
-
-
-class _LocalDatasetInfo(tfds.core.DatasetInfo):
-  """The info of a dataset that exists only here: nothing to fetch from the TFDS GCS bucket.
-
-  A builder without a prepared directory calls `info.initialize_from_bucket()`, which
-  probes gs://tfds-data and `tempfile.mkdtemp()`s a directory in the system temp dir that
-  it never removes, one per conversion. Overriding that one method on our own info
-  object avoids both without touching global state (such as `tempfile.tempdir`).
-  """
-
-  def initialize_from_bucket(self) -> None:
-    pass
-
-
-class MaeJaxConverted(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """TFDS builder wrapping a conversion plan (not registered in the TFDS catalog)."""
-
-  name = BUILDER_NAME
-  VERSION = tfds.core.Version(BUILDER_VERSION)
-  RELEASE_NOTES = {BUILDER_VERSION: "mae_jax conversion of public E2E jet images."}
-
-  # TFDS derives the builder's source path from the top-level package via
-  # importlib.resources, which fails for some editable installs; give it directly.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    from etils import epath
-
-    return epath.Path(os.path.abspath(__file__))
-
-  def __init__(self, *, plan: Plan, **kwargs):
-    self._plan = plan
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    p = self._plan
-    return _LocalDatasetInfo(
-        builder=self,
-        description=(
-            f"CMS E2E jet images converted by mae_jax from format '{p.layouts[0].format}': "
-            f"image {list(p.image_shape)} channels {p.channel_names}, targets {p.target_names}."
-        ),
-        features=_features(p),
-        disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager):
-    return {s: self._generate_examples(s) for s in self._plan.split_names}
-
-  def _generate_examples(self, split):
-    yield from _generate_split(self._plan, split)
-
-
-def _writer_buffer(limit_bytes: int | None):
-  """Caps TFDS's in-memory shuffle buffer (default 1 GB) inside the `with` block.
-
-  TFDS 4.9 has no per-writer option: every Shuffler reads the module constant
-  `shuffle.MAX_MEM_BUFFER_SIZE`, so that one TFDS constant is patched for the block.
-  """
-  if limit_bytes is None:
-    return contextlib.nullcontext()
-  return mock.patch.object(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", int(limit_bytes))
-
-
 # Public API.
 
 
 def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
-              image_encoding="zlib") -> Plan:
+              image_encoding="zlib", split_seed=0) -> Plan:
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
   inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
@@ -237,6 +93,8 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
     raise ValueError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
   layouts = [schemas.inspect_file(p, format=format, holdout=holdout) for p in inputs]
   schemas.check_compatible(layouts)
+  rows = splits.apply_holdout(layouts, schemas.parse_holdout(holdout), split_seed) \
+      if holdout is not None else {}
   present = [s for s in schemas.SPLITS if any(s in lay.splits for lay in layouts)]
   bad = parse_bad_indices(bad_indices)
   unknown = sorted(set(bad) - set(present) - {"*"})
@@ -255,6 +113,7 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
       chunk_size=int(chunk_size),
       stats_split="train" if "train" in present else present[0],
       image_encoding=image_encoding,
+      rows=rows,
   )
 
 
@@ -295,6 +154,7 @@ def convert(
     engine: str = "plain",
     beam_options=None,
     image_encoding: str = "zlib",
+    split_seed: int = 0,
 ) -> dict:
   """Convert `inputs` into a TFDS dataset at `output`; return the metadata.
 
@@ -311,7 +171,10 @@ def convert(
   DirectRunner); the records and the metadata are the same either way.
   `image_encoding="sparse"` stores each image as its non-zero pixels
   (`mae_jax.data.sparse_image`, ~5x faster to decode for jets); readers see
-  the same dense images.
+  the same dense images. `holdout=(V, T)` draws validation / test rows of
+  single-split files by a permutation seeded with `split_seed`, stratified by
+  label (`mae_jax.data.splits`); a split holding one class of a labelled
+  dataset is a one-line `DataFormatError`.
   """
   if engine not in ENGINES:
     raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
@@ -321,7 +184,8 @@ def convert(
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(
         f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
-  plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding)
+  plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding,
+                   split_seed)
   parent = os.path.dirname(output)
   try:
     os.makedirs(parent, exist_ok=True)
@@ -339,7 +203,7 @@ def convert(
     else:
       builder = MaeJaxConverted(plan=plan, data_dir=partial, file_format="tfrecord")
       dl_config = tfds.download.DownloadConfig(try_download_gcs=False)
-      with _writer_buffer(None if writer_buffer_mb is None else int(writer_buffer_mb) << 20):
+      with writer_buffer(None if writer_buffer_mb is None else int(writer_buffer_mb) << 20):
         builder.download_and_prepare(download_dir=os.path.join(partial, "downloads"),
                                      download_config=dl_config)
       version_dir = os.fspath(builder.data_path)
@@ -353,6 +217,8 @@ def convert(
         "num_targets": len(plan.target_names),
         "nan_policy": plan.nan_policy,
         "holdout": list(schemas.parse_holdout(holdout)) if holdout is not None else None,
+        "split_seed": int(split_seed) if holdout is not None else None,
+        "split_method": splits.METHOD if holdout is not None else None,
         "splits": {s: plan.results[s] for s in plan.split_names},
         "channel_stats_split": plan.stats_split,
         "channel_stats": plan.channel_stats,
@@ -370,6 +236,8 @@ def convert(
     }
     if meta["label_names"] is None:
       del meta["label_names"]
+    # Drawn hold-outs were checked in `splits.apply_holdout` (an error); a file's own splits
+    # are the user's choice: a line here, and the protocol checks before it trains.
     for split, res in meta["splits"].items():
       counts = {k: v for k, v in res.get("label_counts", {}).items() if k != "-1" and v}
       if split != "train" and len(counts) == 1:
@@ -393,26 +261,6 @@ def convert(
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return meta
-
-
-DEFAULT_HOLDOUT = (0.1, 0.1)
-SPLIT_FORMATS = ("e2e_split", "ml4sci_split")
-
-
-def default_holdout(holdout, inputs, format="auto"):
-  """The CLI's --holdout: 'auto' -> DEFAULT_HOLDOUT for single-split formats (with a line
-  saying so), None for files that have splits; '0' -> None (everything in train)."""
-  if isinstance(holdout, str) and holdout.strip() in ("0", "0,0", "none"):
-    return None
-  if holdout != "auto":
-    return holdout
-  fmt = format if format != "auto" else schemas.detect_format(inputs[0])
-  if fmt in SPLIT_FORMATS:
-    return None
-  log.warning("%s has no train/validation/test splits: holding out the last %g / %g of its "
-              "rows as validation / test (recorded in the metadata; --holdout 0 keeps every "
-              "row in train)", inputs[0], *DEFAULT_HOLDOUT)
-  return DEFAULT_HOLDOUT
 
 
 def _raise_if_disk_full(e: Exception, output: str) -> None:
@@ -439,10 +287,12 @@ def _convert_parser() -> argparse.ArgumentParser:
   p.add_argument("--bad-indices", default=None,
                  help="JSON {split: [idx]} or text file of 'split:index' lines")
   p.add_argument("--holdout", default="auto",
-                 help="VAL,TEST fractions for single-split formats (the last rows, in file "
-                 f"order); default: {DEFAULT_HOLDOUT[0]},{DEFAULT_HOLDOUT[1]} for single-split "
+                 help="VAL,TEST fractions for single-split formats (a permutation seeded "
+                 "by --split-seed, stratified by label); default: {DEFAULT_HOLDOUT[0]},{DEFAULT_HOLDOUT[1]} for single-split "
                  "formats (so evaluation has held-out jets), none for files with splits; "
                  "0 keeps every row in train")
+  p.add_argument("--split-seed", type=int, default=0,
+                 help="seed of the --holdout permutation (recorded in the metadata)")
   p.add_argument("--chunk-size", type=int, default=256, help="images read per chunk")
   p.add_argument("--writer-buffer-mb", type=int, default=256,
                  help="TFDS writer in-memory buffer cap (MB)")
@@ -488,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           writer_buffer_mb=a.writer_buffer_mb,
           engine=a.engine or ("beam" if a.beam_pipeline_options is not None else "plain"),
           beam_options=a.beam_pipeline_options, image_encoding=a.image_encoding,
+          split_seed=a.split_seed,
       )
   except USER_ERRORS as e:
     print(f"ERROR: {e}", file=sys.stderr)

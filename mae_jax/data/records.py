@@ -118,12 +118,16 @@ class Plan:
   results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   channel_stats: dict[str, Any] | None = None
   bad_cache: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
+  # (split, source) -> sorted source rows, for hold-outs drawn by `mae_jax.data.splits`;
+  # absent: the split is the rows [start, stop) of its spec.
+  rows: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
 
   def inputs_for(self, split: str) -> list[tuple[int, Layout]]:
     return [(i, lay) for i, lay in enumerate(self.layouts) if split in lay.splits]
 
   def num_input(self, split: str) -> int:
-    return sum(lay.splits[split].num_rows for _, lay in self.inputs_for(split))
+    return sum(int(self.rows[(split, i)].size) if (split, i) in self.rows
+               else lay.splits[split].num_rows for i, lay in self.inputs_for(split))
 
 
 def bad_mask(plan: Plan, split: str, source: int, index: np.ndarray) -> np.ndarray:
@@ -165,7 +169,9 @@ class Kept:
 def filter_chunk(plan: Plan, split: str, source: int, chunk: schemas.Chunk) -> Kept:
   """Drops the listed bad rows and (both policies; `reject` raises later) non-finite rows."""
   b = chunk.images.shape[0]
-  idx = chunk.start + np.arange(b, dtype=np.int64)
+  idx = getattr(chunk, "index", None)  # a hold-out split's chunk lists its rows
+  if idx is None:
+    idx = chunk.start + np.arange(b, dtype=np.int64)
   known_bad = bad_mask(plan, split, source, idx)
   img_bad, tgt_bad = nonfinite_rows(chunk)
   drop = known_bad | ((img_bad | tgt_bad) & ~known_bad)

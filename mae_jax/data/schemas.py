@@ -33,9 +33,9 @@ Supported layouts (`format` names):
 
 Single-split layouts (`ml4sci`, `qg_opendata`, `egamma`, `parquet`)
 go to split `train` unless hold-out fractions `(V, T)` are given, in which
-case the split is deterministic by row index: with `n_val = round(V*N)` and
-`n_test = round(T*N)`, rows `[0, N-n_val-n_test)` are `train`, the next
-`n_val` rows are `validation` and the last `n_test` rows are `test`.
+case `inspect_file` returns by-index ranges (`holdout_ranges`) that the
+converter replaces by a seeded permutation stratified by label
+(`mae_jax.data.splits`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Modules, one job each:
            export_encoder, load_encoder, input_spec, normalize_images.
   run      a training workdir: load_run (config, model, dataset metadata) and
            restore_params (the params subtree of a checkpoint).
+  torch_features  PyTorch features that match mae_jax's (sparse tokens: occupied patches).
   cli      the command line above.
 
 Hybrid encoders (depthwise_mae, convstem_mae, convmae, channel_mae) have no
@@ -42,11 +43,13 @@ from mae_jax.export.specs import model_spec
 from mae_jax.export.specs import timm_constructor
 from mae_jax.export.specs import vit_config
 from mae_jax.export.specs import vitmae_config
+from mae_jax.export.torch_features import torch_features
 
 __all__ = [
     "FLAX_SCHEME", "FORMATS", "SCHEMES", "check_pos_table", "detect_scheme",
     "export_encoder", "from_torch_state_dict", "hf_config_kwargs", "input_spec",
     "load_encoder", "load_run", "main", "model_name", "model_spec", "name_map",
     "normalize_images", "restore_params", "timm_constructor", "to_torch_state_dict",
+    "torch_features",
     "vit_config", "vitmae_config",
 ]

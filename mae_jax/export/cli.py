@@ -1,7 +1,7 @@
 r"""`python -m mae_jax.export`: export the encoder of a pretraining checkpoint.
 
   python -m mae_jax.export --workdir DIR [--step N] \
-      --format {npz,safetensors,msgpack,torch} --output PATH \
+      --format {npz,safetensors,msgpack,torch,hf} --output PATH \
       [--names {hf,hf_legacy,timm,flax}] [--image-shape H,W,C]
 
 Prints one JSON line on success (exit 0); a missing or mismatched checkpoint or
@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="training workdir (checkpoints/, config.json)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--format", required=True, choices=formats.FORMATS)
-  p.add_argument("--output", required=True, help="output file; the sidecar is OUTPUT.json")
+  p.add_argument("--output", required=True,
+                 help="output file (the sidecar is OUTPUT.json); for --format hf a directory "
+                      "that transformers.ViTMAEModel.from_pretrained loads")
   p.add_argument("--names", default=None, choices=names.SCHEMES + (names.FLAX_SCHEME,),
                  help="names for safetensors/torch: hf (transformers >= 5; the ViT MAE's "
                       "default), hf_legacy (transformers 4.x), timm, flax (flax names and "
@@ -70,12 +72,14 @@ def main(argv=None) -> int:
     scheme = a.names or ("hf" if spec["model"] == "mae" else names.FLAX_SCHEME)
     sidecar = formats.export_encoder(params, spec, a.format, a.output, scheme=scheme,
                                      step=step, input=inp,
-                                     extra={"workdir": os.path.abspath(a.workdir)})
+                                     extra={"workdir": os.path.abspath(a.workdir)},
+                                     meta=run["meta"])
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   n = sum(int(np.prod(np.shape(v))) for v in names.flat_numpy(params["encoder"]).values())
-  print(json.dumps({"output": os.path.abspath(a.output), "sidecar": a.output + ".json",
+  where = os.path.join(a.output, "mae_jax.json") if a.format == "hf" else a.output + ".json"
+  print(json.dumps({"output": os.path.abspath(a.output), "sidecar": where,
                     "format": a.format, "step": step, "encoder_params": n,
                     "names": sidecar["name_scheme"]}))
   return 0

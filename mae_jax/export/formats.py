@@ -7,6 +7,10 @@ Formats:
   safetensors  a PyTorch state dict (names from `scheme`, default "hf": loads with
                `transformers.ViTMAEModel(config).load_state_dict(...)` of transformers 5).
   torch        `torch.save` of the same state dict.
+  hf           a directory `transformers.ViTMAEModel.from_pretrained` loads (`export.hf`).
+
+safetensors, torch and hf need the torch extra; without it, one UsageError line naming
+`pip install 'mae_jax[torch]'`.
 
 Hybrid encoders have no PyTorch names: every format writes their flax names and
 layouts (scheme "flax"), and their fixed sin-cos tables are not written (the model
@@ -32,7 +36,9 @@ from mae_jax.data import meta as meta_lib
 from mae_jax.export import names as names_lib
 from mae_jax.export import specs
 
-FORMATS = ("npz", "safetensors", "msgpack", "torch")
+FORMATS = ("npz", "safetensors", "msgpack", "torch", "hf")
+_NEEDS = {"safetensors": ("safetensors",), "torch": ("torch",),
+          "hf": ("torch", "transformers", "safetensors")}  # the torch extra
 _PRODUCER = "mae_jax.export"
 _POS_NOTE = ("fixed sin-cos table mae_jax.models.vit.sincos_2d(width, grid)[None], "
              "not a parameter")
@@ -87,6 +93,9 @@ def _check_scheme(spec: Mapping, fmt: str, scheme: str) -> None:
   schemes = names_lib.SCHEMES + (names_lib.FLAX_SCHEME,)
   if scheme not in schemes:
     raise ValueError(f"unknown name scheme {scheme!r}; choose one of {schemes}")
+  if fmt == "hf" and (spec.get("model", "mae") != "mae" or scheme != "hf"):
+    raise ValueError("--format hf writes a transformers ViTMAEModel: ViT MAE encoders with "
+                     f"names 'hf' only (got model {spec.get('model')!r}, names {scheme!r})")
   if spec.get("model", "mae") != "mae" and scheme != names_lib.FLAX_SCHEME:
     raise ValueError(f"a {spec['model']!r} encoder has no {scheme!r} (PyTorch ViT) names; "
                      f"export it with names {names_lib.FLAX_SCHEME!r}")
@@ -135,13 +144,25 @@ def _usage(spec: Mapping) -> dict:
         "features": {"tokens": f"{spec['model']}.encode(images)['tokens'] (mae_jax)",
                      "cls": "encode(images)['cls']", "mean": "encode(images)['mean']"}}
   n = spec["num_patches"]
+  sparse = spec.get("tokens") == "sparse"
+  feats = {
+      "token_mode": spec.get("tokens", "dense"),
+      "tokens": "encoder output after the final LayerNorm, [B, 1 + N, D], CLS first "
+                "(mae_jax: MAE.encode(images)['tokens'])",
+      "cls": "tokens[:, 0]", "mean": "tokens[:, 1:].mean(axis=1)",
+      "pytorch": f"mae_jax.export.torch_features(vitmae_model, images, patch={spec['patch']}, "
+                 f"tokens={spec.get('tokens', 'dense')!r}) -> {{'cls', 'mean'}}",
+  }
+  if sparse:  # what the probe and finetune stages saw: occupied patches only
+    feats.update(
+        tokens="encoder output on the jet's occupied patches only (any non-zero pixel in any "
+               "channel), [1 + k, D] per jet, CLS first (mae_jax: SparseMAE.encode)",
+        mean="mean over the k occupied-patch tokens (the probe's 'mean' pooling); NOT the "
+             f"mean over all {n} patches, which differs",
+        cls="tokens[0] of the same sparse pass")
   return {
       "contents": "encoder only: patch embedding, CLS token, position table, blocks, final norm",
-      "features": {
-          "tokens": "encoder output after the final LayerNorm, [B, 1 + N, D], CLS first "
-                    "(mae_jax: MAE.encode(images)['tokens'])",
-          "cls": "tokens[:, 0]", "mean": "tokens[:, 1:].mean(axis=1)",
-      },
+      "features": feats,
       "transformers": {
           "class": "ViTMAEModel (or ViTModel with vit_config; strict=False for its pooler)",
           "config": specs.hf_config_kwargs(spec, mask_ratio=0.0),
@@ -156,7 +177,7 @@ def _usage(spec: Mapping) -> dict:
 
 def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
                    scheme: str = "hf", step: int | None = None, input: Mapping | None = None,
-                   extra: Mapping | None = None) -> dict:
+                   extra: Mapping | None = None, meta: Mapping | None = None) -> dict:
   """Writes the encoder of `params` to `output` and the sidecar `output + '.json'`.
 
   Args:
@@ -169,6 +190,7 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
     step: the checkpoint step, recorded in the sidecar.
     input: the sidecar's `input` block (`input_spec`); default: no normalisation.
     extra: more sidecar entries (they override the computed ones).
+    meta: the dataset metadata, for the model card of `fmt="hf"` (a directory).
 
   Returns:
     The sidecar dict, as written.
@@ -177,10 +199,17 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
     ValueError: an unknown format or scheme, or PyTorch names for a hybrid encoder.
   """
   _check_scheme(spec, fmt, scheme)
+  from mae_jax.export import hf
+  hf.require(fmt, _NEEDS.get(fmt, ()))  # one line naming the extra, before any work
   enc, _ = names_lib.split_params(params)
   flat = names_lib.flat_numpy({"encoder": enc}, np.float32)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  param_names = _write_params(flat, spec, fmt, output, scheme)
+  if fmt == "hf":
+    sd = names_lib.to_torch_state_dict(enc, spec["grid"], scheme="hf")
+    param_names = {k: v if v.startswith("fixed") else f"params/{v}"
+                   for k, v in names_lib.name_map(spec["depth"], None, "hf").items()}
+  else:
+    param_names = _write_params(flat, spec, fmt, output, scheme)
   sidecar = {
       "format": fmt,
       "file": os.path.basename(output),
@@ -194,6 +223,9 @@ def export_encoder(params: Mapping, spec: Mapping, fmt: str, output: str, *,
       **_usage(spec),
       **(extra or {}),
   }
+  if fmt == "hf":
+    hf.export_hf(sd, sidecar, output, meta=meta, workdir=(extra or {}).get("workdir"))
+    return sidecar
   with open(output + ".json", "w") as f:
     json.dump(sidecar, f, indent=1)
   return sidecar

@@ -49,7 +49,9 @@ def model_spec(model, image_shape) -> dict:
   h, w, c = (int(s) for s in image_shape)
   grid = (h // model.patch, w // model.patch)
   name = model_name(model)
-  common = {"model": name, "variant": model.variant, "patch": int(model.patch),
+  # the sparse-token MAE has the ViT MAE's parameters but encodes occupied patches only
+  tokens = "sparse" if type(model).__name__ == "SparseMAE" else "dense"
+  common = {"model": name, "tokens": tokens, "variant": model.variant, "patch": int(model.patch),
             "image_shape": [h, w, c], "channels": c, "grid": list(grid),
             "num_patches": grid[0] * grid[1]}
   if name != "mae":  # hybrids: rebuilt from the registry class, not from sizes
