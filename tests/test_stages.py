@@ -72,6 +72,8 @@ def test_scratch_classifier_learns_toy_label(dataset, tmp_path):
   first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
   assert last < 0.8 * first, (first, last)
   assert out["test/auc"] > 0.8, out
+  scores = np.load(tmp_path / "scratch" / "test_scores.npz")  # the classify task's artefact
+  assert len(scores["label"]) == len(scores["score"]) == out["test/examples"]
 
 
 def test_resnet_baseline_runs(dataset, tmp_path):
