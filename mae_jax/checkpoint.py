@@ -307,6 +307,38 @@ def restore_best(workdir: str, state, shardings):
   return {**state, **best}, step
 
 
+HISTORY = "metrics.jsonl"  # one JSON row per logged train step, validation and test summary
+
+
+def read_history(workdir_or_file, train: bool = True) -> list[dict]:
+  """Rows of a run's metrics.jsonl: the training rows (with "loss"), or the eval summaries."""
+  path = workdir_or_file
+  if os.path.isdir(path):
+    path = os.path.join(path, HISTORY)
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if ("loss" in r) == train]
+
+
+def append_jsonl(path, row):
+  """Process 0 appends one JSON line; a failed write (a full disk) is rolled back, so that
+  the file never ends in half a line that a restart would fail to read."""
+  if jax.process_index() != 0:
+    return
+  data = (json.dumps(json_safe(row), allow_nan=False) + "\n").encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      while data:
+        data = data[os.write(fd, data):]
+    except OSError:
+      os.ftruncate(fd, size)
+      raise
+  finally:
+    os.close(fd)
+
+
 def read_json(path: str, default=None):
   if not os.path.exists(path):
     return default

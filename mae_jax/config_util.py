@@ -118,6 +118,7 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.task.loss = "mse"  # regress: mse | huber
   c.task.huber_delta = 1.0
   c.task.bootstrap = 200  # resamples for the uncertainties of classification metrics
+  c.task.target = "pixels"  # mae: what the prediction is compared with (tasks/targets/)
 
   c.batch_size = 256  # global, over all devices and hosts
   c.total_steps = 10_000

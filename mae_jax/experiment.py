@@ -44,16 +44,11 @@ def step_keys(seed: int, step):
           jax.random.fold_in(jax.random.fold_in(base, DROPOUT_STREAM), step))
 
 
-def model_inputs(batch) -> dict:
-  """Keyword inputs besides the images: the occupied-patch lists of sparse-token models."""
-  return {"patch_ids": batch["patch_ids"]} if "patch_ids" in batch else {}
-
-
 def apply_model(model, params, model_state, batch, train, mask_key, drop_key):
   """Forward pass of any stage's model on a batch; returns (output, new model_state)."""
   variables = {"params": params, **model_state}
   rngs = {"masking": mask_key, "dropout": drop_key}
-  kw = model_inputs(batch)
+  kw = registry.model_inputs(batch)
   if train and model_state:
     return model.apply(variables, batch["image"], train=True, rngs=rngs,
                        mutable=list(model_state), **kw)
@@ -187,8 +182,9 @@ def make_eval_step(config, model, task, shardings, mesh):
                  out_shardings=parallel.replicated(mesh))
 
 
-def evaluate(eval_fn, state, pipe, split, config, mesh, task, save_scores=""):
-  """Summary over a whole split; classify: optionally saves labels and scores (npz)."""
+def evaluate(eval_fn, state, pipe, split, config, mesh, task, return_outputs=False):
+  """Summary over a whole split (and, with `return_outputs`, the per-batch eval outputs on the
+  host, for the task's artefacts)."""
   local = config.batch_size // jax.process_count()
   _, it = pipe.eval_iter(split, local, config.batch_size)
   outputs = [parallel.to_host(eval_fn(state["params"], state["model_state"],
@@ -200,8 +196,5 @@ def evaluate(eval_fn, state, pipe, split, config, mesh, task, save_scores=""):
     raise errors.NonFiniteError(
         f"non-finite model outputs ({', '.join(bad)}) on the {split!r} split: the parameters "
         "diverged. Lower the lr or enable optim.grad_clip_norm.")
-  if save_scores and task.name == "classify" and jax.process_index() == 0:
-    keep = np.concatenate([o["valid"] for o in outputs]) > 0
-    np.savez(save_scores, label=np.concatenate([o["label"] for o in outputs])[keep],
-             score=np.concatenate([o["score"] for o in outputs])[keep])
-  return task.summarize(outputs, split)
+  summary = task.summarize(outputs, split)
+  return (summary, outputs) if return_outputs else summary

@@ -25,6 +25,9 @@ _PRINT = flags.DEFINE_bool("print_config", False, "Print the config's fields and
 flags.mark_flag_as_required("config")
 
 
+EXIT_SIGINT = 130  # 128 + SIGINT; a SIGTERM preemption exits 0 (the cluster resubmits)
+
+
 def fail(message: str):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
@@ -62,10 +65,16 @@ def main(argv):
   logging.info("backend %s, %d devices", jax.default_backend(), jax.device_count())
   cpu_env.warn_if_untuned(jax.default_backend())
   try:
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    result = trainer.train_and_evaluate(config, _WORKDIR.value)
   except errors.USER_ERRORS as e:
     # One clear line instead of a traceback for errors in the user's input.
     fail(str(e))
+  except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, final evaluation)
+    print(f"interrupted: Ctrl-C; rerun the same command to resume from the last checkpoint in "
+          f"{_WORKDIR.value}", file=sys.stderr)
+    sys.exit(EXIT_SIGINT)
+  if result.get("signal") == "SIGINT":  # stopped by Ctrl-C after a checkpoint: as shells expect
+    sys.exit(EXIT_SIGINT)
 
 
 def run():

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -21,60 +19,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from mae_jax import checkpoint, config_util, errors, experiment, parallel, tasks, workdir_lock
-
-
-class PreemptionWatcher:
-  """Turns SIGTERM (what SLURM and TPU maintenance send) into a flag the loop checks.
-
-  The running step finishes, a checkpoint is written and the run exits cleanly.
-  With several processes the decision is JAX's preemption sync point, so every
-  host stops at the same step.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def should_stop(self, step) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      try:
-        return multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError:  # preemption service not enabled in this jax.distributed set-up
-        return False
-    return self.requested
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-class Progress:
-  """Readable progress lines: step, loss, lr, images/s and ETA.
-
-  The clock starts after the first step, so compile time is not counted as throughput.
-  """
-
-  def __init__(self, total_steps, batch_size, start_step):
-    self.total, self.batch, self.t0, self.s0 = total_steps, batch_size, None, start_step + 1
-
-  def started(self):
-    if self.t0 is None:
-      self.t0 = time.time()
-
-  def line(self, step, metrics):
-    dt = time.time() - self.t0
-    rate = (step - self.s0) / dt if dt > 0 and step > self.s0 else float("nan")
-    eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
-    return (f"step {step}/{self.total}  loss {metrics['loss']:.5f}  lr {metrics['lr']:.3e}  "
-            f"{rate * self.batch:.1f} img/s  ETA {eta / 60:.1f} min")
+from mae_jax import (checkpoint, config_util, errors, experiment, parallel, preemption, tasks,
+                     workdir_lock)
+from mae_jax.progress import Progress, print0
 
 
 def check_workdir(workdir, config):
@@ -116,46 +63,6 @@ def check_config(config, workdir):
   os.makedirs(workdir, exist_ok=True)
 
 
-def print0(line: str):
-  """A progress line from process 0, written in one call so that log lines (stderr) never
-  land in the middle of it when both streams go to one file."""
-  if jax.process_index() == 0:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-HISTORY = "metrics.jsonl"  # one JSON row per logged train step, validation and test summary
-
-
-def read_history(workdir_or_file, train: bool = True) -> list[dict]:
-  """Rows of a run's metrics.jsonl: the training rows (with "loss"), or the eval summaries."""
-  path = workdir_or_file
-  if os.path.isdir(path):
-    path = os.path.join(path, HISTORY)
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if ("loss" in r) == train]
-
-
-def append_jsonl(path, row):
-  """Process 0 appends one JSON line; a failed write (a full disk) is rolled back, so that
-  the file never ends in half a line that a restart would fail to read."""
-  if jax.process_index() != 0:
-    return
-  data = (json.dumps(checkpoint.json_safe(row), allow_nan=False) + "\n").encode()
-  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-  try:
-    size = os.fstat(fd).st_size
-    try:
-      while data:
-        data = data[os.write(fd, data):]
-    except OSError:
-      os.ftruncate(fd, size)
-      raise
-  finally:
-    os.close(fd)
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the final metrics (also in final_metrics.json).
 
@@ -170,11 +77,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   try:
     check_config(config, workdir)
-    with workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
+    # SIGTERM / Ctrl-C only set a flag from here on, also during compilation
+    with preemption.PreemptionWatcher() as watcher, \
+        workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0) as lock:
       check_workdir(workdir, config)
       mngr = checkpoint.manager(workdir, config.keep_ckpts)
       try:
-        return _run(config, workdir, mngr, lock)
+        return _run(config, workdir, mngr, lock, watcher)
       except BaseException:
         checkpoint.settle(mngr, workdir)
         raise
@@ -192,7 +101,7 @@ def _last_good(workdir) -> str:
   return f"last good checkpoint: {'none' if step is None else f'step {step}'}"
 
 
-def _run(config, workdir, mngr, lock) -> dict:
+def _run(config, workdir, mngr, lock, watcher) -> dict:
   from mae_jax.evaluate import plots
 
   # ---- set-up: data, task, model, sharded state, resume
@@ -228,7 +137,7 @@ def _run(config, workdir, mngr, lock) -> dict:
   batches = pipe.train_iter(config.data.train_split, config.batch_size // jax.process_count(),
                             config.seed, start, config.data.shuffle_buffer, subset=subset)
   val_split = config.data.eval_split if config.data.eval_split in pipe.meta["splits"] else ""
-  history = os.path.join(workdir, HISTORY)
+  history = os.path.join(workdir, checkpoint.HISTORY)
   best = checkpoint.read_json(os.path.join(workdir, checkpoint.BEST_JSON))
   best_metric = task.selection_metric(best, val_split) if (best and val_split) else -np.inf
 
@@ -236,7 +145,7 @@ def _run(config, workdir, mngr, lock) -> dict:
     nonlocal best_metric
     summary = experiment.evaluate(eval_step, state, pipe, val_split, config, mesh, task)
     writer.write_scalars(step, dict(summary))
-    append_jsonl(history, {"step": step, **summary})
+    checkpoint.append_jsonl(history, {"step": step, **summary})
     print0(" ".join(f"{k} {v:.6g}" for k, v in summary.items()))
     value = task.selection_metric(summary, val_split)
     if value > best_metric:
@@ -248,14 +157,11 @@ def _run(config, workdir, mngr, lock) -> dict:
   # ---- the loop
   t_start = time.time()
   progress = Progress(config.total_steps, config.batch_size, start)
-  watcher = PreemptionWatcher()
   skipped, metrics, preempted, step = 0, {}, False, start
   for step in range(start + 1, config.total_steps + 1):
     state, metrics = train_step(state, parallel.global_batch(next(batches), mesh))
-    if step == start + 1:
-      jax.block_until_ready(metrics)
-      progress.started()
     metrics = parallel.to_host(metrics)
+    progress.tick(step)
     if not bool(metrics["finite"]):
       skipped += 1
       if config.nan_policy == "stop":
@@ -276,20 +182,20 @@ def _run(config, workdir, mngr, lock) -> dict:
         scalars["unreadable_records"] = pipe.unreadable.get(config.data.train_split, 0)
       writer.write_scalars(step, scalars)
       print0(progress.line(step, scalars))
-      append_jsonl(history, {"step": step, **scalars})
+      checkpoint.append_jsonl(history, {"step": step, **scalars})
     if preempted:
       break
     if val_split and config.eval_every and step % config.eval_every == 0 \
         and step != config.total_steps:
       validate(step)
-  watcher.close()
+  watcher.close()  # from here on Ctrl-C interrupts (main.py: one line, exit 130)
   if preempted:
     mngr.wait_until_finished()
     writer.flush()
     mngr.close()
-    print0(f"preempted: SIGTERM received; checkpoint written at step {step} in "
+    print0(f"preempted: {watcher.signal_name} received; checkpoint written at step {step} in "
            f"{mngr.directory}; rerun the same command to resume")
-    return {"preempted_at": step, "skipped_steps": skipped}
+    return {"preempted_at": step, "skipped_steps": skipped, "signal": watcher.signal_name}
 
   # ---- the end: last validation, best state, test split once, figures
   previous = checkpoint.read_json(os.path.join(workdir, "final_metrics.json"), {}) or {}
@@ -305,11 +211,12 @@ def _run(config, workdir, mngr, lock) -> dict:
   final["selected_step"] = best_step if best_step is not None else int(state["step"])
   final["selected_by"] = f"{val_split} split" if best_step is not None else "last step"
   test_split = config.data.get("test_split", "")
+  test_outputs = None
   if test_split and test_split in pipe.meta["splits"]:
-    summary = experiment.evaluate(eval_step, selected, pipe, test_split, config, mesh, task,
-                                  save_scores=os.path.join(workdir, f"{test_split}_scores.npz"))
+    summary, test_outputs = experiment.evaluate(eval_step, selected, pipe, test_split, config,
+                                                mesh, task, return_outputs=True)
     writer.write_scalars(config.total_steps, dict(summary))
-    append_jsonl(history, {"step": final["selected_step"], **summary})
+    checkpoint.append_jsonl(history, {"step": final["selected_step"], **summary})
     final.update(summary)
     print0(" ".join(f"{k} {v:.6g}" for k, v in summary.items()))
   if pipe.on_corrupt == "skip":
@@ -317,9 +224,10 @@ def _run(config, workdir, mngr, lock) -> dict:
   checkpoint.write_json(os.path.join(workdir, "final_metrics.json"), final)
   if config.figures and jax.process_index() == 0 and os.path.exists(history):
     plots.loss_curve(history, os.path.join(workdir, "loss_curve.png"))
-  if config.figures and task.name == "mae":
-    plots.reconstructions(model, selected["params"], pipe, val_split or config.data.train_split,
-                          mesh, config, os.path.join(workdir, "reconstruction.png"))
+  task.artefacts(workdir, tasks.RunOutputs(
+      config=config, model=model, params=selected["params"], pipe=pipe, mesh=mesh,
+      split=val_split or config.data.train_split, test_split=test_split,
+      test_outputs=test_outputs))
   missing = [s for s in (config.data.eval_split, test_split) if s and s not in pipe.meta["splits"]]
   if missing:  # say it where the run ends, not only in the logs
     print0(f"note: {config.data.dir} has no {' or '.join(map(repr, missing))} split: "

@@ -18,6 +18,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mae_jax.kernels import cpu_attention
 from mae_jax.models import attention, mae
+from mae_jax.tasks import mae as mae_task
+from mae_jax.tasks.targets import pixels
 
 TOL = 2e-5
 
@@ -182,7 +184,8 @@ def test_mae_loss_and_gradients_agree_between_kernel_and_xla():
   for impl in ("xla", "cpu_kernel"):
     model = mae.MAE(variant="tiny", patch=5, channels=3, attention=impl)
     params = model.init(jax.random.key(2), images, noise)["params"]  # same key: same weights
-    loss_fn = lambda p: model.apply({"params": p}, images, noise)[0]  # noqa: E731
+    loss_fn = lambda p: mae_task.objective(  # noqa: E731
+        pixels.Targets(5), model.apply({"params": p}, images, noise), images)
     results[impl] = jax.value_and_grad(loss_fn)(params)
   (l_xla, g_xla), (l_k, g_k) = results["xla"], results["cpu_kernel"]
   np.testing.assert_allclose(float(l_k), float(l_xla), rtol=1e-5)

@@ -35,6 +35,8 @@ pytest.importorskip("safetensors", reason="safetensors export needs safetensors 
 from mae_jax import export  # noqa: E402
 from mae_jax.models import mae as mae_lib  # noqa: E402
 from mae_jax.models import vit  # noqa: E402
+from mae_jax.tasks import mae as mae_task  # noqa: E402
+from mae_jax.tasks.targets import pixels  # noqa: E402
 
 RTOL = 1e-5
 ATOL = 1e-5  # times max |reference|
@@ -92,7 +94,9 @@ def _init(shape):
 def _jitted(shape, norm_pix_loss=False):
   """Jitted `MAE.__call__` (eval mode) and `MAE.encode`: eager dispatch is slow on CPU."""
   model, _ = _model(shape, norm_pix_loss)
-  fwd = jax.jit(lambda p, x, z: model.apply({"params": p}, x, noise=z, train=False))
+  targets = pixels.Targets.for_model(model)  # the MAE task's loss, as transformers' (loss, aux)
+  fwd = jax.jit(lambda p, x, z: (lambda out: (mae_task.objective(targets, out, x), out[1]))(
+      model.apply({"params": p}, x, noise=z, train=False)))
   enc = jax.jit(lambda p, x: model.apply({"params": p}, x, method=mae_lib.MAE.encode))
   return fwd, enc
 

@@ -7,6 +7,8 @@ import pytest
 
 from mae_jax.models import mae as mae_lib
 from mae_jax.models import vit
+from mae_jax.tasks import mae as mae_task
+from mae_jax.tasks.targets import pixels
 
 RNGS = {"params": jax.random.key(0), "masking": jax.random.key(1)}
 
@@ -73,15 +75,15 @@ def test_masked_mse_matches_float64_and_ignores_visible_patches():
   target = rng.normal(size=(2, 10, 12)).astype(np.float32)
   mask = (rng.random((2, 10)) < 0.7).astype(np.float32)
   want = (((pred.astype(np.float64) - target) ** 2).mean(-1) * mask).sum() / mask.sum()
-  got = float(mae_lib.masked_mse(pred, target, mask))
+  got = float(mae_task.masked_mse(pred, target, mask))
   assert abs(got - want) <= 1e-6 * abs(want)  # float32 sum of 20 terms
   changed = target.copy()
   vis = np.argwhere(mask == 0)[0]
   changed[vis[0], vis[1]] += 100.0
-  assert float(mae_lib.masked_mse(pred, changed, mask)) == got
+  assert float(mae_task.masked_mse(pred, changed, mask)) == got
   masked = np.argwhere(mask == 1)[0]
   changed[masked[0], masked[1]] += 1.0
-  assert float(mae_lib.masked_mse(pred, changed, mask)) != got
+  assert float(mae_task.masked_mse(pred, changed, mask)) != got
 
 
 def test_norm_pix_loss_reference():
@@ -92,23 +94,24 @@ def test_norm_pix_loss_reference():
   t = target.astype(np.float64)
   t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True, ddof=1) + 1e-6)  # torch.var
   want = (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum()
-  np.testing.assert_allclose(float(mae_lib.masked_mse(pred, target, mask, True)), want, rtol=1e-5)
+  np.testing.assert_allclose(float(mae_task.masked_mse(pred, target, mask, True)), want, rtol=1e-5)
 
 
 def test_model_loss_only_sees_masked_patches():
-  """The model's loss equals masked_mse of its prediction; visible targets do not enter it."""
+  """The model returns its prediction, the task's loss is the masked MSE of it against the
+  image's patches (float64 reference); pixels of visible patches do not enter it."""
   model = mae_lib.MAE(variant="tiny", patch=5, channels=3)
   x = jax.random.uniform(jax.random.key(3), (2, 25, 25, 3))
   variables = model.init(RNGS, x)
   noise = jax.random.uniform(jax.random.key(4), (2, 25))
-  loss, aux = model.apply(variables, x, noise=noise)
-  target = np.asarray(aux["target"]).copy()
-  np.testing.assert_allclose(float(mae_lib.masked_mse(aux["pred"], target, aux["mask"])),
-                             float(loss), rtol=1e-6)
-  visible = np.argwhere(np.asarray(aux["mask"]) == 0)
-  target[visible[:, 0], visible[:, 1]] = 1e3
-  np.testing.assert_allclose(float(mae_lib.masked_mse(aux["pred"], target, aux["mask"])),
-                             float(loss), rtol=1e-6)
+  pred, aux = out = model.apply(variables, x, noise=noise)
+  np.testing.assert_array_equal(np.asarray(pred), np.asarray(aux["pred"]))
+  loss = float(mae_task.objective(pixels.Targets(5), out, x))
+  err = ((np.asarray(pred, np.float64) - np.asarray(mae_lib.patchify(x, 5), np.float64)) ** 2)
+  mask = np.asarray(aux["mask"], np.float64)
+  np.testing.assert_allclose(loss, (err.mean(-1) * mask).sum() / mask.sum(), rtol=1e-6)
+  visible = mae_lib.unpatchify(jnp.repeat((1 - aux["mask"])[..., None], 75, -1), 5, (5, 5), 3)
+  assert float(mae_task.objective(pixels.Targets(5), out, x + visible * 1e3)) == loss
   assert aux["latent"].shape == (2, 1 + int(25 * 0.25), 64)
   assert aux["pred"].shape == (2, 25, 75)
 
@@ -174,6 +177,7 @@ def test_bfloat16_compute_keeps_float32_params():
   x = jax.random.uniform(jax.random.key(8), (2, 25, 25, 3))
   variables = model.init(RNGS, x)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
-  loss, aux = model.apply(variables, x, rngs={"masking": jax.random.key(9)})
-  assert aux["pred"].dtype == jnp.bfloat16 and loss.dtype == jnp.float32
+  out = model.apply(variables, x, rngs={"masking": jax.random.key(9)})
+  loss = mae_task.objective(pixels.Targets(5), out, x)
+  assert out[1]["pred"].dtype == jnp.bfloat16 and loss.dtype == jnp.float32
   assert np.isfinite(float(loss))

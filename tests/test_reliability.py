@@ -183,7 +183,7 @@ def test_corrupted_record_stops_in_one_line_or_is_skipped_and_counted(dataset, t
   final = trainer.train_and_evaluate(c, w)
   lost = final["train/unreadable_records"]
   assert 0 < lost < 32 and final["last_step"] == 4
-  assert trainer.read_history(w)[-1]["unreadable_records"] == lost
+  assert checkpoint.read_history(w)[-1]["unreadable_records"] == lost
   skip = pipeline.Pipeline(str(bad), on_corrupt="skip")
   _, it = skip.eval_iter("validation", 8, 8)
   valid = sum(int(b["valid"].sum()) for b in it)
@@ -276,8 +276,8 @@ def test_disk_full_during_checkpoint_is_one_line_and_keeps_last_good(dataset, tm
 
 
 def test_metrics_write_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
-  path = str(tmp_path / trainer.HISTORY)
-  trainer.append_jsonl(path, {"step": 1, "loss": 0.5})
+  path = str(tmp_path / checkpoint.HISTORY)
+  checkpoint.append_jsonl(path, {"step": 1, "loss": 0.5})
   write = os.write
 
   def half_then_full(fd, data):
@@ -287,9 +287,9 @@ def test_metrics_write_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch)
   with monkeypatch.context() as m:
     m.setattr(os, "write", half_then_full)
     with pytest.raises(OSError) as e:
-      trainer.append_jsonl(path, {"step": 2, "loss": 0.25})
+      checkpoint.append_jsonl(path, {"step": 2, "loss": 0.25})
   assert errors.disk_errno(e.value) == errno.ENOSPC
-  assert trainer.read_history(path) == [{"step": 1, "loss": 0.5}]
+  assert checkpoint.read_history(path) == [{"step": 1, "loss": 0.5}]
   def full(*args):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -297,7 +297,7 @@ def test_metrics_write_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch)
     m.setattr(os, "replace", full)
     with pytest.raises(OSError):
       checkpoint.write_json(str(tmp_path / "final_metrics.json"), {"a": 1})
-  assert sorted(os.listdir(tmp_path)) == [trainer.HISTORY]  # no temporary file left
+  assert sorted(os.listdir(tmp_path)) == [checkpoint.HISTORY]  # no temporary file left
 
 
 def _flip(path, n=256):
@@ -377,3 +377,46 @@ def test_no_intact_checkpoint_is_one_line(dataset, tmp_path):
                      r"are corrupted .*; last good checkpoint: none$") as e:
     trainer.train_and_evaluate(c, w)
   assert "\n" not in str(e.value)
+
+
+def test_ctrl_c_saves_then_exits_130_in_one_line(dataset, tmp_path):
+  """SIGINT behaves as SIGTERM (checkpoint, one line naming the step and how to resume) but
+  exits 130, without a KeyboardInterrupt traceback; a second run resumes after that step."""
+  w = tmp_path / "int"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  err_file = tmp_path / "stderr.txt"
+  with open(err_file, "w") as err_f:  # a file, not a pipe: absl's log lines never block it
+    proc = subprocess.Popen([sys.executable, "-m", "mae_jax.main",
+                             *main_args(w, dataset, 500, "--config.ckpt_every=1000")], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=err_f, text=True)
+    wait_for_line(proc, "step 2/500")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+  err = err_file.read_text()
+  assert proc.returncode == 130, (out + err)[-2000:]
+  lines = [ln for ln in out.splitlines() if ln.startswith("preempted:")]
+  assert len(lines) == 1 and "SIGINT received; checkpoint written at step" in lines[0], out
+  assert "rerun the same command to resume" in lines[0]
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+  step, _ = params(w)
+  assert f"at step {step} " in lines[0] and 2 <= step < 500
+
+
+def test_ctrl_c_during_compilation_only_sets_the_flag(dataset, tmp_path, monkeypatch):
+  """The handlers are installed before the first compile: a SIGINT delivered while the
+  state is being built (here from inside create_state) stops the run after its first step
+  with a checkpoint and returns preempted_at, as the protocol expects."""
+  from mae_jax import experiment
+  real = experiment.create_state
+
+  def create_then_interrupt(*a, **k):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real(*a, **k)
+
+  monkeypatch.setattr(experiment, "create_state", create_then_interrupt)
+  config = load_config(data__dir=dataset, total_steps=50, batch_size=8, warmup_steps=2,
+                       log_every=1, ckpt_every=1000, figures=False, data__shuffle_buffer=64)
+  out = trainer.train_and_evaluate(config, str(tmp_path / "c"))
+  assert out["preempted_at"] == 1 and out["signal"] == "SIGINT"
+  assert params(tmp_path / "c")[0] == 1
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

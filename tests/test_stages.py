@@ -68,10 +68,12 @@ def test_finetune_changes_encoder_with_layer_decay(dataset, pretrained, tmp_path
 def test_scratch_classifier_learns_toy_label(dataset, tmp_path):
   c = stage_config("scratch", dataset, total_steps=60, warmup_steps=5, lr=3e-2, eval_every=0)
   out = trainer.train_and_evaluate(c, str(tmp_path / "scratch"))
-  rows = trainer.read_history(str(tmp_path / "scratch"))
+  rows = checkpoint.read_history(str(tmp_path / "scratch"))
   first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
   assert last < 0.8 * first, (first, last)
   assert out["test/auc"] > 0.8, out
+  scores = np.load(tmp_path / "scratch" / "test_scores.npz")  # the classify task's artefact
+  assert len(scores["label"]) == len(scores["score"]) == out["test/examples"]
 
 
 def test_resnet_baseline_runs(dataset, tmp_path):

@@ -38,10 +38,10 @@ def test_train_writes_logs_figures_checkpoints_and_resumes_exactly(dataset, tmp_
   for name in ("metrics.jsonl", "loss_curve.png", "reconstruction.png", "config.json"):
     assert os.path.exists(os.path.join(full, name)), name
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(full))
-  rows = trainer.read_history(full)
+  rows = checkpoint.read_history(full)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   # validation and test summaries are machine-readable there too (not only in TensorBoard)
-  evals = trainer.read_history(full, train=False)
+  evals = checkpoint.read_history(full, train=False)
   assert any("validation/masked_mse" in r for r in evals) and "test/masked_mse" in evals[-1]
   assert final["validation/examples"] == 16 and np.isfinite(final["validation/masked_mse"])
   assert sorted(ocp.CheckpointManager(os.path.join(full, "checkpoints")).all_steps()) == [3, 6]
@@ -52,7 +52,7 @@ def test_train_writes_logs_figures_checkpoints_and_resumes_exactly(dataset, tmp_
   with pytest.raises(ValueError, match="different 'batch_size'"):
     trainer.train_and_evaluate(config_for(dataset, batch_size=16), part)
   trainer.train_and_evaluate(config_for(dataset, total_steps=6), part)
-  resumed_rows = trainer.read_history(part)
+  resumed_rows = checkpoint.read_history(part)
   assert [r["step"] for r in resumed_rows] == [1, 2, 3, 4, 5, 6]  # continued at step 4
   # Same data order and masks after resume: same losses and bit-identical parameters.
   assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]
@@ -65,7 +65,7 @@ def test_loss_goes_down(dataset, tmp_path):
   c = config_for(dataset, total_steps=40, warmup_steps=5, lr=1.5e-2, ckpt_every=100, figures=False)
   c.data.eval_split = ""
   trainer.train_and_evaluate(c, str(tmp_path / "w"))
-  rows = trainer.read_history(str(tmp_path / "w"))
+  rows = checkpoint.read_history(str(tmp_path / "w"))
   first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
   assert last < 0.8 * first, (first, last)
 
@@ -141,3 +141,22 @@ def test_check_workdir_ignores_fields_added_later_at_their_default(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match="different 'model'"):
     trainer.check_workdir(str(tmp_path), config)
+
+
+def test_eta_leaves_out_compilation():
+  """Fake clock: step 1 compiles for 120 s, step 4 recompiles (a new token bucket) for 60 s,
+  every other step takes 0.5 s. The ETA at step 10 of 100 is 90 steps x 0.5 s = 0.75 min
+  (the old estimate, compile included: ~18 min); img/s is batch / 0.5 s."""
+  from mae_jax import progress
+  durations = {1: 120.0, 4: 60.0}
+  now = [1000.0]
+  p = progress.Progress(100, 32, 0, clock=lambda: now[0])
+  for step in range(1, 11):
+    now[0] += durations.get(step, 0.5)
+    p.tick(step)
+  line = p.line(10, {"loss": 0.1, "lr": 1e-3})
+  assert "ETA 0.8 min" in line and "64.0 img/s" in line, line
+  assert p.step_seconds() == 0.5
+  resumed = progress.Progress(100, 32, 50, clock=lambda: now[0])
+  resumed.tick(51)  # the first step of a resumed run compiles too: never timed
+  assert np.isnan(resumed.step_seconds())

@@ -23,12 +23,19 @@ import numpy as np
 import optax
 
 
+def _loss(model, params, images, key):
+  """The MAE task's training loss of the model on images (masking from key)."""
+  from mae_jax.tasks import mae as mae_task
+  from mae_jax.tasks.targets import pixels
+  out = model.apply({"params": params}, images, rngs={"masking": key})
+  return mae_task.objective(pixels.Targets.for_model(model), out, images)
+
+
 def init_grad_norm(model, images, seed=0):
   """(global norm, path of the parameter with the largest |entry|, that |entry|) at init."""
   rngs = {"params": jax.random.key(seed), "masking": jax.random.key(seed + 1)}
   params = model.init(rngs, images[:1])["params"]
-  loss = lambda p: model.apply({"params": p}, images,  # noqa: E731
-                               rngs={"masking": jax.random.key(seed + 2)})[0]
+  loss = lambda p: _loss(model, p, images, jax.random.key(seed + 2))  # noqa: E731
   grads = jax.jit(jax.grad(loss))(params)
   leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
   # NaN ranks first: the parameter to blame when the diagnostic matters most
@@ -46,7 +53,7 @@ def adamw_run(model, batches, lr, seed=0):
   @jax.jit
   def step(params, opt_state, images, key):
     loss, grads = jax.value_and_grad(
-        lambda p: model.apply({"params": p}, images, rngs={"masking": key})[0])(params)
+        lambda p: _loss(model, p, images, key))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 

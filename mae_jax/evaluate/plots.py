@@ -12,13 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mae_jax import parallel  # noqa: E402
+from mae_jax import checkpoint, parallel  # noqa: E402
+from mae_jax.evaluate import reconstruction  # noqa: E402
 from mae_jax.models import mae as mae_lib  # noqa: E402
 
 
 def loss_curve(history_path: str, out_path: str) -> None:
-  from mae_jax import trainer
-  rows = trainer.read_history(history_path)
+  rows = checkpoint.read_history(history_path)
   if not rows:
     return
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -34,14 +34,13 @@ def loss_curve(history_path: str, out_path: str) -> None:
 
 def reconstruct(model, params, batch, mask_key):
   """(images, masked input, reconstruction with visible patches pasted back, patch mask)."""
-  from mae_jax import experiment
+  from mae_jax.models import registry
   images = batch["image"]
   _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key},
-                       **experiment.model_inputs(batch))
+                       **registry.model_inputs(batch))
   pred = aux["pred"].astype(jnp.float32)
   if model.norm_pix_loss:  # back from per-patch normalised pixels
-    mean, std = mae_lib.patch_stats(aux["target"])
-    pred = pred * std + mean
+    pred = reconstruction.denormalize_pred(pred, images, model.patch)
   b, h, w, c = images.shape
   grid = (h // model.patch, w // model.patch)
   mask = jnp.repeat(aux["mask"][:, :, None], model.patch**2 * c, axis=-1)
@@ -164,7 +163,6 @@ def protocol_figures(root: str, workdirs: dict, class_names=("class 0", "class 1
   """
   import shutil
 
-  from mae_jax import trainer
   from mae_jax.evaluate import metrics
 
   curves = curves or {}
@@ -174,10 +172,10 @@ def protocol_figures(root: str, workdirs: dict, class_names=("class 0", "class 1
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
     for ax, stage in zip(axes[0], stages):
       spec = curves.get(stage, {})
-      rows = trainer.read_history(workdirs[stage])
+      rows = checkpoint.read_history(workdirs[stage])
       ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train")
       key, ref = spec.get("validation"), spec.get("reference")
-      val = [r for r in trainer.read_history(workdirs[stage], train=False) if key and key in r]
+      val = [r for r in checkpoint.read_history(workdirs[stage], train=False) if key and key in r]
       if val:
         ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", ms=3, lw=1,
                 label="validation")

@@ -1,14 +1,17 @@
 """Masked autoencoder (He et al. 2021) for multi-channel detector images.
 
 `MaskedAutoencoder` is the one forward pass of every MAE family (patchify, masking,
-encoder on visible tokens, decoder, masked-patch loss, `encode`); the ViT MAE
+encoder on visible tokens, decoder, `encode`); the ViT MAE
 (`MAE`, here), the hybrids (`models/hybrids/`) and the channel-aware MAE specialise
 only their variant table, encoder and decoder.
 
-`__call__(images)` returns `(loss, aux)`:
-  loss: per-pixel MSE averaged over **masked patches only**;
-  aux:  {"pred": [B, N, p*p*C], "mask": [B, N] (1 = masked), "latent": encoder
-         output [B, 1 + visible, D], "ids_restore": [B, N], "target": [B, N, p*p*C]}.
+`__call__(images)` returns `(pred, aux)` (big_vision's `(output, aux)`; the loss is the
+task's, `tasks/mae.py`):
+  pred: the decoder's prediction at its query slots [B, S, p*p*C]; here the slots are the
+        N patches in order (sparse tokens: `models/sparse.py` adds "slot_ids");
+  aux:  {"pred": the prediction on the patch grid [B, N, p*p*C], "mask": [B, N]
+         (1 = masked; the slots the loss counts unless aux has "slot_mask"), "latent":
+         encoder output [B, 1 + visible, D], "ids_restore": [B, N]}.
 `encode(images)` runs the encoder on all patches (no masking) and returns
 {"cls": [B, D], "mean": [B, D] (mean over patch tokens), "tokens": [B, 1+N, D]}.
 
@@ -114,22 +117,6 @@ def patch_stats(target):
   return mean, (var + 1.0e-6) ** 0.5
 
 
-def normalize_patches(target):
-  mean, std = patch_stats(target)
-  return (target.astype(jnp.float32) - mean) / std
-
-
-def masked_mse(pred, target, mask, norm_pix_loss: bool = False):
-  """Mean per-pixel squared error over masked patches (mask 1 = masked)."""
-  pred = pred.astype(jnp.float32)
-  target = target.astype(jnp.float32)
-  if norm_pix_loss:
-    target = normalize_patches(target)
-  per_patch = jnp.mean((pred - target) ** 2, axis=-1)
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 class Decoder(nn.Module):
   """Lightweight MAE decoder: embed, insert mask tokens, blocks, predict pixels.
 
@@ -173,7 +160,7 @@ class Decoder(nn.Module):
 
 
 class MaskedAutoencoder(nn.Module):
-  """The masked-autoencoder base: masking, encoder on visible tokens, decoder, loss.
+  """The masked-autoencoder base: masking, encoder on visible tokens, decoder.
 
   A family specialises only what differs: its variant table (`decode_size`), its
   encoder (`make_encoder`; called as `encoder(images, mask, keep, deterministic)`
@@ -186,6 +173,8 @@ class MaskedAutoencoder(nn.Module):
   patch: int = 5
   channels: int = 8
   mask_ratio: float = 0.75
+  # what the prediction means (per-patch normalised pixels), for figures and export; the
+  # targets themselves are built by the task (tasks/targets.py) from config.model.norm_pix_loss
   norm_pix_loss: bool = False
   dtype: Dtype = jnp.float32
   drop_path: float = 0.0  # stochastic depth in the encoder (finetuning)
@@ -230,12 +219,9 @@ class MaskedAutoencoder(nn.Module):
       x = zero_masked_pixels(x, mask, self.patch)
     latent = self.encoder(x, mask, lambda t: take_tokens(t, ids_keep), deterministic=not train)
     pred = self.decoder(latent, ids_restore, grid)
-    target = patchify(images, self.patch)
-    mask = mask.astype(images.dtype)
-    loss = masked_mse(pred, target, mask, self.norm_pix_loss)
-    aux = {"pred": pred, "mask": mask, "latent": latent, "ids_restore": ids_restore,
-           "target": target}
-    return loss, aux
+    aux = {"pred": pred, "mask": mask.astype(images.dtype), "latent": latent,
+           "ids_restore": ids_restore}
+    return pred, aux
 
   def encode(self, images, train: bool = False):
     """Features of unmasked images: token 0 ("cls") and the mean of the patch tokens.

@@ -1,6 +1,6 @@
 """Model from config: `config.model.name` picks the class, the rest sizes it.
 
-  mae, depthwise_mae, convstem_mae, convmae,  masked autoencoders -> (loss, aux)
+  mae, depthwise_mae, convstem_mae, convmae,  masked autoencoders -> (pred, aux)
   channel_mae
   classifier                                  MAE-family encoder + head -> (outputs, aux)
   resnet15, resnet50                          supervised baselines -> (outputs, aux)
@@ -35,6 +35,11 @@ def is_sparse(config) -> bool:
   if tokens not in TOKENS:
     raise ValueError(f"model.tokens={tokens!r}; choose one of {TOKENS}")
   return tokens == "sparse"
+
+
+def model_inputs(batch) -> dict:
+  """Keyword inputs besides the images: the occupied-patch lists of sparse-token models."""
+  return {"patch_ids": batch["patch_ids"]} if "patch_ids" in batch else {}
 
 
 def mae_family_model(name, m, image_shape, drop_path=0.0):

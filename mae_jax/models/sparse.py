@@ -22,17 +22,20 @@ like a dense one) but its tokens are the occupied patches only:
             masked occupied patches are (as Point-MAE is told the masked patch
             centres) and reconstructs WHAT they hold. Empty patches are neither
             inputs nor targets (`empty_queries` adds some, see below).
-  loss      per-pixel MSE over the masked occupied patches.
+  loss      the task's (tasks/mae.py): per-pixel MSE over the masked occupied patches.
 
 `empty_queries` = E > 0 adds E empty patches per jet (random, from the same
 noise) to the decoder's queries with target 0, so the decoder can no longer
 assume that every position it is asked about is occupied (docs/models.md
 measures whether it helps).
 
-Outputs follow the MAE interface on the full patch grid, so evaluation,
-reconstruction reports and figures work unchanged: aux "pred" [B, N, p*p*C]
-(0 for patches that were not tokens), "mask" [B, N] (1 = a masked token:
-occupied, or an empty query), "target" [B, N, p*p*C]; plus "patch_ids".
+`__call__` returns `(pred, aux)`: pred [B, S, p*p*C] at the decoder's S slots (the
+tokens, then the empty queries), with what the task's loss needs: aux "slot_ids" [B, S]
+(each slot's patch index, -1 = padding) and "slot_mask" [B, S] (the masked slots the loss
+counts). aux also follows the MAE interface on the full patch grid, so evaluation,
+reconstruction reports and figures work unchanged: "pred" [B, N, p*p*C] (0 for patches
+that were not tokens), "mask" [B, N] (1 = a masked token: occupied, or an empty query);
+plus "patch_ids".
 `encode` returns the tokens of all occupied patches [B, 1 + T, D], their
 "valid" mask [B, 1 + T] and the mean over valid patch tokens.
 """
@@ -150,15 +153,12 @@ class SparseMAE(mae_lib.MAE):
     pred = self.decoder(latent, slot_rank, grid, positions=slot_pos, visible=visible,
                         lengths=slot_valid.sum(axis=1).astype(jnp.int32))
     masked = slot_valid & (slot_rank >= visible[:, None])
-    target = mae_lib.patchify(images, self.patch)
-    slot_target = jnp.where(slot_valid[..., None], mae_lib.take_tokens(target, slot_pos), 0)
-    loss = mae_lib.masked_mse(pred, slot_target, masked, self.norm_pix_loss)
     aux = {"pred": scatter_patches(jnp.where(slot_valid[..., None], pred, 0), slot_ids,
                                    n_patches),
            "mask": scatter_patches(masked.astype(images.dtype), slot_ids, n_patches),
-           "target": target, "latent": latent, "ids_restore": rank, "patch_ids": patch_ids,
-           "visible": visible}
-    return loss, aux
+           "slot_ids": slot_ids, "slot_mask": masked,
+           "latent": latent, "ids_restore": rank, "patch_ids": patch_ids, "visible": visible}
+    return pred, aux
 
   def encode(self, images, train: bool = False, patch_ids=None):
     """Tokens of all occupied patches [B, 1 + T, D] (CLS first), their "valid" mask

@@ -7,7 +7,9 @@ losses and evaluators by name the same way).
   regress   MSE or Huber on standardised targets; eval: MAE, resolution, bias, R^2
             in physical units.
 
-Every task has the interface of `base.Task`. Eval steps return per-batch sums or
+Every task has the interface of `base.Task`: the model returns `(output, aux)` and the
+task turns it into the loss (`loss`), eval outputs and metrics, and the files a finished
+run leaves (`artefacts`: classify the test scores, mae the reconstruction figure). Eval steps return per-batch sums or
 per-example arrays; the host accumulates them over the whole split (never
 per-batch averages).
 """
@@ -15,6 +17,7 @@ per-batch averages).
 from __future__ import annotations
 
 from mae_jax.tasks import base, classify, mae, regress
+from mae_jax.tasks.base import RunOutputs  # noqa: F401  (what `Task.artefacts` receives)
 
 TASKS = {"mae": mae.MaeTask, "classify": classify.ClassifyTask, "regress": regress.RegressTask}
 

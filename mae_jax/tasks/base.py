@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+from typing import Any
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutputs:
+  """What a finished run hands to `Task.artefacts`: the selected parameters, the data and
+  the test split's eval outputs (None without a test split)."""
+  config: Any
+  model: Any
+  params: Any
+  pipe: Any
+  mesh: Any
+  split: str  # the split figures are drawn from (validation, else train)
+  test_split: str
+  test_outputs: list | None
 
 
 class Task(abc.ABC):
@@ -35,6 +51,11 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def selection_metric(self, summary: dict, split: str) -> float:
     """Larger is better; picks the checkpoint on the validation split."""
+
+  def artefacts(self, workdir: str, run: RunOutputs) -> None:
+    """Files the task writes into `workdir` at the end of every run (figures, scores);
+    called on every process (collective work allowed), none by default."""
+    del workdir, run
 
 
 def concat_valid(outputs: list[dict]) -> tuple[dict, np.ndarray]:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,3 +45,11 @@ class ClassifyTask(base.Task):
 
   def selection_metric(self, summary, split):
     return summary[f"{split}/auc"]
+
+  def artefacts(self, workdir, run):
+    """{test_split}_scores.npz: labels and scores of the test split's real examples."""
+    if run.test_outputs is None or jax.process_index() != 0:
+      return
+    cat, keep = base.concat_valid(run.test_outputs)
+    np.savez(os.path.join(workdir, f"{run.test_split}_scores.npz"), label=cat["label"][keep],
+             score=cat["score"][keep])

@@ -5,6 +5,6 @@
   convmae.py    ConvMAE: hierarchical masked-conv stages + transformer stage
   channel.py    ChannelMAE: one token per (patch, detector channel)
 
-Each is a `models.mae.MaskedAutoencoder`: same forward pass, loss, `encode` and
+Each is a `models.mae.MaskedAutoencoder`: same forward pass, `(pred, aux)`, `encode` and
 interface as the ViT MAE; only the variant table, encoder and decoder differ.
 """

@@ -18,7 +18,7 @@ is sown as `intermediates/decoder/decoder_input` so a test can check that it is
 bit-identical whatever the masked pixels hold and that its gradient with respect to
 them is exactly 0 (tests/test_channel.py).
 
-Interface as `mae.MAE`: `__call__ -> (loss, aux)` with "pred"/"target" [B, N, p*p*C]
+Interface as `mae.MAE`: `__call__ -> (pred, aux)` with pred, aux "pred" [B, N, p*p*C]
 (pixel order of `mae.patchify`), "mask"/"ids_restore" [B, N], "latent"
 [B, 1 + C * visible, D]; `encode` -> "cls", "mean" [B, D], "tokens" [B, 1 + C*N, D].
 Sizes are the ViT's (`vit.VARIANTS`); the patch projection has p*p inputs instead of
