@@ -11,7 +11,7 @@ import pytest
 
 from mae_jax import protocol
 from mae_jax.errors import UsageError
-from mae_jax.protocol import report, stages, verdict
+from mae_jax.protocol import controls, report, stages, verdict
 
 
 def delong_difference_std(y, a, b):
@@ -171,7 +171,8 @@ def test_every_stage_is_one_record():
   # the views are derived from the one table; every control controls for a stage that exists
   assert stages.STAGES == tuple(s.name for s in stages.TABLE)
   for record in stages.TABLE:
-    assert bool(record.config) != (record.run is not None), record.name
+    assert bool(record.config) != bool(record.run), record.name
+    assert not record.run or callable(getattr(controls, record.run, None)), record.run
     assert not record.controls or record.controls in stages.BY_NAME
     for other in record.versus:
       assert other == stages.STRONGEST or other in stages.BY_NAME

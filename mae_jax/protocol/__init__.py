@@ -254,10 +254,11 @@ def main(argv=None):
           st, args, seed, size, overrides, per_stage, args.steps_by_stage))
       config = config_for(stage) if record.config else None
       try:
-        if record.run is not None:
+        if record.run:
           clock.start(label, workdir)
-          final, now = record.run(stages.Job(record, seed, size, workdir, args, cache,
-                                             config_for))
+          from mae_jax.protocol import controls  # the stages that are functions
+          final, now = getattr(controls, record.run)(stages.Job(record, seed, size, workdir,
+                                                                args, cache, config_for))
           if not now:
             print(f"[protocol] {label}: reusing the finished run in {workdir}", flush=True)
         elif stage in selects:

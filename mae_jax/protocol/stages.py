@@ -43,7 +43,8 @@ class Stage:
   controls: str = ""        # the stage whose steps and overrides it takes
   control: bool = False     # a control of the verdict ("the strongest control")
   versus: tuple = ()        # stages (or STRONGEST) the verdict compares it with
-  run: Callable | None = None  # fn(Job) -> (final metrics, trained now); None = the trainer
+  run: str = ""              # name of its function in protocol/controls.py, fn(Job) ->
+                            # (final metrics, trained now); "" = the trainer
   default: bool = False     # in the default --stages
 
 
@@ -57,19 +58,6 @@ class Job:
   args: object
   cache: str
   config_for: Callable      # stage name -> its assembled config for this seed and size
-
-
-def _controls():
-  from mae_jax.protocol import controls
-  return controls
-
-
-def _lazy(name):
-  """A `run` function of protocol/controls.py, imported when the stage runs."""
-  def fn(job):
-    return getattr(_controls(), name)(job)
-  fn.__name__ = name
-  return fn
 
 
 TABLE = (
@@ -88,13 +76,13 @@ TABLE = (
           config_arg="arch=resnet15", control=True, default=True),
     Stage("observables", "classify", "logistic regression on image-derived jet observables "
           "(mass, girth, p_T^D, multiplicities, channel sums, impact parameters)",
-          run=_lazy("observables_lr"), control=True, default=True),
+          run="observables_lr", control=True, default=True),
     Stage("observables_gbt", "classify", "gradient-boosted trees on the same observables, "
           "hyper-parameters chosen on the validation split",
-          run=_lazy("observables_gbt"), control=True, default=True),
+          run="observables_gbt", control=True, default=True),
     Stage("observables_encoder", "classify", "the same trees on the observables and the "
           "frozen pretrained encoder's pooled features (does the encoder add information?)",
-          run=_lazy("observables_encoder"), loads="pretrain", versus=("observables_gbt",),
+          run="observables_encoder", loads="pretrain", versus=("observables_gbt",),
           default=True),
     Stage("regress_probe", "regress", "linear head on the frozen pretrained encoder",
           config="probe", task=REGRESS_TASK, loads="pretrain"),
@@ -105,7 +93,7 @@ TABLE = (
           control=True),
     Stage("regress_observables", "regress", "the physicist's estimate: the image's "
           "calorimeter mass and E_T sum, linearly calibrated on the train split",
-          run=_lazy("calo_regression"), control=True),
+          run="calo_regression", control=True),
 )
 BY_NAME = {s.name: s for s in TABLE}
 # how a kind of stage is drawn in the loss figure: y-label of its training loss, the
