@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mae_jax.errors import MissingPathError, UsageError
+
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
@@ -80,12 +82,12 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   """Restores `step` (default: latest) into the structure and shardings given."""
   step = mngr.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+    raise MissingPathError(f"no checkpoint in {mngr.directory}")
   logging.info("restoring checkpoint step %d from %s", step, mngr.directory)
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(
+    raise UsageError(
         f"checkpoint step {step} in {mngr.directory} does not fit this model/optimizer "
         f"(a checkpoint from a different model?): {str(e).splitlines()[0][:300]}") from e
 
@@ -126,15 +128,15 @@ def read_arrays(path: str, step: int | None = None, item: dict | str | None = No
   """
   directory = checkpoint_dir(path)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint in {directory}{nearby_hint(path)}")
+    raise MissingPathError(f"no checkpoint in {directory}{nearby_hint(path)}")
   mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
   try:
     steps = mngr.all_steps()
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {directory}{nearby_hint(path)}")
+      raise MissingPathError(f"no checkpoint in {directory}{nearby_hint(path)}")
     step = max(steps) if step is None else int(step)
     if step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
+      raise MissingPathError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
     if item is None or isinstance(item, str):
       meta = mngr.item_metadata(step)
       if isinstance(item, str):

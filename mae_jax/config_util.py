@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from mae_jax.errors import UsageError
+
 
 def parse_arg(arg: str | None, **defaults) -> dict:
   """'variant=base,steps=10' -> {'variant': 'base', 'steps': 10} over `defaults`.
@@ -14,10 +16,10 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     if "=" not in item:
-      raise ValueError(f"config argument {item!r} must look like key=value")
+      raise UsageError(f"config argument {item!r} must look like key=value")
     key, value = item.split("=", 1)
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+      raise UsageError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
     kind = type(defaults[key])
     if kind is bool:
       out[key] = value.lower() in ("1", "true", "yes")
@@ -41,7 +43,7 @@ def apply_overrides(config, overrides):
                                     lock_config=config.is_locked, sys_argv=argv)
     fv(argv)
   except (AttributeError, KeyError, flags.Error) as e:
-    raise ValueError(describe_override_error(e, overrides)) from None
+    raise UsageError(describe_override_error(e, overrides)) from None
   return fv.config
 
 

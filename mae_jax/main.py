@@ -64,8 +64,8 @@ def main(argv):
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)
   except errors.USER_ERRORS as e:
-    # One clear line instead of a traceback for errors in the user's input.
-    fail(str(e))
+    # One clear line instead of a traceback for the project's errors (not for bugs).
+    sys.exit(errors.exit_status(e))
 
 
 def run():

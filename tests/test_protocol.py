@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mae_jax import protocol
+from mae_jax.errors import UsageError
 from mae_jax.data import convert
 from helpers import load_config, write_small_e2e
 
@@ -122,14 +123,14 @@ def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tm
     ("resnet.lr=1e-3", "stage 'resnet'"),  # not among the stages run
 ])
 def test_select_rejects_bad_requests(item, message):
-  with pytest.raises(SystemExit, match=message):
+  with pytest.raises(UsageError, match=message):
     protocol.parse_selects([item], ["pretrain", "probe", "finetune"])
 
 
 def test_select_fields_are_checked_before_anything_trains():
   config_for = lambda st: protocol.load_stage_config(st, "tiny", "mae", 5)  # noqa: E731
   protocol.check_selects({"finetune": ("optim.b2", ["0.99", "0.999"])}, config_for)
-  with pytest.raises(SystemExit, match="finetune.lrr=1e-3.*unknown config field 'lrr'"):
+  with pytest.raises(UsageError, match="finetune.lrr=1e-3.*unknown config field 'lrr'"):
     protocol.check_selects(protocol.parse_selects(["finetune.lrr=1e-3"], ["finetune"]),
                            config_for)
 
@@ -141,18 +142,18 @@ def test_recon_splits_are_checked_against_the_dataset(tmp_path):
   assert protocol.check_recon_splits(None, str(tmp_path)) == ["train", "test"]
   assert protocol.check_recon_splits("test", str(tmp_path)) == ["test"]
   # asked for by name: an error naming the split and the dataset's splits
-  with pytest.raises(SystemExit, match=r"\['validation'\] not in the dataset.*'test', 'train'"):
+  with pytest.raises(UsageError, match=r"\['validation'\] not in the dataset.*'test', 'train'"):
     protocol.check_recon_splits("test,validation", str(tmp_path))
-  with pytest.raises(SystemExit, match="at least one split"):
+  with pytest.raises(UsageError, match="at least one split"):
     protocol.check_recon_splits(",", str(tmp_path))
   # the default skips a split the dataset lacks (an unlabelled set without a test split),
   # a named one does not
   (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"train": {}}}))
   assert protocol.check_recon_splits(None, str(tmp_path)) == ["train"]
-  with pytest.raises(SystemExit, match=r"\['test'\] not in the dataset"):
+  with pytest.raises(UsageError, match=r"\['test'\] not in the dataset"):
     protocol.check_recon_splits("train,test", str(tmp_path))
   (tmp_path / meta_lib.META_FILE).write_text(json.dumps({"splits": {"validation": {}}}))
-  with pytest.raises(SystemExit, match="neither a train nor a test split"):
+  with pytest.raises(UsageError, match="neither a train nor a test split"):
     protocol.check_recon_splits(None, str(tmp_path))
 
 
@@ -160,8 +161,8 @@ def test_bad_labelled_sizes_and_pretraining_data_fail_before_training(tmp_path):
   from helpers import converted_dataset
   data = converted_dataset(tmp_path)
   base = ["--data", data, "--root", str(tmp_path / "p")]
-  with pytest.raises(SystemExit, match=r"--labelled 100: a class-balanced set of 100 needs"):
+  with pytest.raises(UsageError, match=r"--labelled 100: a class-balanced set of 100 needs"):
     protocol.main(base + ["--labelled", "10,100"])
-  with pytest.raises(SystemExit, match="is not a converted mae_jax dataset"):
+  with pytest.raises(UsageError, match="is not a converted mae_jax dataset"):
     protocol.main(base + ["--pretrain-data", str(tmp_path / "nothing")])
   assert not (tmp_path / "p").exists()

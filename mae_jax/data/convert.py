@@ -52,7 +52,8 @@ from mae_jax.data import meta as meta_lib
 from mae_jax.data import pipeline, records, schemas
 from mae_jax.data.records import Plan, parse_bad_indices  # noqa: F401  (public API)
 from mae_jax.data.verify import verify  # noqa: F401  (public API: convert.verify)
-from mae_jax.errors import USER_ERRORS, DataFormatError, VerificationError
+from mae_jax.errors import (USER_ERRORS, DataFormatError, PathExistsError, UsageError,
+                            VerificationError)
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +229,20 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
     inputs = [inputs]
   inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
   if not inputs:
-    raise ValueError("no input files given")
+    raise UsageError("no input files given")
   if nan_policy not in ("reject", "drop"):
-    raise ValueError(f"nan_policy must be 'reject' or 'drop', got {nan_policy!r}")
+    raise UsageError(f"nan_policy must be 'reject' or 'drop', got {nan_policy!r}")
   if int(chunk_size) < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
   if image_encoding not in IMAGE_ENCODINGS:
-    raise ValueError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
+    raise UsageError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
   layouts = [schemas.inspect_file(p, format=format, holdout=holdout) for p in inputs]
   schemas.check_compatible(layouts)
   present = [s for s in schemas.SPLITS if any(s in lay.splits for lay in layouts)]
   bad = parse_bad_indices(bad_indices)
   unknown = sorted(set(bad) - set(present) - {"*"})
   if unknown:
-    raise ValueError(f"bad indices name split(s) {unknown} not in the converted splits {present}")
+    raise UsageError(f"bad indices name split(s) {unknown} not in the converted splits {present}")
   label_names = next((lay.label_names for lay in layouts if lay.label_names), None)
   return Plan(
       layouts=layouts,
@@ -314,12 +315,12 @@ def convert(
   the same dense images.
   """
   if engine not in ENGINES:
-    raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
+    raise UsageError(f"engine={engine!r}; choose one of {ENGINES}")
   pipeline.hide_accelerators_from_tf()
   output = os.path.abspath(os.fspath(output))
   _remove_stale_partials(output)
   if os.path.exists(output) and not overwrite:
-    raise FileExistsError(
+    raise PathExistsError(
         f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
   plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding)
   parent = os.path.dirname(output)
@@ -490,8 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           beam_options=a.beam_pipeline_options, image_encoding=a.image_encoding,
       )
   except USER_ERRORS as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    return 2
+    return errors.exit_status(e, "ERROR")
   summary = {s: {k: v for k, v in m.items() if k != "dropped_indices"}
              for s, m in meta["splits"].items()}
   print(json.dumps({"output": os.path.abspath(a.output), "format": meta["format"],

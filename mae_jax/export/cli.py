@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 
+from mae_jax import errors
 from mae_jax.export import formats
 from mae_jax.export import names
 from mae_jax.export import run as run_lib
@@ -71,9 +72,8 @@ def main(argv=None) -> int:
     sidecar = formats.export_encoder(params, spec, a.format, a.output, scheme=scheme,
                                      step=step, input=inp,
                                      extra={"workdir": os.path.abspath(a.workdir)})
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except errors.USER_ERRORS as e:
+    return errors.exit_status(e)
   n = sum(int(np.prod(np.shape(v))) for v in names.flat_numpy(params["encoder"]).values())
   print(json.dumps({"output": os.path.abspath(a.output), "sidecar": a.output + ".json",
                     "format": a.format, "step": step, "encoder_params": n,

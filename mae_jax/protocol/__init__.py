@@ -39,6 +39,7 @@ import json
 import os
 import time
 
+from mae_jax.errors import UsageError
 from mae_jax.protocol import measure, report, stages
 from mae_jax.protocol.report import fmt  # noqa: F401 (part of the API)
 from mae_jax.protocol.stages import (CLASSIFY_STAGES, CONTROL_OF, DEFAULT_STAGES,  # noqa: F401
@@ -83,12 +84,12 @@ def parse_args(argv):
     args.steps_by_stage = dict(kv.split("=") for kv in args.steps.split(",") if kv)
     args.sizes = sorted({int(n) for n in args.labelled.split(",") if n.strip()}) or [None]
   except ValueError:
-    raise SystemExit(f"--steps {args.steps!r} / --labelled {args.labelled!r}: expected "
+    raise UsageError(f"--steps {args.steps!r} / --labelled {args.labelled!r}: expected "
                      "stage=N,... and N,M,...") from None
   args.stage_list = [s for s in args.stages.split(",") if s]
   unknown = set(args.stage_list) - set(STAGES)
   if unknown:
-    raise SystemExit(f"unknown stages {sorted(unknown)}; known: {STAGES}")
+    raise UsageError(f"unknown stages {sorted(unknown)}; known: {STAGES}")
   return args, overrides, per_stage
 
 
@@ -96,19 +97,16 @@ def check_data(args):
   """Every dataset exists and fits, and every requested split and size is there, before
   anything trains (one line each)."""
   from mae_jax.data import meta as meta_lib
-  try:
-    meta = meta_lib.load_meta(args.data)
-    pre_meta = meta_lib.load_meta(args.pretrain_data)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  meta = meta_lib.load_meta(args.data)  # a missing dataset: MissingPathError, one line
+  pre_meta = meta_lib.load_meta(args.pretrain_data)
   if tuple(pre_meta["image_shape"]) != tuple(meta["image_shape"]):
-    raise SystemExit(f"--pretrain-data {args.pretrain_data} holds {pre_meta['image_shape']} "
+    raise UsageError(f"--pretrain-data {args.pretrain_data} holds {pre_meta['image_shape']} "
                      f"images but --data {args.data} holds {meta['image_shape']}")
   counts = meta["splits"].get("train", {}).get("label_counts", {})
   for n in [s for s in args.sizes if s]:
     need = {"0": n // 2, "1": n - n // 2}
     if "train" not in meta["splits"] or any(int(counts.get(k, 0)) < v for k, v in need.items()):
-      raise SystemExit(f"--labelled {n}: a class-balanced set of {n} needs {need} examples per "
+      raise UsageError(f"--labelled {n}: a class-balanced set of {n} needs {need} examples per "
                        f"class in the train split of {args.data}; it has {counts}")
   return meta, pre_meta
 
@@ -121,15 +119,15 @@ def check_recon_splits(value, data_dir):
   if value is None:
     splits = [s for s in ("train", "test") if s in available]
     if not splits:
-      raise SystemExit(f"{data_dir} has neither a train nor a test split (its splits: "
+      raise UsageError(f"{data_dir} has neither a train nor a test split (its splits: "
                        f"{sorted(available)}); pick one with --recon-splits")
     return splits
   splits = [s for s in value.split(",") if s]
   if not splits:
-    raise SystemExit("--recon-splits: give at least one split, e.g. test")
+    raise UsageError("--recon-splits: give at least one split, e.g. test")
   unknown = [s for s in splits if s not in available]
   if unknown:
-    raise SystemExit(f"--recon-splits {value!r}: {unknown} not in the dataset {data_dir} "
+    raise UsageError(f"--recon-splits {value!r}: {unknown} not in the dataset {data_dir} "
                      f"(its splits: {sorted(available)})")
   return splits
 
@@ -146,7 +144,7 @@ def main(argv=None):
   if any(s in stages.REGRESS_STAGES for s in args.stage_list):
     missing = set(stages.REGRESS_TARGETS.split(",")) - set(meta.get("target_names", []))
     if missing:
-      raise SystemExit(f"regress stages need targets {sorted(missing)}; {args.data} has "
+      raise UsageError(f"regress stages need targets {sorted(missing)}; {args.data} has "
                        f"{meta.get('target_names', [])}")
   seeds = [int(s) for s in args.seeds.split(",")]
   downstream = [s for s in args.stage_list if s != "pretrain"]
@@ -223,7 +221,9 @@ def cli():
   """Entry point (`mae-jax-protocol`): quiet absl logging for this process only."""
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # progress lines are printed; TFDS chatter is not
-  main()
+  import sys
+  from mae_jax import errors
+  sys.exit(errors.run_cli(main))
 
 
 __all__ = ["main", "cli", "fmt", "STAGES", "DEFAULT_STAGES", "CLASSIFY_STAGES", "CONTROL_OF",

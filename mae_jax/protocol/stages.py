@@ -16,6 +16,7 @@ import os
 import time
 
 from mae_jax import config_util
+from mae_jax.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("pretrain", "probe", "probe_random", "finetune", "scratch", "resnet", "observables",
@@ -70,8 +71,8 @@ def stage_config(stage, args, seed, labelled, overrides, per_stage, steps):
           if a[len("--config."):].split("=", 1)[0] not in CONTROL_OWN_FIELDS]
   try:
     return config_util.apply_overrides(config, overrides + like + per_stage.get(stage, []))
-  except ValueError as e:
-    raise SystemExit(f"{stage}: {e}") from None
+  except UsageError as e:
+    raise UsageError(f"{stage}: {e}") from None
 
 
 def size_key(labelled) -> str:
@@ -104,14 +105,14 @@ def parse_selects(items, stages):
     stage, _, field = key.partition(".")
     vals = [v for v in values.split(",") if v]
     if not sep or not field or not vals:
-      raise SystemExit(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
+      raise UsageError(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
                        "(e.g. finetune.lr=1e-3,4e-3)")
     selectable = [s for s in stages if s in TRAINED and s != "pretrain"]
     if stage not in selectable:
-      raise SystemExit(f"--select {item!r}: stage {stage!r} is not one of the stages run "
+      raise UsageError(f"--select {item!r}: stage {stage!r} is not one of the stages run "
                        f"here that can be selected on validation: {selectable}")
     if stage in out:
-      raise SystemExit(f"--select: stage {stage!r} given twice; one field per stage")
+      raise UsageError(f"--select: stage {stage!r} given twice; one field per stage")
     out[stage] = (field, vals)
   return out
 
@@ -123,7 +124,7 @@ def check_selects(selects, config_for):
       try:
         config_util.apply_overrides(config_for(stage), [f"--config.{field}={value}"])
       except (ValueError, TypeError, KeyError) as e:
-        raise SystemExit(f"--select {stage}.{field}={','.join(values)}: {e}") from None
+        raise UsageError(f"--select {stage}.{field}={','.join(values)}: {e}") from None
 
 
 def format_selected(selected) -> str:
@@ -135,13 +136,13 @@ def validation_score(workdir):
   """The trainer's selection metric of the validation-selected checkpoint in `workdir`."""
   path = os.path.join(workdir, "best.json")
   if not os.path.exists(path):
-    raise SystemExit(f"--select needs validation scores, but {path} does not exist: the "
+    raise UsageError(f"--select needs validation scores, but {path} does not exist: the "
                      "stage had no validation split, or its validation score was never finite "
                      "(e.g. AUC on a one-class split)")
   with open(path) as f:
     best = json.load(f)
   if best.get("selection_metric") is None:
-    raise SystemExit(f"{path} has no finite 'selection_metric'; delete {workdir} to rerun it")
+    raise UsageError(f"{path} has no finite 'selection_metric'; delete {workdir} to rerun it")
   return float(best["selection_metric"])
 
 
@@ -173,7 +174,7 @@ def run_selected(config, workdir, field, values, label):
       print(f"[protocol] {label} {field}={value} failed: {json.load(f)['error']}", flush=True)
     grid[value] = float("-inf")
   if not finals:
-    raise SystemExit(f"--select {field}: every value failed (see failed.json in "
+    raise UsageError(f"--select {field}: every value failed (see failed.json in "
                      f"{', '.join(dirs.values())})")
   chosen = max(finals, key=lambda v: grid[v])  # first value wins ties
   print(f"[protocol] {label} selected {field}={chosen} "

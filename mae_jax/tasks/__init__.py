@@ -14,6 +14,7 @@ per-batch averages).
 
 from __future__ import annotations
 
+from mae_jax.errors import UsageError
 from mae_jax.tasks import base, classify, mae, regress
 
 TASKS = {"mae": mae.MaeTask, "classify": classify.ClassifyTask, "regress": regress.RegressTask}
@@ -24,5 +25,5 @@ def build(config, pipe=None) -> base.Task:
   needs from the data (label counts, regression target statistics)."""
   name = config.task.name
   if name not in TASKS:
-    raise ValueError(f"task.name={name!r}; choose one of {tuple(TASKS)}")
+    raise UsageError(f"task.name={name!r}; choose one of {tuple(TASKS)}")
   return TASKS[name].from_data(config, pipe)
