@@ -264,13 +264,8 @@ def measure_row(args, variant, batch, image_shape, tokens="dense"):
 
 
 def _pretrain_config(variant, batch, dtype, attention, tokens="dense", data=""):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "pretrain", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "pretrain.py"))
-  cfg_mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cfg_mod)
-  config = cfg_mod.get_config(f"variant={variant},tokens={tokens}")
+  from mae_jax import config_util
+  config = config_util.config_module("pretrain").get_config(f"variant={variant},tokens={tokens}")
   config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
   config.model.dtype, config.model.attention = dtype, attention
   config.data.dir = data

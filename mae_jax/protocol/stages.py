@@ -10,7 +10,6 @@ regression task (jet mass and pT).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -18,7 +17,6 @@ import time
 from mae_jax import config_util
 from mae_jax.errors import UsageError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("pretrain", "probe", "probe_random", "finetune", "scratch", "resnet", "observables",
           "regress_probe", "regress_finetune")
 DEFAULT_STAGES = ("pretrain", "probe", "probe_random", "finetune", "scratch", "resnet",
@@ -39,10 +37,7 @@ REGRESS_TARGETS = "jet_mass,jet_pt"
 
 def load_stage_config(stage, variant, model, patch, tokens="dense"):
   """The stage's config file with the run's model arguments."""
-  path = os.path.join(ROOT, "configs", f"{CONFIG_FILE[stage]}.py")
-  spec = importlib.util.spec_from_file_location(stage, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_util.config_module(CONFIG_FILE[stage])
   if stage == "resnet":
     return module.get_config("arch=resnet15")
   config = module.get_config(f"variant={variant},patch={patch},model={model},tokens={tokens}")
