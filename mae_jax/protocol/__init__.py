@@ -3,9 +3,12 @@ random-encoder probe) -> finetune -> scratch -> ResNet -> observable baseline, t
 report.md with figures (also installed as `mae-jax-protocol`).
 
   python -m mae_jax.protocol --data data_cache/boosted_top_3000_tfds --root workdirs/protocol \
-      --variant tiny --tokens sparse --seeds 0,1 \
-      --steps pretrain=1000,probe=200,finetune=200,resnet=200 --config.batch_size=64 \
+      [--seeds 0,1] [--steps pretrain=1000,probe=200,finetune=200,resnet=200] \
       [--select finetune.lr=1e-3,4e-3] [--pretrain-data POOL_DIR] [--labelled 100,300,1000]
+
+With no flags it runs the recipe that learns on a CPU budget (protocol/recipe.py: sparse
+tokens, 1,500 pretraining and 300 downstream steps, batch 64, the stages' lrs); every
+flag below replaces a part of it.
 
 Every stage is a config of the one trainer (configs/*.py); `--config.FIELD=VALUE`
 overrides go to every stage, `--STAGE.FIELD=VALUE` (e.g. `--pretrain.lr=5e-3`) to one.
@@ -40,11 +43,16 @@ import os
 import time
 
 from mae_jax.errors import UsageError
-from mae_jax.protocol import measure, report, stages
+from mae_jax.protocol import measure, recipe, report, stages
 from mae_jax.protocol.report import fmt  # noqa: F401 (part of the API)
 from mae_jax.protocol.stages import (CLASSIFY_STAGES, CONTROL_OF, DEFAULT_STAGES,  # noqa: F401
                                      STAGES, check_selects, format_selected,
                                      load_stage_config, parse_selects, validation_score)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """The module's docstring as written, and each option's default."""
 
 
 def parse_args(argv):
@@ -53,20 +61,25 @@ def parse_args(argv):
                for st in STAGES}
   rest = [a for a in argv if not a.startswith("--config.")
           and not any(a.startswith(f"--{st}.") for st in STAGES)]
-  p = argparse.ArgumentParser(prog="python -m mae_jax.protocol", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      prog="python -m mae_jax.protocol", description=__doc__, formatter_class=_HelpFormatter,
+      epilog="overrides: --config.FIELD=VALUE (every stage) and --STAGE.FIELD=VALUE (one "
+      f"stage: {', '.join(s for s in STAGES if s != 'observables')}), e.g. --config.batch_size=32 "
+      "--pretrain.lr=1e-3; the fields and their values: python -m mae_jax.main --config "
+      f"pretrain --print_config.\n{recipe.help_text()}.")
   p.add_argument("--data", required=True, help="converted, labelled dataset directory")
   p.add_argument("--pretrain-data", default="",
                  help="converted dataset to pretrain on (labels ignored); default --data")
   p.add_argument("--root", required=True, help="directory for all stages' workdirs and the report")
-  p.add_argument("--variant", default="tiny")
+  p.add_argument("--variant", default="tiny", help="ViT size: tiny, small-e2e, e2e-base, S, B, L")
   p.add_argument("--model", default="mae",
                  help="MAE family: mae, depthwise_mae, convstem_mae, convmae, channel_mae")
-  p.add_argument("--tokens", default="dense", choices=("dense", "sparse"),
+  p.add_argument("--tokens", default=recipe.TOKENS, choices=("dense", "sparse"),
                  help="sparse: only occupied patches are tokens (ViT MAE, models/sparse.py)")
-  p.add_argument("--patch", type=int, default=5)
-  p.add_argument("--seeds", default="0")
-  p.add_argument("--steps", default="pretrain=300,probe=200,finetune=200,resnet=200")
+  p.add_argument("--patch", type=int, default=5, help="patch size in pixels")
+  p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+  p.add_argument("--steps", default=recipe.STEPS,
+                 help="training steps per stage (the controls take those of their stage)")
   p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"any of {STAGES}")
   p.add_argument("--labelled", default="",
                  help="comma-separated labelled-set sizes for the downstream stages")
@@ -78,6 +91,7 @@ def parse_args(argv):
                       "full pass over each, so on a real train split of millions of jets "
                       "'test' alone saves hours")
   args = p.parse_args(rest)
+  overrides, per_stage = recipe.apply(overrides, per_stage)
   args.argv = argv
   args.pretrain_data = args.pretrain_data or args.data
   try:
