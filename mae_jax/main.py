@@ -59,10 +59,12 @@ def parse_flags(argv):
   """absl flag parsing with a one-line error for a bad `--config.x=y`, not a traceback."""
   from mae_jax import config_util
   argv = resolve_config_flag(argv)
-  # quiet by default (absl's INFO lines are for debugging); --verbosity=0 shows them
-  flags.FLAGS.set_default("verbosity", logging.WARNING)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if not flags.FLAGS["verbosity"].present:
+      # quiet by default (absl's INFO lines are for debugging); --verbosity=0 shows them
+      logging.set_verbosity(logging.WARNING)
+    return rest
   except (AttributeError, KeyError, flags.Error) as e:
     if isinstance(e, flags.Error) and not any(a.startswith("--config.") for a in argv):
       fail(f"{e}\nusage: python -m mae_jax.main --config pretrain[:ARGS] --workdir DIR "

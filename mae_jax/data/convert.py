@@ -43,6 +43,10 @@ import tempfile
 from typing import Any, Iterable, Sequence
 from unittest import mock
 
+if __name__ == "__main__":  # before TensorFlow loads: quiet unless -v (data/cli.py)
+  from mae_jax.data import cli as _cli
+  _cli.quiet_tensorflow(sys.argv[1:])
+
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import shuffle as tfds_shuffle
@@ -449,6 +453,8 @@ def _convert_parser() -> argparse.ArgumentParser:
                  help="TFDS writer in-memory buffer cap (MB)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   p.add_argument("--verify", action="store_true", help="run verify on the output after converting")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="also TensorFlow's and TFDS's log lines and progress bars")
   p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="zlib",
                  help="zlib: dense tensor, zlib-compressed (default); sparse: the non-zero pixels "
                  "(faster to decode; the same images read back)")
@@ -464,7 +470,14 @@ def _convert_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  from mae_jax.data import cli
+  loud = cli.verbose(argv)
+  argv = [a for a in argv if a not in cli.VERBOSE_FLAGS]
+  # quiet by default: results, warnings and errors; -v adds TFDS's INFO lines and progress bars
+  logging.basicConfig(level=logging.INFO if loud else logging.WARNING,
+                      format="%(levelname)s %(name)s: %(message)s")
+  if not loud:
+    tfds.disable_progress_bar()
   if argv and argv[0] == "verify":
     p = argparse.ArgumentParser(prog="python -m mae_jax.data.convert verify")
     p.add_argument("dir")
@@ -481,8 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   a = _convert_parser().parse_args(argv)
   try:
     a.holdout = default_holdout(a.holdout, a.input, a.format)
-    # TFDS prints progress messages to stdout; keep stdout for the JSON summary.
-    with contextlib.redirect_stdout(sys.stderr):
+    # TFDS prints progress messages to stdout; keep stdout for the JSON summary (and drop
+    # them unless -v).
+    with contextlib.redirect_stdout(sys.stderr if loud else open(os.devnull, "w")):
       meta = convert(
           a.input, a.output, format=a.format, nan_policy=a.nan_policy, bad_indices=a.bad_indices,
           holdout=a.holdout, chunk_size=a.chunk_size, overwrite=a.overwrite,
