@@ -34,9 +34,7 @@ if [ ! -d "$POOL_DATA" ]; then
   echo "[data] converted $POOL_DATA"
 fi
 python -m mae_jax.protocol --data "$DATA" --pretrain-data "$POOL_DATA" --root "$OUT" \
-  --variant tiny --tokens sparse --seeds "$SEEDS" --labelled "$SIZES" --recon-splits test \
-  --stages "$STAGES" --steps "$STEPS" \
-  --config.batch_size=64 --pretrain.lr=5e-3 --pretrain.warmup_steps=200 \
-  --probe.lr=0.1 --finetune.lr=8e-3 --scratch.lr=2e-3 --resnet.lr=4e-3 --resnet.batch_size=32 \
+  --variant tiny --seeds "$SEEDS" --labelled "$SIZES" --recon-splits test \
+  --stages "$STAGES" --steps "$STEPS" --pretrain.warmup_steps=200 \
   "$@" 2>&1 | grep --line-buffered -v "^I[0-9]\{4\} \|^W[0-9]\{4\} "
 echo "[label_efficiency] done in $(( $(date +%s) - start )) s: $OUT/report.md"

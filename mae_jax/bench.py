@@ -33,6 +33,9 @@ import time
 import jax
 import numpy as np
 
+from mae_jax import errors
+from mae_jax.errors import UsageError
+
 
 def sparse_batch(batch, hw=125, channels=8, seed=0):
   rng = np.random.default_rng(seed)
@@ -105,7 +108,7 @@ def real_batches(config, count=16):
   each batch padded to its bucket length, as in training)."""
   from mae_jax import experiment
   if not config.data.dir:
-    raise ValueError("sparse tokens are timed on real jets (their occupancy decides the cost): "
+    raise UsageError("sparse tokens are timed on real jets (their occupancy decides the cost): "
                      "pass --data DIR, a converted dataset")
   it = experiment.make_pipeline(config).train_iter(config.data.train_split, config.batch_size,
                                                    seed=0, shuffle_buffer=2000)
@@ -261,13 +264,8 @@ def measure_row(args, variant, batch, image_shape, tokens="dense"):
 
 
 def _pretrain_config(variant, batch, dtype, attention, tokens="dense", data=""):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "pretrain", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "pretrain.py"))
-  cfg_mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cfg_mod)
-  config = cfg_mod.get_config(f"variant={variant},tokens={tokens}")
+  from mae_jax import config_util
+  config = config_util.config_module("pretrain").get_config(f"variant={variant},tokens={tokens}")
   config.batch_size, config.total_steps, config.warmup_steps = batch, 1000, 10
   config.model.dtype, config.model.attention = dtype, attention
   config.data.dir = data
@@ -317,9 +315,9 @@ def main(argv=None):
   image_shape = (125, 125, 8)
   token_modes = [t for t in args.tokens.split(",") if t]
   if set(token_modes) - {"dense", "sparse"}:
-    raise SystemExit(f"--tokens {args.tokens!r}: choose from dense, sparse")
+    raise UsageError(f"--tokens {args.tokens!r}: choose from dense, sparse")
   if "sparse" in token_modes and not args.data:
-    raise SystemExit("--tokens sparse needs --data DIR: sparse steps are timed on real jets")
+    raise UsageError("--tokens sparse needs --data DIR: sparse steps are timed on real jets")
   if args.data:
     from mae_jax.data import meta as meta_lib
     image_shape = tuple(meta_lib.load_meta(args.data)["image_shape"])
@@ -407,5 +405,10 @@ def main(argv=None):
           f"| {r['peak_gib']:.1f} |")
 
 
+def cli():
+  """Entry point (`mae-jax-bench`): a wrong argument is one line, exit status 2."""
+  return errors.run_cli(main)
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(cli())

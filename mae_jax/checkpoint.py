@@ -24,7 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mae_jax.errors import CorruptDataError
+from mae_jax.errors import CorruptDataError, MissingPathError, UsageError
+
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
@@ -192,7 +193,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
   if bad:
     raise CorruptDataError(f"no intact checkpoint in {directory}: steps {bad} are corrupted "
                            f"(set aside as STEP{_CORRUPT}N); start a new run or restore a copy")
-  raise FileNotFoundError(f"no checkpoint in {directory}")
+  raise MissingPathError(f"no checkpoint in {directory}")
 
 
 def _restore_step(mngr, abstract_state, step: int):
@@ -205,7 +206,7 @@ def _restore_step(mngr, abstract_state, step: int):
                              f"{str(e).splitlines()[0][:200]}") from e
     if isinstance(e, (RuntimeError, OSError)):
       raise
-    raise ValueError(
+    raise UsageError(
         f"checkpoint step {step} in {mngr.directory} does not fit this model/optimizer "
         f"(a checkpoint from a different model?): {str(e).splitlines()[0][:300]}") from e
 
@@ -246,15 +247,15 @@ def read_arrays(path: str, step: int | None = None, item: dict | str | None = No
   """
   directory = checkpoint_dir(path)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint in {directory}{nearby_hint(path)}")
+    raise MissingPathError(f"no checkpoint in {directory}{nearby_hint(path)}")
   mngr = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
   try:
     steps = mngr.all_steps()
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {directory}{nearby_hint(path)}")
+      raise MissingPathError(f"no checkpoint in {directory}{nearby_hint(path)}")
     step = max(steps) if step is None else int(step)
     if step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
+      raise MissingPathError(f"no checkpoint for step {step} in {directory}; have {sorted(steps)}")
     if item is None or isinstance(item, str):
       meta = mngr.item_metadata(step)
       if isinstance(item, str):

@@ -29,6 +29,7 @@ import statistics
 import sys
 
 from mae_jax import bench, protocol
+from mae_jax.errors import UsageError
 
 
 def parse_model(spec: str):
@@ -36,7 +37,7 @@ def parse_model(spec: str):
   name, _, tokens = spec.partition(":")
   tokens = tokens or "dense"
   if tokens not in ("dense", "sparse"):
-    raise SystemExit(f"--models {spec!r}: tokens must be dense or sparse")
+    raise UsageError(f"--models {spec!r}: tokens must be dense or sparse")
   return name, tokens
 
 
@@ -114,9 +115,9 @@ def main(argv=None):
   args = p.parse_args(rest)
   missing = {"pretrain", "probe", "finetune"} - set(args.stages.split(","))
   if missing:
-    raise SystemExit(f"--stages {args.stages!r} lacks {sorted(missing)}, which the table needs")
+    raise UsageError(f"--stages {args.stages!r} lacks {sorted(missing)}, which the table needs")
   if "test" not in args.recon_splits.split(","):
-    raise SystemExit(f"--recon-splits {args.recon_splits!r} lacks test, which the table shows")
+    raise UsageError(f"--recon-splits {args.recon_splits!r} lacks test, which the table shows")
   selects = [a for item in args.select for a in ("--select", item)]
 
   rows = []
@@ -183,4 +184,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from mae_jax import errors
+  sys.exit(errors.run_cli(main))

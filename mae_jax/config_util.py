@@ -1,8 +1,82 @@
-"""Helpers for configs: `--config configs/x.py:variant=base,steps=10` argument parsing."""
+"""Helpers for configs: finding them (`--config pretrain:variant=tiny` or a file path
+`--config configs/pretrain.py:variant=tiny`), their `variant=base,steps=10` arguments,
+`--config.FIELD=VALUE` overrides and the fields every stage shares."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import re
+import sys
+
+from mae_jax.errors import UsageError
+
+# The configs that ship with mae_jax: configs/ at the top of the repository, installed as the
+# package mae_jax.configs (pyproject.toml maps the directory), so that an installed
+# mae_jax finds them wherever it runs.
+CONFIG_NAMES = ("pretrain", "probe", "finetune", "scratch", "resnet")
+
+
+def configs_package():
+  """The package `mae_jax.configs`. Installed (wheel or editable) it is importable as it is;
+  a source checkout used without installing (PYTHONPATH=repo) registers configs/ beside
+  mae_jax/ under that name, so that both find the same modules the same way."""
+  try:
+    return importlib.import_module("mae_jax.configs")
+  except ModuleNotFoundError as e:
+    if e.name != "mae_jax.configs":
+      raise
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  spec = importlib.util.spec_from_file_location(
+      "mae_jax.configs", os.path.join(root, "__init__.py"), submodule_search_locations=[root])
+  if spec is None or not os.path.exists(spec.origin):
+    raise ModuleNotFoundError("mae_jax.configs is not installed and there is no configs/ "
+                              f"beside the mae_jax package ({root})", name="mae_jax.configs")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["mae_jax.configs"] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def config_module(name: str):
+  """The config module `name` (one of CONFIG_NAMES), e.g. config_module("pretrain")."""
+  if name not in CONFIG_NAMES:
+    raise UsageError(f"no config named {name!r}; the configs are {', '.join(CONFIG_NAMES)}")
+  configs_package()
+  return importlib.import_module(f"mae_jax.configs.{name}")
+
+
+def resolve_config_arg(value: str) -> str:
+  """'pretrain:variant=tiny' -> '<installed path>/pretrain.py:variant=tiny'; a path to an
+  existing file is kept; a missing file is a one-line error naming it and the short names."""
+  path, sep, arg = value.partition(":")
+  if os.path.isfile(path):
+    return value
+  if path in CONFIG_NAMES:
+    return config_module(path).__file__ + sep + arg
+  raise UsageError(f"--config {value}: no such config file {path!r} (from "
+                   f"{os.getcwd()}); the configs that ship with mae_jax are named "
+                   f"{', '.join(CONFIG_NAMES)}, e.g. --config pretrain:variant=tiny")
+
+
+def load_config(value: str):
+  """The config that `--config VALUE` names (short name or file path, ':ARG' optional);
+  a config whose `get_config` rejects ARG is a UsageError naming it."""
+  path, _, arg = resolve_config_arg(value).partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"{name}_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UsageError(f"--config {value}: {path} is not valid Python: {e}") from None
+  if not hasattr(module, "get_config"):
+    raise UsageError(f"--config {value}: {path} has no get_config(arg) function")
+  try:
+    return module.get_config(arg or None)
+  except UsageError as e:
+    raise UsageError(f"--config {value}: {e}") from None
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
@@ -14,10 +88,10 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   out = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     if "=" not in item:
-      raise ValueError(f"config argument {item!r} must look like key=value")
+      raise UsageError(f"config argument {item!r} must look like key=value")
     key, value = item.split("=", 1)
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+      raise UsageError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
     kind = type(defaults[key])
     if kind is bool:
       out[key] = value.lower() in ("1", "true", "yes")
@@ -41,7 +115,7 @@ def apply_overrides(config, overrides):
                                     lock_config=config.is_locked, sys_argv=argv)
     fv(argv)
   except (AttributeError, KeyError, flags.Error) as e:
-    raise ValueError(describe_override_error(e, overrides)) from None
+    raise UsageError(describe_override_error(e, overrides)) from None
   return fv.config
 
 

@@ -1,22 +1,27 @@
 """The project's exception types, one home for each kind of failure.
 
 Entry points (`mae_jax.main`, the converter and export CLIs, the protocol) turn
-these into one line on stderr and a non-zero exit instead of a traceback: they
-are errors in the user's input or in the run's numbers, not bugs.
+these, and only these, into one line on stderr and a non-zero exit instead of a
+traceback (`exit_status`): they are errors in the user's input or in the run's
+numbers, not bugs. Any other exception (a ValueError from flax, jax or a model) keeps
+its traceback; MAE_JAX_TRACEBACK=1 shows the traceback of these too. Library code
+raises them and never exits.
 """
 
 import errno
 import os
 import re
+import sys
 
 
 class DataFormatError(ValueError):
   """Input data does not follow a supported layout (names the file, key, shape)."""
 
 
-class NonFiniteError(DataFormatError, ArithmeticError):
+class NonFiniteError(ArithmeticError):
   """NaN or Inf where finite numbers are required: input images (converter) or a
-  training run's loss, gradient or model outputs (trainer, evaluation)."""
+  training run's loss, gradient or model outputs (trainer, evaluation); a diverged loss
+  is not a data-format fault."""
 
 
 class VerificationError(ValueError):
@@ -33,6 +38,14 @@ class UsageError(ValueError):
   what library code raises where it used to `raise SystemExit(message)`."""
 
 
+class MissingPathError(UsageError, FileNotFoundError):
+  """A path the user named (dataset, workdir, checkpoint, input file) does not exist."""
+
+
+class PathExistsError(UsageError, FileExistsError):
+  """An output path the user named exists already (and is not to be replaced)."""
+
+
 class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir (names its host, pid and start time)."""
 
@@ -42,9 +55,31 @@ class DiskFullError(OSError):
   device, the directory and what was kept."""
 
 
-# What the command-line entry points report in one line (exit status 2).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NonFiniteError,
+# What the command-line entry points report in one line (exit status 2): the project's own
+# types only, so that a bug's ValueError/KeyError keeps its traceback.
+USER_ERRORS = (DataFormatError, NonFiniteError, VerificationError, CorruptDataError, UsageError,
                WorkdirLockedError, DiskFullError)
+
+
+def exit_status(exc: BaseException, prefix: str = "error") -> int:
+  """For a command-line entry point that caught `exc`, one of USER_ERRORS: prints
+  'PREFIX: message' on stderr and returns 2 (the exit status); with MAE_JAX_TRACEBACK=1
+  re-raises it, traceback and all."""
+  if os.environ.get("MAE_JAX_TRACEBACK", "") not in ("", "0"):
+    raise exc
+  print(f"{prefix}: {exc}", file=sys.stderr)
+  return 2
+
+
+def run_cli(main, *args, prefix: str = "error") -> int:
+  """`main(*args)` for a console script: its return value (None = 0) is the exit status, a
+  project error one line on stderr and exit status 2 (`exit_status`); anything else keeps
+  its traceback."""
+  try:
+    status = main(*args)
+  except USER_ERRORS as e:
+    return exit_status(e, prefix)
+  return status if isinstance(status, int) else 0  # some mains return their results
 
 
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on", errno.EDQUOT: "disk quota exceeded on",

@@ -71,13 +71,15 @@ def load_pretrained(config, params):
     src, dst = pair.split(":") if ":" in pair else (pair, pair)
     targets = {k: v for k, v in dst_flat.items() if k.startswith(dst + "/")}
     if not targets:
-      raise ValueError(f"model_load {pair!r}: this model has no parameters under {dst!r}")
+      raise errors.UsageError(f"model_load {pair!r}: this model has no parameters under {dst!r}")
     for k, v in targets.items():
       sk = src + k[len(dst):]
       if sk not in src_flat:
-        raise ValueError(f"model_init {src_dir} (step {step}) has no parameter {sk!r} for {k!r}")
+        raise errors.UsageError(
+            f"model_init {src_dir} (step {step}) has no parameter {sk!r} for {k!r}")
       if tuple(src_flat[sk].shape) != tuple(v.shape):
-        raise ValueError(f"model_init {src_dir}: {sk!r} has shape {tuple(src_flat[sk].shape)} "
+        raise errors.UsageError(
+            f"model_init {src_dir}: {sk!r} has shape {tuple(src_flat[sk].shape)} "
                          f"but this model's {k!r} needs {tuple(v.shape)} (a different variant, "
                          "patch or channel count?)")
       dst_flat[k] = jnp.asarray(src_flat[sk], v.dtype)

@@ -13,6 +13,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from mae_jax.errors import UsageError
+
 NO_DECAY_NAMES = ("cls_token", "mask_token", "channel_embed")  # tokens and embedding tables
 
 
@@ -86,7 +88,7 @@ def make_optimizer(config, params):
                            weight_decay=opt.weight_decay, mask=decay_mask))
   decay = opt.get("layer_decay", 1.0)
   if decay != 1.0 and opt.get("frozen", ""):
-    raise ValueError("optim.layer_decay and optim.frozen cannot be combined; freeze or decay")
+    raise UsageError("optim.layer_decay and optim.frozen cannot be combined; freeze or decay")
   if decay != 1.0:  # scales AdamW's whole update (step and decay), as per-group lrs do
     multipliers = layer_decay_multipliers(params, decay)
     chain.append(optax.GradientTransformation(

@@ -16,6 +16,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from mae_jax.errors import UsageError
+
 
 def maybe_initialize_distributed(coordinator: str = "", num_processes: int = -1,
                                  process_id: int = -1):
@@ -49,14 +51,14 @@ def make_mesh(axes, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh {axes}: at most one axis may have size -1")
+    raise UsageError(f"mesh {axes}: at most one axis may have size -1")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if n % known:
-      raise ValueError(f"mesh {axes}: {n} devices are not divisible by {known}")
+      raise UsageError(f"mesh {axes}: {n} devices are not divisible by {known}")
     sizes[sizes.index(-1)] = n // known
   if int(np.prod(sizes)) != n:
-    raise ValueError(f"mesh {axes} needs {int(np.prod(sizes))} devices, {n} are present")
+    raise UsageError(f"mesh {axes} needs {int(np.prod(sizes))} devices, {n} are present")
   return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
                        devices=devices)
 

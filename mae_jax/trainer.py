@@ -37,7 +37,7 @@ def check_workdir(workdir, config):
       now[key] = {k: v for k, v in now[key].items()
                   if k in saved[key] or v != defaults.get(key, {}).get(k, v)}
     if saved.get(key) != now.get(key) and not config.get("overwrite", False):
-      raise ValueError(
+      raise errors.UsageError(
           f"{workdir} holds a run with a different {key!r} ({saved.get(key)} vs {now.get(key)}); "
           "use another --workdir, or --config.overwrite=True to start over there.")
 
@@ -45,13 +45,14 @@ def check_workdir(workdir, config):
 def check_config(config, workdir):
   """Errors in the config, in one line each, before anything is built."""
   if not config.data.dir:
-    raise ValueError("config.data.dir is empty: pass --config.data.dir=DIR, a directory written "
+    raise errors.UsageError(
+        "config.data.dir is empty: pass --config.data.dir=DIR, a directory written "
                      "by `python -m mae_jax.data.convert`")
   if config.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+    raise errors.UsageError(f"batch_size {config.batch_size} is not divisible by the "
                      f"{jax.device_count()} devices")
   if config.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"nan_policy={config.nan_policy!r}; choose 'stop' or 'skip'")
+    raise errors.UsageError(f"nan_policy={config.nan_policy!r}; choose 'stop' or 'skip'")
   if config.warmup_steps >= config.total_steps > 1:
     warmup = max(1, config.total_steps // 10)
     logging.warning("warmup_steps=%d is not shorter than total_steps=%d: the lr would never "
@@ -115,7 +116,7 @@ def _run(config, workdir, mngr, lock, watcher) -> dict:
   logging.info("model %s/%s: %d parameters", config.model.name, config.model.variant, n_params)
 
   if config.get("overwrite", False) and mngr.latest_step() is not None:
-    raise ValueError(f"--config.overwrite=True but {workdir} still has checkpoints; "
+    raise errors.UsageError(f"--config.overwrite=True but {workdir} still has checkpoints; "
                      "delete them or use another workdir")
   start = 0
   if mngr.latest_step() is not None:

@@ -3,6 +3,7 @@
 import json
 
 from mae_jax import compare
+from mae_jax.errors import UsageError
 from mae_jax.data import convert
 from helpers import write_small_e2e
 
@@ -35,7 +36,7 @@ def test_compare_two_models_table(tmp_path):
 def test_compare_refuses_what_the_table_cannot_show(tmp_path):
   import pytest
   base = ["--data", str(tmp_path), "--root", str(tmp_path / "cmp")]
-  with pytest.raises(SystemExit, match="lacks test, which the table shows"):
+  with pytest.raises(UsageError, match="lacks test, which the table shows"):
     compare.main(base + ["--recon-splits", "train"])
-  with pytest.raises(SystemExit, match=r"lacks \['finetune'\]"):
+  with pytest.raises(UsageError, match=r"lacks \['finetune'\]"):
     compare.main(base + ["--stages", "pretrain,probe"])

@@ -600,6 +600,24 @@ def test_cli_convert_and_verify(tmp_path, capsys):
   assert "split 'test'" in capsys.readouterr().err
 
 
+def test_cli_is_quiet_by_default(tmp_path):
+  """The JSON summary and the converter's own warnings only: TensorFlow's start-up lines,
+  TFDS's INFO lines and progress bars only with -v."""
+  src = tmp_path / "eg.h5"
+  F.write_egamma_h5(src, 10)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env["PYTHONPATH"] = root
+  r = subprocess.run([sys.executable, "-m", "mae_jax.data.convert", "--input", str(src),
+                      "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                     env=env, cwd=tmp_path, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert json.loads(r.stdout)["splits"]["train"]["num_examples"] == 8
+  noise = [ln for ln in r.stderr.splitlines()
+           if not ln.startswith(("WARNING __main__: ", "WARNING mae_jax."))]  # its own warnings
+  assert noise == []
+
+
 def test_cli_holds_out_validation_and_test_by_default_for_files_without_splits(tmp_path):
   src = tmp_path / "qg.h5"
   F.write_qg_opendata_h5(src, 20)

@@ -178,3 +178,38 @@ def test_bad_labelled_sizes_and_pretraining_data_fail_before_training(tmp_path):
   with pytest.raises(UsageError, match="is not a converted mae_jax dataset"):
     protocol.main(base + ["--pretrain-data", str(tmp_path / "nothing")])
   assert not (tmp_path / "p").exists()
+
+
+def test_defaults_are_the_quickstart_recipe(tmp_path):
+  """No flags: the recipe that learns (sparse tokens, 1,500/300 steps, batch 64, the stages'
+  lrs, as the quickstart measured them); every user flag replaces its part of it."""
+  argv = ["--data", "d", "--root", "r"]
+  args, overrides, per_stage = protocol.parse_args(argv)
+  assert args.tokens == "sparse"
+  assert args.steps_by_stage == {"pretrain": "1500", "probe": "300", "finetune": "300",
+                                 "resnet": "300"}
+  cfg = {}
+  for stage in ("pretrain", "probe", "finetune", "scratch", "resnet"):
+    cfg[stage] = protocol.stages.stage_config(stage, args, 0, None, overrides, per_stage,
+                                              args.steps_by_stage)
+  want = {"pretrain": (5e-3, 64), "probe": (0.1, 64), "finetune": (8e-3, 64),
+          "scratch": (2e-3, 64), "resnet": (4e-3, 32)}
+  assert {s: (c.lr, c.batch_size) for s, c in cfg.items()} == want
+  assert cfg["pretrain"].warmup_steps == 100 and cfg["pretrain"].total_steps == 1500
+  assert cfg["pretrain"].model.tokens == cfg["finetune"].model.tokens == "sparse"
+  assert cfg["scratch"].total_steps == 300  # the control takes finetune's budget
+  # the user's flags win, for every stage or for one
+  args, overrides, per_stage = protocol.parse_args(
+      argv + ["--tokens", "dense", "--config.batch_size=8", "--finetune.lr=1e-3"])
+  ft = protocol.stages.stage_config("finetune", args, 0, None, overrides, per_stage, {})
+  rn = protocol.stages.stage_config("resnet", args, 0, None, overrides, per_stage, {})
+  assert (ft.lr, ft.batch_size, ft.model.tokens) == (1e-3, 8, "dense")
+  assert rn.batch_size == 8  # --config.batch_size also replaces the recipe's resnet batch
+
+
+def test_help_shows_overrides_and_defaults(capsys):
+  with pytest.raises(SystemExit):
+    protocol.parse_args(["--help"])
+  out = " ".join(capsys.readouterr().out.split())
+  assert "--config.FIELD=VALUE (every stage)" in out and "--STAGE.FIELD=VALUE (one stage" in out
+  assert "(default: sparse)" in out and "--pretrain.lr=0.005" in out and "--probe.lr=0.1" in out

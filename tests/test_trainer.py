@@ -105,6 +105,8 @@ def test_cli_trains_with_overrides(dataset, tmp_path):
                "--config.log_every=2", "--config.model.mask_ratio=0.5")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "step 4/4" in r.stdout and "img/s" in r.stdout and "ETA" in r.stdout
+  # quiet by default: progress and results; absl's INFO lines only with --verbosity=0
+  assert not [ln for ln in r.stderr.splitlines() if ln.startswith("I1") or ln.startswith("I0")]
   saved = json.load(open(tmp_path / "w" / "config.json"))
   assert saved["model"]["mask_ratio"] == 0.5 and saved["total_steps"] == 4
 

@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mae_jax.data import convert as convert_lib
 from mae_jax.data import records, splits
 from mae_jax.data.records import GROUP_ROWS, Plan
-from mae_jax.errors import DataFormatError
+from mae_jax.errors import DataFormatError, UsageError
 
 
 def pipeline_options(spec) -> PipelineOptions:
@@ -52,7 +52,7 @@ def pipeline_options(spec) -> PipelineOptions:
     flags = [str(f) for f in spec]
   bad = [f for f in flags if "=" not in f and not f.startswith("--no")]
   if bad:
-    raise ValueError(f"beam pipeline options: expected k=v entries, got {bad}")
+    raise UsageError(f"beam pipeline options: expected k=v entries, got {bad}")
   return PipelineOptions(flags)
 
 

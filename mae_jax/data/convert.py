@@ -41,6 +41,11 @@ import sys
 import tempfile
 from typing import Sequence
 
+if __name__ == "__main__":  # before TensorFlow loads: quiet unless -v (data/cli.py)
+  from mae_jax.data import cli as _cli
+  _cli.quiet_tensorflow(sys.argv[1:])
+
+import numpy as np
 import tensorflow_datasets as tfds
 
 from mae_jax import errors, workdir_lock
@@ -50,7 +55,8 @@ from mae_jax.data.builder import BUILDER_NAME, BUILDER_VERSION, MaeJaxConverted,
 from mae_jax.data.records import Plan, parse_bad_indices  # noqa: F401  (public API)
 from mae_jax.data.splits import DEFAULT_HOLDOUT, SPLIT_FORMATS, default_holdout  # noqa: F401
 from mae_jax.data.verify import verify  # noqa: F401  (public API: convert.verify)
-from mae_jax.errors import USER_ERRORS, VerificationError
+from mae_jax.errors import (USER_ERRORS, DataFormatError, PathExistsError, UsageError,
+                            VerificationError)
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +90,13 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
     inputs = [inputs]
   inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
   if not inputs:
-    raise ValueError("no input files given")
+    raise UsageError("no input files given")
   if nan_policy not in ("reject", "drop"):
-    raise ValueError(f"nan_policy must be 'reject' or 'drop', got {nan_policy!r}")
+    raise UsageError(f"nan_policy must be 'reject' or 'drop', got {nan_policy!r}")
   if int(chunk_size) < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
   if image_encoding not in IMAGE_ENCODINGS:
-    raise ValueError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
+    raise UsageError(f"image_encoding={image_encoding!r}; choose one of {IMAGE_ENCODINGS}")
   layouts = [schemas.inspect_file(p, format=format, holdout=holdout) for p in inputs]
   schemas.check_compatible(layouts)
   rows = splits.apply_holdout(layouts, schemas.parse_holdout(holdout), split_seed) \
@@ -99,7 +105,7 @@ def _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size,
   bad = parse_bad_indices(bad_indices)
   unknown = sorted(set(bad) - set(present) - {"*"})
   if unknown:
-    raise ValueError(f"bad indices name split(s) {unknown} not in the converted splits {present}")
+    raise UsageError(f"bad indices name split(s) {unknown} not in the converted splits {present}")
   label_names = next((lay.label_names for lay in layouts if lay.label_names), None)
   return Plan(
       layouts=layouts,
@@ -177,12 +183,12 @@ def convert(
   dataset is a one-line `DataFormatError`.
   """
   if engine not in ENGINES:
-    raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
+    raise UsageError(f"engine={engine!r}; choose one of {ENGINES}")
   pipeline.hide_accelerators_from_tf()
   output = os.path.abspath(os.fspath(output))
   _remove_stale_partials(output)
   if os.path.exists(output) and not overwrite:
-    raise FileExistsError(
+    raise PathExistsError(
         f"output {output} already exists (use --overwrite / overwrite=True to replace it)")
   plan = _plan_for(inputs, format, nan_policy, bad_indices, holdout, chunk_size, image_encoding,
                    split_seed)
@@ -298,6 +304,8 @@ def _convert_parser() -> argparse.ArgumentParser:
                  help="TFDS writer in-memory buffer cap (MB)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
   p.add_argument("--verify", action="store_true", help="run verify on the output after converting")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="also TensorFlow's and TFDS's log lines and progress bars")
   p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="zlib",
                  help="zlib: dense tensor, zlib-compressed (default); sparse: the non-zero pixels "
                  "(faster to decode; the same images read back)")
@@ -313,7 +321,14 @@ def _convert_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  from mae_jax.data import cli
+  loud = cli.verbose(argv)
+  argv = [a for a in argv if a not in cli.VERBOSE_FLAGS]
+  # quiet by default: results, warnings and errors; -v adds TFDS's INFO lines and progress bars
+  logging.basicConfig(level=logging.INFO if loud else logging.WARNING,
+                      format="%(levelname)s %(name)s: %(message)s")
+  if not loud:
+    tfds.disable_progress_bar()
   if argv and argv[0] == "verify":
     p = argparse.ArgumentParser(prog="python -m mae_jax.data.convert verify")
     p.add_argument("dir")
@@ -330,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   a = _convert_parser().parse_args(argv)
   try:
     a.holdout = default_holdout(a.holdout, a.input, a.format)
-    # TFDS prints progress messages to stdout; keep stdout for the JSON summary.
-    with contextlib.redirect_stdout(sys.stderr):
+    # TFDS prints progress messages to stdout; keep stdout for the JSON summary (and drop
+    # them unless -v).
+    with contextlib.redirect_stdout(sys.stderr if loud else open(os.devnull, "w")):
       meta = convert(
           a.input, a.output, format=a.format, nan_policy=a.nan_policy, bad_indices=a.bad_indices,
           holdout=a.holdout, chunk_size=a.chunk_size, overwrite=a.overwrite,
@@ -341,8 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           split_seed=a.split_seed,
       )
   except USER_ERRORS as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    return 2
+    return errors.exit_status(e, "ERROR")
   summary = {s: {k: v for k, v in m.items() if k != "dropped_indices"}
              for s, m in meta["splits"].items()}
   print(json.dumps({"output": os.path.abspath(a.output), "format": meta["format"],

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mae_jax.errors import DataFormatError
+from mae_jax.errors import DataFormatError, UsageError
 
 SPLITS = ("train", "validation", "test")
 
@@ -130,14 +130,14 @@ def parse_holdout(holdout) -> tuple[float, float] | None:
     try:
       vals = [float(p) for p in parts]
     except ValueError as e:
-      raise ValueError(f"--holdout expects 'VAL,TEST' fractions, got {holdout!r}") from e
+      raise UsageError(f"--holdout expects 'VAL,TEST' fractions, got {holdout!r}") from e
   else:
     vals = [float(v) for v in holdout]
   if len(vals) != 2:
-    raise ValueError(f"--holdout expects two fractions 'VAL,TEST', got {holdout!r}")
+    raise UsageError(f"--holdout expects two fractions 'VAL,TEST', got {holdout!r}")
   v, t = vals
   if v < 0 or t < 0 or v + t >= 1:
-    raise ValueError(f"--holdout fractions must be >= 0 and sum to < 1, got {v},{t}")
+    raise UsageError(f"--holdout fractions must be >= 0 and sum to < 1, got {v},{t}")
   return (v, t)
 
 
@@ -229,7 +229,7 @@ def _agreed(layout: Layout) -> dict[str, str]:
 def check_compatible(layouts: Sequence[Layout]) -> None:
   """Multiple inputs must agree on format, image shape, channels, targets and labels."""
   if not layouts:
-    raise ValueError("no input files")
+    raise UsageError("no input files")
   ref = layouts[0]
   mine = _agreed(ref)
   for other in layouts[1:]:

@@ -23,6 +23,8 @@ import os
 
 import numpy as np
 
+from mae_jax.errors import MissingPathError, UsageError
+
 META_FILE = "mae_jax_meta.json"
 STD_FLOOR = 1e-6
 
@@ -40,7 +42,7 @@ def load_meta(data_dir) -> dict:
   """The metadata of a converted dataset; a clear error if `data_dir` is not one."""
   path = os.path.join(os.fspath(data_dir), META_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"{data_dir} is not a converted mae_jax dataset ({META_FILE} missing); make one with "
         "`python -m mae_jax.data.convert --input FILE.h5 --output DIR`.")
   with open(path) as f:
@@ -49,7 +51,7 @@ def load_meta(data_dir) -> dict:
 
 def check_normalization(mode: str) -> str:
   if mode not in NORMALIZATIONS:
-    raise ValueError(f"data.normalization={mode!r}; choose one of {NORMALIZATIONS}")
+    raise UsageError(f"data.normalization={mode!r}; choose one of {NORMALIZATIONS}")
   return mode
 
 
@@ -57,7 +59,7 @@ def _stats(mode: str, stats: dict | None, *names):
   stats = stats or {}
   missing = [n for n in names if n not in stats]
   if missing:
-    raise ValueError(f"normalization {mode!r} needs channel_stats {missing} in the dataset "
+    raise UsageError(f"normalization {mode!r} needs channel_stats {missing} in the dataset "
                      "metadata; reconvert the dataset")
   out = [np.asarray(stats[n], np.float32) for n in names]
   out[-1] = np.maximum(out[-1], np.float32(STD_FLOOR))  # the last one is a std

@@ -62,7 +62,7 @@ def hide_accelerators_from_tf() -> None:
 def _dataset_info(data_dir: str) -> dict:
   path = os.path.join(data_dir, "dataset_info.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{data_dir}: dataset_info.json missing; not a converted dataset")
+    raise errors.MissingPathError(f"{data_dir}: dataset_info.json missing; not a converted dataset")
   with open(path) as f:
     return json.load(f)
 
@@ -90,11 +90,11 @@ def check_shards(data_dir: str) -> None:
   for split, shards in shard_files(data_dir).items():
     missing = [f for f, _ in shards if not os.path.exists(f)]
     if missing:
-      raise FileNotFoundError(f"{data_dir}: split {split!r} shard missing: {missing[0]}")
+      raise errors.MissingPathError(f"{data_dir}: split {split!r} shard missing: {missing[0]}")
     want = num_bytes[split] + 16 * sum(n for _, n in shards)
     have = sum(os.path.getsize(f) for f, _ in shards)
     if have != want:
-      raise ValueError(
+      raise errors.CorruptDataError(
           f"{data_dir}: split {split!r} shards hold {have} bytes but the dataset "
           f"records {want}: a shard is truncated or corrupted; reconvert, or run "
           f"`python -m mae_jax.data.convert verify {data_dir}`")
@@ -169,23 +169,24 @@ class Pipeline:
                        self.meta.get("channel_stats"))  # fails now if statistics are missing
     self.process_index, self.process_count = process_index, process_count
     if host_split not in ("shard", "interleave"):
-      raise ValueError(f"data.host_split={host_split!r}; choose 'shard' or 'interleave'")
+      raise errors.UsageError(f"data.host_split={host_split!r}; choose 'shard' or 'interleave'")
     self.host_split = host_split
     self.tokens = tokens
     if on_corrupt not in ("stop", "skip"):
-      raise ValueError(f"data.on_corrupt={on_corrupt!r}; choose 'stop' or 'skip'")
+      raise errors.UsageError(f"data.on_corrupt={on_corrupt!r}; choose 'stop' or 'skip'")
     self.on_corrupt = on_corrupt
     self.unreadable = {}  # on_corrupt="skip": {split: records skipped in each pass}
     if tokens is not None:
       h, w = self.image_shape[:2]
       if tokens.patch <= 0 or h % tokens.patch or w % tokens.patch:
-        raise ValueError(f"patch {tokens.patch} does not divide the image size {h}x{w}")
+        raise errors.UsageError(f"patch {tokens.patch} does not divide the image size {h}x{w}")
       if tokens.sort_window and host_split == "interleave" and process_count > 1:
-        raise ValueError("data.sort_window needs data.host_split='shard' with several processes")
+        raise errors.UsageError(
+            "data.sort_window needs data.host_split='shard' with several processes")
 
   def _records(self, split, whole=False):
     if split not in self.meta["splits"]:
-      raise ValueError(f"split {split!r} not in {self.data_dir}; it has "
+      raise errors.UsageError(f"split {split!r} not in {self.data_dir}; it has "
                        f"{sorted(self.meta['splits'])}")
     name = split
     if not whole:
@@ -307,7 +308,7 @@ class Pipeline:
       pos = np.flatnonzero(labels == cls)
       if k > len(pos):
         counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
-        raise ValueError(f"a class-balanced labelled set of {n} needs {k} examples of class "
+        raise errors.UsageError(f"a class-balanced labelled set of {n} needs {k} examples of class "
                          f"{cls} in split {split!r} of {self.data_dir}; it has {counts}")
       picked.append(rng.permutation(pos)[:k])
     return np.sort(np.concatenate(picked))
@@ -361,7 +362,7 @@ class Pipeline:
   def targets_only(self, split: str) -> Iterator[dict]:
     """This host's records of a split without decoding images (for target statistics)."""
     if "targets" not in self.builder.info.features:
-      raise ValueError(f"{self.data_dir} has no regression targets")
+      raise errors.UsageError(f"{self.data_dir} has no regression targets")
     return self._guarded(
         self._records(split).map(_plain(lambda ex: {"targets": ex["targets"]}))
         .as_numpy_iterator(), split)

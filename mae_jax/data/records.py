@@ -30,7 +30,7 @@ import numpy as np
 from mae_jax.data import meta as meta_lib
 from mae_jax.data import schemas
 from mae_jax.data.schemas import Layout
-from mae_jax.errors import NonFiniteError
+from mae_jax.errors import NonFiniteError, UsageError
 
 GROUP_ROWS = 16  # source rows per statistics group
 _STATS = ("image_sum", "target_sum", "sumsq", "lsum", "lsumsq")  # folded float64 sums
@@ -54,14 +54,14 @@ def parse_bad_indices(spec) -> dict[str, set[tuple[int | None, int]]]:
   if isinstance(spec, (str, os.PathLike)):
     path = os.fspath(spec)
     if not os.path.exists(path):
-      raise ValueError(f"bad-indices file not found: {path}")
+      raise UsageError(f"bad-indices file not found: {path}")
     with open(path) as f:
       text = f.read()
     if text.lstrip().startswith("{"):
       try:
         spec = json.loads(text)
       except json.JSONDecodeError as e:
-        raise ValueError(f"bad-indices file {path}: invalid JSON: {e}") from e
+        raise UsageError(f"bad-indices file {path}: invalid JSON: {e}") from e
     else:
       out: dict[str, set] = {}
       for ln, line in enumerate(text.splitlines(), 1):
@@ -77,7 +77,7 @@ def parse_bad_indices(spec) -> dict[str, set[tuple[int | None, int]]]:
           else:
             raise ValueError
         except ValueError:
-          raise ValueError(f"bad-indices file {path} line {ln}: expected 'split:index' or "
+          raise UsageError(f"bad-indices file {path} line {ln}: expected 'split:index' or "
                            f"'split:source:index', got {line!r}") from None
         out.setdefault(parts[0], set()).add(item)
       return out
@@ -89,7 +89,7 @@ def parse_bad_indices(spec) -> dict[str, set[tuple[int | None, int]]]:
     for it in items:
       if isinstance(it, (list, tuple)):
         if len(it) != 2:
-          raise ValueError(f"bad index entry {it!r} in split '{split}': "
+          raise UsageError(f"bad index entry {it!r} in split '{split}': "
                            "expected index or [source, index]")
         s.add((int(it[0]), int(it[1])))
       else:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
+from mae_jax.errors import UsageError
 from mae_jax.data.layouts import (CHANNELS_3, CHANNELS_8, CHANNELS_EGAMMA, FORMATS, QG_TARGETS,
                                   SPLITS, Chunk, Layout, SplitSpec, _err, check_compatible,
                                   check_label_values, holdout_ranges, parse_holdout)
@@ -86,7 +87,7 @@ def inspect_file(path: str, format: str = "auto", holdout=None) -> Layout:
   if not os.path.exists(path):
     raise _err(path, None, "file does not exist")
   if format not in ("auto",) + FORMATS:
-    raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {FORMATS}")
+    raise UsageError(f"unknown format {format!r}; expected 'auto' or one of {FORMATS}")
   if format == "parquet" or (format == "auto" and (is_parquet(path) or path.endswith(".parquet"))):
     return inspect_parquet(path, holdout)
   return inspect_h5(path, format, holdout)

@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 
+from mae_jax import errors
 from mae_jax.export import formats
 from mae_jax.export import names
 from mae_jax.export import run as run_lib
@@ -74,9 +75,8 @@ def main(argv=None) -> int:
                                      step=step, input=inp,
                                      extra={"workdir": os.path.abspath(a.workdir)},
                                      meta=run["meta"])
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except errors.USER_ERRORS as e:
+    return errors.exit_status(e)
   n = sum(int(np.prod(np.shape(v))) for v in names.flat_numpy(params["encoder"]).values())
   where = os.path.join(a.output, "mae_jax.json") if a.format == "hf" else a.output + ".json"
   print(json.dumps({"output": os.path.abspath(a.output), "sidecar": where,

@@ -32,6 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 import mae_jax
+from mae_jax.errors import UsageError
 from mae_jax.data import meta as meta_lib
 from mae_jax.export import names as names_lib
 from mae_jax.export import specs
@@ -89,15 +90,15 @@ def normalize_images(x: np.ndarray, spec: Mapping) -> np.ndarray:
 
 def _check_scheme(spec: Mapping, fmt: str, scheme: str) -> None:
   if fmt not in FORMATS:
-    raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    raise UsageError(f"unknown format {fmt!r}; choose one of {FORMATS}")
   schemes = names_lib.SCHEMES + (names_lib.FLAX_SCHEME,)
   if scheme not in schemes:
-    raise ValueError(f"unknown name scheme {scheme!r}; choose one of {schemes}")
+    raise UsageError(f"unknown name scheme {scheme!r}; choose one of {schemes}")
   if fmt == "hf" and (spec.get("model", "mae") != "mae" or scheme != "hf"):
-    raise ValueError("--format hf writes a transformers ViTMAEModel: ViT MAE encoders with "
+    raise UsageError("--format hf writes a transformers ViTMAEModel: ViT MAE encoders with "
                      f"names 'hf' only (got model {spec.get('model')!r}, names {scheme!r})")
   if spec.get("model", "mae") != "mae" and scheme != names_lib.FLAX_SCHEME:
-    raise ValueError(f"a {spec['model']!r} encoder has no {scheme!r} (PyTorch ViT) names; "
+    raise UsageError(f"a {spec['model']!r} encoder has no {scheme!r} (PyTorch ViT) names; "
                      f"export it with names {names_lib.FLAX_SCHEME!r}")
 
 
@@ -279,9 +280,9 @@ def load_encoder(path: str, fmt: str | None = None) -> tuple[dict, dict | None]:
     import torch  # optional dependency
     sd = torch.load(path, map_location="cpu", weights_only=True)
   else:
-    raise ValueError(f"cannot tell the format of {path}; pass fmt= one of {FORMATS}")
+    raise UsageError(f"cannot tell the format of {path}; pass fmt= one of {FORMATS}")
   if not sd:
-    raise ValueError(f"{path} holds no tensors")
+    raise UsageError(f"{path} holds no tensors")
   scheme = (sidecar or {}).get("name_scheme", "auto")
   if scheme == names_lib.FLAX_SCHEME or all(k.startswith("encoder/") for k in sd):
     return _unflatten(names_lib.flat_numpy(sd))["encoder"], sidecar

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mae_jax.errors import MissingPathError, UsageError
 from mae_jax.data import meta as meta_lib
 from mae_jax.models import mae as mae_lib
 from mae_jax.models import registry
@@ -52,17 +53,17 @@ def load_run(workdir: str, image_shape=None) -> dict:
   if image_shape is None:
     if meta is None:
       where = os.path.join(data_dir or "<config data.dir empty>", meta_lib.META_FILE)
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"dataset metadata {where} not found; pass --image-shape H,W,C (the sidecar will "
           "then say the channel statistics are missing)")
     image_shape = tuple(meta["image_shape"])
   image_shape = tuple(int(s) for s in image_shape)
   if meta is not None and tuple(meta["image_shape"]) != image_shape:
-    raise ValueError(f"--image-shape {image_shape} differs from the dataset's "
+    raise UsageError(f"--image-shape {image_shape} differs from the dataset's "
                      f"{tuple(meta['image_shape'])}")
   name = cfg["model"].get("name", "mae")
   if name not in registry.MAE_FAMILY:
-    raise ValueError(f"{workdir} holds a {name!r} model; export takes the pretraining runs of "
+    raise UsageError(f"{workdir} holds a {name!r} model; export takes the pretraining runs of "
                      f"masked autoencoders ({sorted(registry.MAE_FAMILY)}); for a finetuned "
                      "classifier export the pretraining run it started from")
   mae_lib.check_image_shape(image_shape, cfg["model"]["patch"])

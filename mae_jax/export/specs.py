@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from mae_jax.errors import UsageError
 from mae_jax.models import registry
 from mae_jax.models import vit
 
@@ -31,7 +32,7 @@ def model_name(model) -> str:
       return name
   if isinstance(model, registry.MAE_FAMILY["mae"]):  # the sparse-token MAE: same parameters
     return "mae"
-  raise ValueError(f"{type(model).__name__} is not an MAE-family model "
+  raise UsageError(f"{type(model).__name__} is not an MAE-family model "
                    f"({sorted(registry.MAE_FAMILY)})")
 
 
@@ -114,7 +115,7 @@ def _as_spec(model_or_spec, image_shape=None) -> Mapping:
   else:
     spec = model_spec(model_or_spec, image_shape)
   if spec.get("model", "mae") != "mae":
-    raise ValueError(f"a {spec['model']!r} model has no transformers/timm counterpart; "
+    raise UsageError(f"a {spec['model']!r} model has no transformers/timm counterpart; "
                      "export it with names 'flax' (docs/export.md, Hybrid encoders)")
   return spec
 
@@ -137,7 +138,7 @@ def vitmae_config(model_or_spec, image_shape=None, mask_ratio: float | None = No
   spec = _as_spec(model_or_spec, image_shape)
   h, w, _ = spec["image_shape"]
   if h != w:
-    raise ValueError(f"transformers' ViTMAE supports square images only, got {h}x{w}; "
+    raise UsageError(f"transformers' ViTMAE supports square images only, got {h}x{w}; "
                      "use vit_config() with transformers.ViTModel for the encoder")
   return transformers.ViTMAEConfig(**hf_config_kwargs(spec, mask_ratio))
 

@@ -18,6 +18,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from mae_jax.errors import UsageError
 from mae_jax.kernels import cpu_attention
 
 IMPLS = ("auto", "xla", "cudnn", "cpu_kernel")
@@ -25,7 +26,7 @@ IMPLS = ("auto", "xla", "cudnn", "cpu_kernel")
 
 def check_impl(impl: str) -> str:
   if impl not in IMPLS:
-    raise ValueError(f"model.attention={impl!r}; choose one of {IMPLS}")
+    raise UsageError(f"model.attention={impl!r}; choose one of {IMPLS}")
   return impl
 
 

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mae_jax.errors import UsageError
+
 Dtype = Any
 
 POOLS = ("cls", "mean", "max")
@@ -46,7 +48,7 @@ def pool_tokens(tokens: jax.Array, pool: str, include_cls: bool = False,
   if tokens.ndim != 3 or tokens.shape[1] < 2:
     raise ValueError(f"tokens must be [B, 1 + N, D] with a CLS token first, got {tokens.shape}")
   if pool not in POOLS:
-    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    raise UsageError(f"pool must be one of {POOLS}, got {pool!r}")
   if pool == "cls":
     return tokens[:, 0]
   x = tokens if include_cls else tokens[:, 1:]
@@ -106,7 +108,7 @@ def binary_cross_entropy_with_logits(logits, labels, label_smoothing: float = 0.
   max(x, 0) - x y + log(1 + exp(-|x|)).
   """
   if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    raise UsageError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
   x, y = _pair(logits, labels, "labels")
   if label_smoothing:
     y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing

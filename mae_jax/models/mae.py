@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mae_jax.errors import UsageError
 from mae_jax.models import vit
 
 Dtype = Any
@@ -36,7 +37,7 @@ def check_image_shape(image_shape, patch: int):
   """Raises a clear error unless `patch` divides both image sides."""
   h, w = image_shape[:2]
   if patch <= 0 or h % patch or w % patch:
-    raise ValueError(
+    raise UsageError(
         f"patch size {patch} does not divide the image size {h}x{w}; choose a patch "
         f"that divides both sides (for 125x125 images: 5 or 25).")
 
@@ -71,7 +72,7 @@ def draw_mask(mask_ratio: float, noise: jax.Array):
   b, n = noise.shape
   keep = int(n * (1.0 - mask_ratio))
   if not 0 < keep <= n:
-    raise ValueError(f"mask_ratio {mask_ratio} leaves {keep} of {n} patches visible")
+    raise UsageError(f"mask_ratio {mask_ratio} leaves {keep} of {n} patches visible")
   ids_shuffle = jnp.argsort(noise, axis=1)
   ids_restore = jnp.argsort(ids_shuffle, axis=1)
   mask = jnp.ones((b, n), jnp.float32).at[:, :keep].set(0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from mae_jax.errors import UsageError
 from mae_jax.models import attention, classifier, resnet, sparse
 from mae_jax.models import mae as mae_lib
 from mae_jax.models.hybrids import channel, convmae, convstem, depthwise
@@ -33,7 +34,7 @@ def is_sparse(config) -> bool:
   """Whether the model takes occupied-patch lists (`patch_ids`) from the input pipeline."""
   tokens = config.model.get("tokens", "dense")
   if tokens not in TOKENS:
-    raise ValueError(f"model.tokens={tokens!r}; choose one of {TOKENS}")
+    raise UsageError(f"model.tokens={tokens!r}; choose one of {TOKENS}")
   return tokens == "sparse"
 
 
@@ -44,18 +45,19 @@ def model_inputs(batch) -> dict:
 
 def mae_family_model(name, m, image_shape, drop_path=0.0):
   if name not in MAE_FAMILY:
-    raise ValueError(f"model {name!r} is not a masked autoencoder; choose one of {sorted(MAE_FAMILY)}")
+    raise UsageError(
+        f"model {name!r} is not a masked autoencoder; choose one of {sorted(MAE_FAMILY)}")
   mae_lib.check_image_shape(image_shape, m.patch)
   kwargs = dict(variant=m.variant, patch=m.patch, channels=int(image_shape[-1]),
                 mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss, dtype=jnp.dtype(m.dtype),
                 drop_path=drop_path, attention=attention.check_impl(m.get("attention", "auto")))
   if m.get("tokens", "dense") == "sparse":
     if name != "mae":
-      raise ValueError(f"model.tokens='sparse' is the ViT MAE's mode; {name!r} convolves "
+      raise UsageError(f"model.tokens='sparse' is the ViT MAE's mode; {name!r} convolves "
                        "across patches and needs the dense image (model.tokens='dense')")
     return sparse.SparseMAE(**kwargs, empty_queries=int(m.get("empty_queries", 0)))
   if m.get("tokens", "dense") not in TOKENS:
-    raise ValueError(f"model.tokens={m.tokens!r}; choose one of {TOKENS}")
+    raise UsageError(f"model.tokens={m.tokens!r}; choose one of {TOKENS}")
   return MAE_FAMILY[name](**kwargs)
 
 
@@ -69,5 +71,5 @@ def build_model(config, image_shape):
                                         m.include_cls, m.get("head_init_std", 0.01))
   if m.name in BASELINES:
     return BASELINES[m.name](num_outputs=num_outputs(config), dtype=jnp.dtype(m.dtype))
-  raise ValueError(f"model.name={m.name!r}; choose one of "
+  raise UsageError(f"model.name={m.name!r}; choose one of "
                    f"{sorted(MAE_FAMILY) + ['classifier'] + sorted(BASELINES)}")

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.errors import UsageError
 from mae_jax.models import attention as attention_lib
 
 Dtype = Any
@@ -63,7 +64,7 @@ def decode_variant(table: dict, variant: str, family: str = "model"):
   """
   m = re.fullmatch(r"([A-Za-z0-9_-]+)(?:/(\d+))?", variant or "")
   if not m or m.group(1) not in table:
-    raise ValueError(
+    raise UsageError(
         f"Unknown {family} variant {variant!r}; known variants: {sorted(table)} "
         "(optionally with a patch size, e.g. 'e2e-base/5').")
   return table[m.group(1)], (int(m.group(2)) if m.group(2) else None)
@@ -77,7 +78,7 @@ def parse_variant(variant: str) -> tuple[VitSize, int | None]:
 def check_variant_patch(variant: str, fixed: int | None, patch: int) -> None:
   """A variant like 'B/16' fixes the patch; a different `patch` is an error."""
   if fixed is not None and fixed != patch:
-    raise ValueError(f"variant {variant!r} fixes patch {fixed} but patch={patch}")
+    raise UsageError(f"variant {variant!r} fixes patch {fixed} but patch={patch}")
 
 
 def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:

@@ -3,9 +3,12 @@ random-encoder probe) -> finetune -> scratch -> ResNet -> observable baseline, t
 report.md with figures (also installed as `mae-jax-protocol`).
 
   python -m mae_jax.protocol --data data_cache/boosted_top_3000_tfds --root workdirs/protocol \
-      --variant tiny --tokens sparse --seeds 0,1 \
-      --steps pretrain=1000,probe=200,finetune=200,resnet=200 --config.batch_size=64 \
+      [--seeds 0,1] [--steps pretrain=1000,probe=200,finetune=200,resnet=200] \
       [--select finetune.lr=1e-3,4e-3] [--pretrain-data POOL_DIR] [--labelled 100,300,1000]
+
+With no flags it runs the recipe that learns on a CPU budget (protocol/recipe.py: sparse
+tokens, 1,500 pretraining and 300 downstream steps, batch 64, the stages' lrs); every
+flag below replaces a part of it.
 
 Every stage is a config of the one trainer (configs/*.py); `--config.FIELD=VALUE`
 overrides go to every stage, `--STAGE.FIELD=VALUE` (e.g. `--pretrain.lr=5e-3`) to one.
@@ -52,11 +55,16 @@ import os
 import time
 
 from mae_jax.errors import UsageError
-from mae_jax.protocol import measure, report, stages
+from mae_jax.protocol import measure, recipe, report, stages
 from mae_jax.protocol.report import fmt  # noqa: F401 (part of the API)
 from mae_jax.protocol.stages import (CLASSIFY_STAGES, CONTROL_OF, DEFAULT_STAGES,  # noqa: F401
                                      STAGES, check_selects, format_selected,
                                      load_stage_config, parse_selects, validation_score)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """The module's docstring as written, and each option's default."""
 
 
 def parse_args(argv):
@@ -65,27 +73,32 @@ def parse_args(argv):
                for st in STAGES}
   rest = [a for a in argv if not a.startswith("--config.")
           and not any(a.startswith(f"--{st}.") for st in STAGES)]
-  p = argparse.ArgumentParser(prog="python -m mae_jax.protocol", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      prog="python -m mae_jax.protocol", description=__doc__, formatter_class=_HelpFormatter,
+      epilog="overrides: --config.FIELD=VALUE (every stage) and --STAGE.FIELD=VALUE (one "
+      f"stage: {', '.join(s for s in STAGES if s != 'observables')}), e.g. --config.batch_size=32 "
+      "--pretrain.lr=1e-3; the fields and their values: python -m mae_jax.main --config "
+      f"pretrain --print_config.\n{recipe.help_text()}.")
   p.add_argument("--data", required=True, help="converted, labelled dataset directory")
   p.add_argument("--pretrain-data", default="",
                  help="converted dataset to pretrain on (labels ignored); default --data")
   p.add_argument("--root", required=True, help="directory for all stages' workdirs and the report")
-  p.add_argument("--variant", default="tiny")
+  p.add_argument("--variant", default="tiny", help="ViT size: tiny, small-e2e, e2e-base, S, B, L")
   p.add_argument("--model", default="mae",
                  help="MAE family: mae, depthwise_mae, convstem_mae, convmae, channel_mae")
-  p.add_argument("--tokens", default="dense", choices=("dense", "sparse"),
+  p.add_argument("--tokens", default=recipe.TOKENS, choices=("dense", "sparse"),
                  help="sparse: only occupied patches are tokens (ViT MAE, models/sparse.py)")
-  p.add_argument("--patch", type=int, default=5)
-  p.add_argument("--seeds", default="0")
-  p.add_argument("--steps", default="pretrain=300,probe=200,finetune=200,resnet=200")
+  p.add_argument("--patch", type=int, default=5, help="patch size in pixels")
+  p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+  p.add_argument("--steps", default=recipe.STEPS,
+                 help="training steps per stage (the controls take those of their stage)")
   p.add_argument("--stages", default=",".join(DEFAULT_STAGES), help=f"any of {STAGES}")
   p.add_argument("--labelled", default="",
                  help="comma-separated labelled-set sizes for the downstream stages; 'all' = "
                       "every labelled jet (e.g. 100,1000,all: the full-label ceiling too)")
   p.add_argument("--trees-grid", default="",
                  help="grid of the tree stages, chosen on validation, e.g. "
-                      "'learning_rate=0.05,0.1;max_iter=100,300;max_leaf_nodes=15,31' "
+                      "'learning_rate=0.05,0.1;max_iter=100,300;max_leaf_nodes=15,31;min_samples_leaf=5,20' "
                       "(the default; a field not named keeps its default values)")
   p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
                  help="run STAGE once per value, keep the best on the validation split")
@@ -95,6 +108,7 @@ def parse_args(argv):
                       "full pass over each, so on a real train split of millions of jets "
                       "'test' alone saves hours")
   args = p.parse_args(rest)
+  overrides, per_stage = recipe.apply(overrides, per_stage)
   args.argv = argv
   args.pretrain_data = args.pretrain_data or args.data
   try:
@@ -122,11 +136,8 @@ def check_data(args):
   """Every dataset exists and fits, and every requested split and size is there, before
   anything trains (one line each)."""
   from mae_jax.data import meta as meta_lib
-  try:
-    meta = meta_lib.load_meta(args.data)
-    pre_meta = meta_lib.load_meta(args.pretrain_data)
-  except FileNotFoundError as e:
-    raise UsageError(str(e)) from None
+  meta = meta_lib.load_meta(args.data)  # a missing dataset: MissingPathError, one line
+  pre_meta = meta_lib.load_meta(args.pretrain_data)
   if tuple(pre_meta["image_shape"]) != tuple(meta["image_shape"]):
     raise UsageError(f"--pretrain-data {args.pretrain_data} holds {pre_meta['image_shape']} "
                      f"images but --data {args.data} holds {meta['image_shape']}")
@@ -307,13 +318,11 @@ def cli():
   import sys
   from mae_jax import errors
   try:
-    main()
+    status = errors.run_cli(main)
   except stages.StageStopped as e:  # a signal stopped a stage: one line, the resume command
     print(f"[protocol] {e}", file=sys.stderr, flush=True)
-    sys.exit(3)
-  except errors.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    status = 3
+  sys.exit(status)
 
 
 __all__ = ["main", "cli", "fmt", "STAGES", "DEFAULT_STAGES", "CLASSIFY_STAGES", "CONTROL_OF",

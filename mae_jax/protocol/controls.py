@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from mae_jax.errors import UsageError
 from mae_jax.protocol import measure
 
 
@@ -172,7 +173,8 @@ def calo_regression(job):
   targets = meta_lib.load_meta(job.args.data).get("target_names") or []
   tr, _, te = _tables(job)
   if tr["t"] is None or te["t"] is None:
-    raise ValueError(f"{job.args.data} has no regression targets")
+    raise UsageError(f"{job.args.data} has no regression targets (jet_mass, jet_pt): the "
+                     "regression stages need a dataset that records them")
   final = {"test/examples": float(len(te["y"])), "train_examples": int(len(tr["y"])),
            "calibration": {}}
   for name in stages.REGRESS_TARGETS.split(","):

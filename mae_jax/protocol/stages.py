@@ -14,7 +14,6 @@ of `finetune`, `probe_random` those of `probe`), then its own, which win; `model
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import time
@@ -23,7 +22,6 @@ from typing import Callable
 from mae_jax import config_util
 from mae_jax.errors import UsageError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAE_ARG = "variant={variant},patch={patch},model={model},tokens={tokens}"
 REGRESS_TARGETS = "jet_mass,jet_pt"
 REGRESS_TASK = (("task.name", "regress"), ("task.targets", REGRESS_TARGETS))
@@ -121,10 +119,7 @@ def load_stage_config(stage, variant, model, patch, tokens="dense"):
   record = BY_NAME[stage]
   if not record.config:
     raise UsageError(f"stage {stage!r} is not a trainer run; it has no config")
-  path = os.path.join(ROOT, "configs", f"{record.config}.py")
-  spec = importlib.util.spec_from_file_location(stage, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_util.config_module(record.config)
   config = module.get_config(record.config_arg.format(variant=variant, patch=patch, model=model,
                                                       tokens=tokens))
   for field, value in record.task:  # e.g. task.name=regress
@@ -156,7 +151,7 @@ def stage_config(stage, args, seed, labelled, overrides, per_stage, steps):
           if a[len("--config."):].split("=", 1)[0] not in CONTROL_OWN_FIELDS]
   try:
     return config_util.apply_overrides(config, overrides + like + per_stage.get(stage, []))
-  except ValueError as e:
+  except UsageError as e:
     raise UsageError(f"{stage}: {e}") from None
 
 

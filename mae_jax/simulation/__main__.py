@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mae_jax.errors import UsageError
 from mae_jax.simulation import events, writer
 
 
@@ -12,7 +13,7 @@ def parse_split(text: str) -> tuple:
   try:
     return tuple(float(p) for p in text.replace(" ", "").split(","))
   except ValueError:
-    raise ValueError(f"--split must be three comma-separated numbers, got {text!r}") from None
+    raise UsageError(f"--split must be three comma-separated numbers, got {text!r}") from None
 
 
 def main(argv=None):

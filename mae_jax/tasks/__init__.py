@@ -16,6 +16,7 @@ per-batch averages).
 
 from __future__ import annotations
 
+from mae_jax.errors import UsageError
 from mae_jax.tasks import base, classify, mae, regress
 from mae_jax.tasks.base import RunOutputs  # noqa: F401  (what `Task.artefacts` receives)
 
@@ -27,5 +28,5 @@ def build(config, pipe=None) -> base.Task:
   needs from the data (label counts, regression target statistics)."""
   name = config.task.name
   if name not in TASKS:
-    raise ValueError(f"task.name={name!r}; choose one of {tuple(TASKS)}")
+    raise UsageError(f"task.name={name!r}; choose one of {tuple(TASKS)}")
   return TASKS[name].from_data(config, pipe)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.errors import UsageError
 from mae_jax.evaluate import metrics as metrics_lib
 from mae_jax.models import heads
 from mae_jax.tasks import base
@@ -22,7 +23,7 @@ class ClassifyTask(base.Task):
     if pipe is not None:
       counts = pipe.meta["splits"].get(config.data.train_split, {}).get("label_counts", {})
       if counts and set(map(str, counts)) - {"0", "1"}:
-        raise ValueError(f"task 'classify' needs labels 0/1 in split {config.data.train_split!r};"
+        raise UsageError(f"task 'classify' needs labels 0/1 in split {config.data.train_split!r};"
                          f" the dataset has label counts {counts} (unlabelled data is -1)")
     return cls(config)
 

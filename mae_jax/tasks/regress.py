@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.errors import UsageError
 from mae_jax.evaluate import metrics as metrics_lib
 from mae_jax.models import heads
 from mae_jax.tasks import base
@@ -32,7 +33,7 @@ class RegressTask(base.Task):
     wanted = target_names(config)
     missing = [t for t in wanted if t not in dataset_targets]
     if not wanted or missing:
-      raise ValueError(f"task.targets={config.task.targets!r}: the dataset has targets "
+      raise UsageError(f"task.targets={config.task.targets!r}: the dataset has targets "
                        f"{list(dataset_targets)}")
     self.target_names = wanted
     self.target_idx = np.array([list(dataset_targets).index(t) for t in wanted])
@@ -42,7 +43,7 @@ class RegressTask(base.Task):
   @classmethod
   def from_data(cls, config, pipe):
     if pipe is None:
-      raise ValueError("task 'regress' needs the dataset (target names and statistics)")
+      raise UsageError("task 'regress' needs the dataset (target names and statistics)")
     names = list(pipe.meta.get("target_names", []))
     idx = [names.index(t) for t in target_names(config) if t in names]
     mean, std = target_stats(pipe, config.data.train_split, np.array(idx, int)) if idx \
