@@ -3,8 +3,9 @@
 # jets with Pythia 8 + FastJet (cached in data_cache/), convert them to TFDS, pretrain the tiny
 # sparse-token ViT MAE (only occupied patches are tokens) on every jet of the train split
 # (labels unused), then, with LABELLED of them labelled: the linear probe and its
-# random-encoder control, finetune and its from-scratch control, and the simple-observable
-# baseline; reconstruction on the test split; WORKDIR/report.md with its figures.
+# random-encoder control, finetune and its from-scratch control, logistic regression and
+# gradient-boosted trees on jet observables, and the trees on observables + the frozen
+# encoder's features; reconstruction on the test split; WORKDIR/report.md with its figures.
 #   NUM=3000 STEPS=1500 DOWN=300 LABELLED=200 SEEDS=0 bash launch/quickstart.sh [--config.FIELD=VALUE ...]
 # LABELLED=all trains the downstream stages on the whole train split; STAGES=...,resnet adds
 # ResNet-15 (≈ 3.5 min more here). The lrs were chosen on the validation split
@@ -20,7 +21,7 @@ SEEDS="${SEEDS:-0}"     # e.g. SEEDS=0,1,2 for mean +- std
 TOKENS="${TOKENS:-sparse}"  # dense: every patch is a token (5-10x slower here)
 WORKDIR="${WORKDIR:-workdirs/quickstart}"
 LABELLED="${LABELLED:-200}"  # labelled jets for the downstream stages (class-balanced)
-STAGES="${STAGES:-pretrain,probe,probe_random,finetune,scratch,observables}"
+STAGES="${STAGES:-pretrain,probe,probe_random,finetune,scratch,observables,observables_gbt,observables_encoder}"
 labelled=(); [ "$LABELLED" = all ] || labelled=(--labelled "$LABELLED")
 # One persistent XLA cache for all stages: probe and probe_random (finetune and scratch) run
 # the same programs, and sparse tokens compile one step per token-bucket length.
