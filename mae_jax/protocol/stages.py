@@ -34,7 +34,7 @@ STRONGEST = "strongest control"  # in `versus`: the control with the highest tes
 class Stage:
   """One protocol stage (see the module doc)."""
   name: str
-  kind: str                 # report section: "pretrain" | "classify" | "regress"
+  kind: str                 # report section: "pretrain" | "classify" | "regress" | "compression"
   describe: str             # its line in the report
   config: str = ""          # configs/<config>.py of the trainer ("" = `run` is a function)
   config_arg: str = MAE_ARG
@@ -94,6 +94,13 @@ TABLE = (
     Stage("regress_observables", "regress", "the physicist's estimate: the image's "
           "calorimeter mass and E_T sum, linearly calibrated on the train split",
           run="calo_regression", control=True),
+    # the pretrain recipe (its steps and --pretrain.* overrides: controls="pretrain") with a
+    # bottleneck of 16 latents × 8 float16 = 256 bytes per jet by default (`task` sets fields)
+    Stage("compression", "compression", "the compressive MAE (models/compressive.py) trained "
+          "on the pretraining data; the test jets decoded from its float16 latents, scored "
+          "in jet mass and pT beside zero-suppressed storage", config="pretrain",
+          task=(("model.latents", 16), ("model.latent_dim", 8)), controls="pretrain",
+          run="compression"),
 )
 BY_NAME = {s.name: s for s in TABLE}
 # how a kind of stage is drawn in the loss figure: y-label of its training loss, the
@@ -104,7 +111,9 @@ CURVES = {"pretrain": {"ylabel": "masked-patch MSE (normalised units)",
           "classify": {"ylabel": "binary cross-entropy", "validation": None,
                        "reference": "ln2"},
           "regress": {"ylabel": "loss on standardised targets", "validation": None,
-                      "reference": None}}
+                      "reference": None},
+          "compression": {"ylabel": "MSE on all occupied patches (normalised units)",
+                          "validation": "validation/masked_mse", "reference": None}}
 # views of the table (names, in table order)
 STAGES = tuple(BY_NAME)
 DEFAULT_STAGES = tuple(s.name for s in TABLE if s.default)
@@ -215,7 +224,7 @@ def parse_selects(items, stages):
     if not sep or not field or not vals:
       raise UsageError(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
                        "(e.g. finetune.lr=1e-3,4e-3)")
-    selectable = [s for s in stages if s in TRAINED and s != "pretrain"]
+    selectable = [s for s in stages if s in TRAINED and s != "pretrain" and not BY_NAME[s].run]
     if stage not in selectable:
       raise UsageError(f"--select {item!r}: stage {stage!r} is not one of the stages run "
                        f"here that can be selected on validation: {selectable}")
