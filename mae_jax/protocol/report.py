@@ -289,9 +289,9 @@ def compression_lines(root, first, main):
   for r in sorted(res["rate_distortion"], key=lambda r: r["bytes_per_jet"]):
     name = f"**{r['name']}**" if r["name"].startswith("compressive") else r["name"]
     lines.append(f"| {name} | {r['bytes_per_jet']:,.0f} | {'yes' if r['lossless'] else 'no'} "
-                 f"| {r['mass_response']:.4f} | {r['mass_resolution']:.4f} "
-                 f"({r['mass_half_width_68']:.4f}) | {r['pt_response']:.4f} "
-                 f"| {r['pt_resolution']:.4f} ({r['pt_half_width_68']:.4f}) |")
+                 f"| {r['mass_response']:.4f} | {r['mass_resolution']:.3g} "
+                 f"({r['mass_half_width_68']:.3g}) | {r['pt_response']:.4f} "
+                 f"| {r['pt_resolution']:.3g} ({r['pt_half_width_68']:.3g}) |")
   fig = res.get("figure")
   if fig and os.path.exists(fig):
     shutil.copyfile(fig, os.path.join(root, "rate_distortion.png"))
