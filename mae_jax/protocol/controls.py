@@ -235,9 +235,11 @@ def compression(job):
     raise UsageError(f"stage {job.stage.name} needs --tokens sparse and model.latents > 0 "
                      f"(got tokens={cfg.model.get('tokens')!r}, "
                      f"latents={cfg.model.get('latents')})")
-  pre = job.config_for("pretrain")
+  pre = job.config_for("pretrain")  # the recipe: its data, steps and evaluation
   cfg.data.dir, cfg.data.train_examples = job.args.pretrain_data, pre.data.train_examples
   cfg.eval_every = pre.eval_every
+  if job.stage.name not in job.args.steps_by_stage:  # --steps compression=N, else pretrain's
+    cfg.total_steps, cfg.warmup_steps = pre.total_steps, pre.warmup_steps
   t0 = time.time()
   trained, now = stages.run_stage(cfg, os.path.join(wd, "train"), f"{job.stage.name} (train)")
   if "preempted_at" in trained:  # stopped by a signal: the protocol stops and says so

@@ -46,6 +46,8 @@ class Stage:
   run: str = ""              # name of its function in protocol/controls.py, fn(Job) ->
                             # (final metrics, trained now); "" = the trainer
   default: bool = False     # in the default --stages
+  trains: str = ""          # a `run` stage that trains a model of its own: the configs/<trains>.py
+                            # it starts from (its config_for(name), --STAGE.* overrides apply)
 
 
 @dataclasses.dataclass
@@ -94,13 +96,12 @@ TABLE = (
     Stage("regress_observables", "regress", "the physicist's estimate: the image's "
           "calorimeter mass and E_T sum, linearly calibrated on the train split",
           run="calo_regression", control=True),
-    # the pretrain recipe (its steps and --pretrain.* overrides: controls="pretrain") with a
-    # bottleneck of 16 latents × 8 float16 = 256 bytes per jet by default (`task` sets fields)
+    # the pretrain recipe with a bottleneck of 16 latents × 8 float16 = 256 bytes per jet by
+    # default (`task` sets the fields; --compression.model.latents=K changes them)
     Stage("compression", "compression", "the compressive MAE (models/compressive.py) trained "
           "on the pretraining data; the test jets decoded from its float16 latents, scored "
-          "in jet mass and pT beside zero-suppressed storage", config="pretrain",
-          task=(("model.latents", 16), ("model.latent_dim", 8)), controls="pretrain",
-          run="compression"),
+          "in jet mass and pT beside zero-suppressed storage", trains="pretrain",
+          task=(("model.latents", 16), ("model.latent_dim", 8)), run="compression"),
 )
 BY_NAME = {s.name: s for s in TABLE}
 # how a kind of stage is drawn in the loss figure: y-label of its training loss, the
@@ -128,9 +129,9 @@ CONTROL_OWN_FIELDS = ("model_init", "model_load", "optim.layer_decay")
 def load_stage_config(stage, variant, model, patch, tokens="dense"):
   """The stage's config file with the run's model arguments."""
   record = BY_NAME[stage]
-  if not record.config:
+  if not (record.config or record.trains):
     raise UsageError(f"stage {stage!r} is not a trainer run; it has no config")
-  path = os.path.join(ROOT, "configs", f"{record.config}.py")
+  path = os.path.join(ROOT, "configs", f"{record.config or record.trains}.py")
   spec = importlib.util.spec_from_file_location(stage, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -224,7 +225,7 @@ def parse_selects(items, stages):
     if not sep or not field or not vals:
       raise UsageError(f"--select {item!r}: expected STAGE.FIELD=V1,V2,... "
                        "(e.g. finetune.lr=1e-3,4e-3)")
-    selectable = [s for s in stages if s in TRAINED and s != "pretrain" and not BY_NAME[s].run]
+    selectable = [s for s in stages if s in TRAINED and s != "pretrain"]
     if stage not in selectable:
       raise UsageError(f"--select {item!r}: stage {stage!r} is not one of the stages run "
                        f"here that can be selected on validation: {selectable}")
