@@ -253,7 +253,7 @@ def compression(job):
   params = checkpoint.read_arrays(os.path.join(wd, "train"), item="params")[0]["params"]
   codec = _compressive_codec(model, params, parallel.make_mesh(cfg.mesh))
   orig, dec, nbytes = comp.decode_split(pipe, "test", codec, model.patch, cfg.batch_size)
-  k, d = model.latents, model.latent_dim or model.size.width
+  k, d = model.latents, model.latent_dim or model.decode_size()[0].width
   name = f"compressive MAE, z {k}×{d} float16 + occupancy bitmap"
   rows = comp.rate_distortion(orig, {name: (nbytes, dec)}, pipe.meta.get("channel_names"))
   h, w = pipe.image_shape[:2]
