@@ -61,7 +61,6 @@ def test_perfect_and_lossy_decoders_through_the_stage_path(tmp_path):
   np.testing.assert_allclose(dec2, want, rtol=1e-5, atol=1e-5)
   q = fidelity.jet_quantities(dec2)
   np.testing.assert_allclose(q["mass"], [_jet_mass(x) for x in dec2], rtol=1e-9)
-  assert q["mass"][0] < fidelity.jet_quantities(orig2)["mass"][0] * 1.5  # sanity, finite
 
 
 def test_compression_stage_writes_the_rate_distortion_table(tmp_path):
