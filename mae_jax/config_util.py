@@ -173,6 +173,10 @@ def base_config(variant: str = "tiny", patch: int = 5):
   # dense: every patch is a token; sparse: only occupied patches (ViT MAE; models/sparse.py)
   c.model.tokens = "dense"
   c.model.empty_queries = 0  # sparse: random empty patches per jet added as decoder queries
+  # sparse: K > 0 = compressive MAE, the decoder sees the jet only through K latent vectors
+  # of width latent_dim (0 = encoder width); models/compressive.py. 0 = the plain sparse MAE
+  c.model.latents = 0
+  c.model.latent_dim = 0
   # Softmax-attention kernel: auto | xla | cudnn | cpu_kernel (models/attention.py).
   c.model.attention = "auto"
   c.model.backbone = "mae"  # classifier only: which MAE-family encoder

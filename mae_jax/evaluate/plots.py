@@ -152,6 +152,28 @@ def label_efficiency(per_seed, sizes, stages, out_path):
   plt.close(fig)
 
 
+def rate_distortion(rows, out_path):
+  """Bytes per jet (log) against the jet-mass and jet-pT resolution (std of decoded /
+  original) of each row of `evaluate.compression.rate_distortion`; lossless rows at 0."""
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+  for ax, (q, title) in zip(axes, (("mass", "jet mass"), ("pt", "jet pT"))):
+    for r in rows:
+      mae = r["name"].startswith("compressive")
+      ax.plot(r["bytes_per_jet"], r[f"{q}_resolution"], "*" if mae else "o",
+              ms=11 if mae else 5, color="C3" if mae else ("C2" if r["lossless"] else "C0"))
+      if mae:
+        ax.annotate(r["name"], (r["bytes_per_jet"], r[f"{q}_resolution"]), fontsize=6,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per jet")
+    ax.set_ylabel(f"{title} resolution (std of decoded / original)")
+    ax.grid(alpha=0.3)
+  axes[0].set_title("star: compressive MAE; green: lossless; blue: lossy storage", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+
+
 def protocol_figures(root: str, workdirs: dict, class_names=("class 0", "class 1"),
                      curves=None) -> list[str]:
   """Loss curves of every stage, ROC curves on the test split, the reconstruction figure.

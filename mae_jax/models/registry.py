@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mae_jax.errors import UsageError
-from mae_jax.models import attention, classifier, resnet, sparse
+from mae_jax.models import attention, classifier, compressive, resnet, sparse
 from mae_jax.models import mae as mae_lib
 from mae_jax.models.hybrids import channel, convmae, convstem, depthwise
 
@@ -55,7 +55,14 @@ def mae_family_model(name, m, image_shape, drop_path=0.0):
     if name != "mae":
       raise UsageError(f"model.tokens='sparse' is the ViT MAE's mode; {name!r} convolves "
                        "across patches and needs the dense image (model.tokens='dense')")
+    latents = int(m.get("latents", 0))
+    if latents:  # a real bottleneck: K latents, decoder sees nothing else (models/compressive.py)
+      # empty_queries does not apply: the occupancy map is part of the stored record
+      return compressive.CompressiveMAE(**kwargs, latents=latents, latent_dim=int(m.get("latent_dim", 0)))
     return sparse.SparseMAE(**kwargs, empty_queries=int(m.get("empty_queries", 0)))
+  if int(m.get("latents", 0)):
+    raise UsageError(f"model.latents={m.latents} needs model.tokens='sparse' (the compressive "
+                     "MAE is a sparse-token model)")
   if m.get("tokens", "dense") not in TOKENS:
     raise UsageError(f"model.tokens={m.tokens!r}; choose one of {TOKENS}")
   return MAE_FAMILY[name](**kwargs)

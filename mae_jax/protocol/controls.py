@@ -7,6 +7,9 @@
   observables_encoder  the same trees on [observables, frozen pretrained encoder features]
   calo_regression      jet mass and pT from the image's calorimeter mass and E_T sum,
                        each linearly calibrated on the train split
+  compression          trains the compressive MAE (model.latents), decodes the test split
+                       from its float16 latents, rate-distortion table beside the storage
+                       baselines (evaluate/compression.py)
 """
 
 from __future__ import annotations
@@ -190,3 +193,80 @@ def calo_regression(job):
     final["calibration"][name] = {"from": feature, "slope": float(slope),
                                   "intercept": float(intercept)}
   return _finish(job, final, t0)
+
+
+def _compressive_codec(model, params, mesh, value_dtype="float16"):
+  """codec(batch) -> (pred at patch_ids, bytes per jet): z is stored as `value_dtype` (the
+  record), decoded from that stored copy; bytes = z + the occupancy bitmap."""
+  import jax
+  import jax.numpy as jnp
+  from mae_jax import parallel
+  from mae_jax.models import compressive
+
+  @jax.jit
+  def run(params, images, patch_ids):
+    z, ids = model.apply({"params": params}, images, patch_ids, method=model.compress)
+    z = z.astype(value_dtype).astype(jnp.float32)  # what the record holds
+    grid = (images.shape[1] // model.patch, images.shape[2] // model.patch)
+    return model.apply({"params": params}, z, ids, grid, method=model.decompress), z.shape
+
+  def codec(batch):
+    b = parallel.global_batch({"image": batch["image"], "patch_ids": batch["patch_ids"]}, mesh)
+    pred, (_, k, d) = run(params, b["image"], b["patch_ids"])
+    h, w = batch["image"].shape[1:3]
+    nbytes = (compressive.bytes_per_jet(k, d, np.dtype(value_dtype).itemsize)
+              + compressive.occupancy_bytes((h // model.patch) * (w // model.patch)))
+    return np.asarray(jax.device_get(pred)), np.full(len(batch["image"]), nbytes, np.int64)
+  return codec
+
+
+def compression(job):
+  """Trains the compressive MAE (the pretrain recipe + `model.latents`, on --pretrain-data,
+  labels ignored), decodes the test split of --data from float16 latents and writes the
+  rate-distortion table (decoded jets' mass and pT response / resolution, bytes per jet,
+  beside the storage baselines of evaluate/storage.py) and rate_distortion.png. One
+  workdir per seed (ROOT/seed{S}/compression), whatever the labelled-set size."""
+  from mae_jax.errors import UsageError
+  from mae_jax.protocol import stages
+  wd = stages.run_dir(job.args.root, job.seed, None, job.stage.name)
+  done = _done(wd)
+  if done is not None:
+    return done, False
+  cfg = job.config_for(job.stage.name)
+  if cfg.model.get("tokens") != "sparse" or not int(cfg.model.get("latents", 0)):
+    raise UsageError(f"stage {job.stage.name} needs --tokens sparse and model.latents > 0 "
+                     f"(got tokens={cfg.model.get('tokens')!r}, "
+                     f"latents={cfg.model.get('latents')})")
+  pre = job.config_for("pretrain")  # the recipe: its data, steps and evaluation
+  cfg.data.dir, cfg.data.train_examples = job.args.pretrain_data, pre.data.train_examples
+  cfg.eval_every = pre.eval_every
+  if job.stage.name not in job.args.steps_by_stage:  # --steps compression=N, else pretrain's
+    cfg.total_steps, cfg.warmup_steps = pre.total_steps, pre.warmup_steps
+  t0 = time.time()
+  trained, now = stages.run_stage(cfg, os.path.join(wd, "train"), f"{job.stage.name} (train)")
+  if "preempted_at" in trained:  # stopped by a signal: the protocol stops and says so
+    return trained, now
+  from mae_jax import checkpoint, experiment, parallel
+  from mae_jax.evaluate import compression as comp
+  from mae_jax.evaluate import plots
+  from mae_jax.models import compressive
+  pipe = experiment.make_pipeline(cfg, job.args.data, train=False)
+  model = experiment.build_model(cfg, pipe.image_shape)
+  params = checkpoint.read_arrays(os.path.join(wd, "train"), item="params")[0]["params"]
+  codec = _compressive_codec(model, params, parallel.make_mesh(cfg.mesh))
+  orig, dec, nbytes = comp.decode_split(pipe, "test", codec, model.patch, cfg.batch_size)
+  k, d = model.latents, model.latent_dim or model.decode_size()[0].width
+  name = f"compressive MAE, z {k}×{d} float16 + occupancy bitmap"
+  rows = comp.rate_distortion(orig, {name: (nbytes, dec)}, pipe.meta.get("channel_names"))
+  h, w = pipe.image_shape[:2]
+  final = {"rate_distortion": rows, "latents": int(k), "latent_dim": int(d),
+           "latent_bytes": compressive.bytes_per_jet(int(k), int(d), 2),
+           "occupancy_bytes": compressive.occupancy_bytes((h // model.patch) * (w // model.patch)),
+           "test/examples": float(len(orig)),
+           "train": {kk: v for kk, v in trained.items() if isinstance(v, (int, float))},
+           "figure": os.path.join(wd, "rate_distortion.png")}
+  plots.rate_distortion(rows, final["figure"])
+  final["train_seconds"] = time.time() - t0
+  os.makedirs(wd, exist_ok=True)
+  checkpoint.write_json(os.path.join(wd, "final_metrics.json"), final)
+  return final, True

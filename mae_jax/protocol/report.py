@@ -246,6 +246,7 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=(
                    f"{score('probe', 'linear probe')} |")
     lines += ["", "(float16 features: the probe was trained on float32 features; the float16 "
               "row is storage only.)"]
+  lines += compression_lines(root, first, main)
   lines += ["", "## Runtime of each stage (first seed, this machine; a stage chosen by --select: "
             "all its values together; a reused stage keeps the time it took when it ran)", "",
             "| stage | seconds |", "|---|---|"]
@@ -266,6 +267,38 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=(
                         {"per_seed": per_seed, "timings": timings,
                          "labelled": [s or 0 for s in sizes]})
   return os.path.join(root, "report.md")
+
+
+def compression_lines(root, first, main):
+  """The rate-distortion table of the `compression` stage (first seed) and its figure."""
+  import shutil
+  res = first["by_labelled"][stages_lib.size_key(main)].get("compression")
+  if not res or not res.get("rate_distortion"):
+    return []
+  lines = ["", "### Rate–distortion: the compressive MAE against zero-suppressed storage "
+           "(test split, first seed)", "",
+           f"The compressive MAE stores {res['latents']} latents × {res['latent_dim']} float16 "
+           f"= {res['latent_bytes']} bytes per jet, plus the occupied-patch bitmap its decoder "
+           f"is told ({res['occupancy_bytes']} bytes); the baseline is the converted data's own "
+           "zero-suppressed record (pixel index + value per non-zero pixel) and its lossy "
+           "variants (float16 values, top-k pixels). Response = mean of decoded / original, "
+           "resolution = its std (68% half-width in brackets), over "
+           f"{int(res['test/examples'])} test jets, in physical units. Read each resolution "
+           "with its response: a record that keeps a tenth of the mass has a small std of the "
+           "ratio too.", "",
+           "| representation | bytes per jet | lossless | jet-mass response | jet-mass resolution "
+           "| jet-pT response | jet-pT resolution |", "|---|---|---|---|---|---|---|"]
+  for r in sorted(res["rate_distortion"], key=lambda r: r["bytes_per_jet"]):
+    name = f"**{r['name']}**" if r["name"].startswith("compressive") else r["name"]
+    lines.append(f"| {name} | {r['bytes_per_jet']:,.0f} | {'yes' if r['lossless'] else 'no'} "
+                 f"| {r['mass_response']:.4f} | {r['mass_resolution']:.3g} "
+                 f"({r['mass_half_width_68']:.3g}) | {r['pt_response']:.4f} "
+                 f"| {r['pt_resolution']:.3g} ({r['pt_half_width_68']:.3g}) |")
+  fig = res.get("figure")
+  if fig and os.path.exists(fig):
+    shutil.copyfile(fig, os.path.join(root, "rate_distortion.png"))
+    lines += ["", "![rate-distortion](rate_distortion.png)"]
+  return lines
 
 
 def summary_lines(per_seed, sizes):

@@ -32,7 +32,7 @@ STRONGEST = "strongest control"  # in `versus`: the control with the highest tes
 class Stage:
   """One protocol stage (see the module doc)."""
   name: str
-  kind: str                 # report section: "pretrain" | "classify" | "regress"
+  kind: str                 # report section: "pretrain" | "classify" | "regress" | "compression"
   describe: str             # its line in the report
   config: str = ""          # configs/<config>.py of the trainer ("" = `run` is a function)
   config_arg: str = MAE_ARG
@@ -44,6 +44,8 @@ class Stage:
   run: str = ""              # name of its function in protocol/controls.py, fn(Job) ->
                             # (final metrics, trained now); "" = the trainer
   default: bool = False     # in the default --stages
+  trains: str = ""          # a `run` stage that trains a model of its own: the configs/<trains>.py
+                            # it starts from (its config_for(name), --STAGE.* overrides apply)
 
 
 @dataclasses.dataclass
@@ -92,6 +94,12 @@ TABLE = (
     Stage("regress_observables", "regress", "the physicist's estimate: the image's "
           "calorimeter mass and E_T sum, linearly calibrated on the train split",
           run="calo_regression", control=True),
+    # the pretrain recipe with a bottleneck of 16 latents × 8 float16 = 256 bytes per jet by
+    # default (`task` sets the fields; --compression.model.latents=K changes them)
+    Stage("compression", "compression", "the compressive MAE (models/compressive.py) trained "
+          "on the pretraining data; the test jets decoded from its float16 latents, scored "
+          "in jet mass and pT beside zero-suppressed storage", trains="pretrain",
+          task=(("model.latents", 16), ("model.latent_dim", 8)), run="compression"),
 )
 BY_NAME = {s.name: s for s in TABLE}
 # how a kind of stage is drawn in the loss figure: y-label of its training loss, the
@@ -102,7 +110,9 @@ CURVES = {"pretrain": {"ylabel": "masked-patch MSE (normalised units)",
           "classify": {"ylabel": "binary cross-entropy", "validation": None,
                        "reference": "ln2"},
           "regress": {"ylabel": "loss on standardised targets", "validation": None,
-                      "reference": None}}
+                      "reference": None},
+          "compression": {"ylabel": "MSE on all occupied patches (normalised units)",
+                          "validation": "validation/masked_mse", "reference": None}}
 # views of the table (names, in table order)
 STAGES = tuple(BY_NAME)
 DEFAULT_STAGES = tuple(s.name for s in TABLE if s.default)
@@ -117,9 +127,9 @@ CONTROL_OWN_FIELDS = ("model_init", "model_load", "optim.layer_decay")
 def load_stage_config(stage, variant, model, patch, tokens="dense"):
   """The stage's config file with the run's model arguments."""
   record = BY_NAME[stage]
-  if not record.config:
+  if not (record.config or record.trains):
     raise UsageError(f"stage {stage!r} is not a trainer run; it has no config")
-  module = config_util.config_module(record.config)
+  module = config_util.config_module(record.config or record.trains)
   config = module.get_config(record.config_arg.format(variant=variant, patch=patch, model=model,
                                                       tokens=tokens))
   for field, value in record.task:  # e.g. task.name=regress
