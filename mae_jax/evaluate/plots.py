@@ -56,12 +56,13 @@ def core_window(size: int, patch: int, core: int = 55) -> slice:
   return slice(start, start + n)
 
 
-def reconstructions(model, params, pipe, split, mesh, config, out_path, per_class=2,
-                    pixel_size=0.0174):
-  """Original / masked input / reconstruction per channel for `per_class` jets of each class:
-  the jet core (55 x 55 pixels) in (Δη, Δφ) from the image centre, one colour bar per jet and
-  channel, masked patches outlined in the masked input and the reconstruction."""
-  from matplotlib.patches import Rectangle
+def reconstructions(model, params, pipe, split, mesh, config, out_path, per_class=1,
+                    pixel_size=0.0174, max_channels=3):
+  """Original / masked input / reconstruction of `per_class` jets of each class, for the
+  `max_channels` channels with the most |value| in those jets: the jet core (55 x 55 pixels)
+  in (Δη, Δφ) from the image centre, η and φ increasing up and right, a colour bar with its
+  unit on every panel, a log colour scale for the (sparse, positive) energy channels and a
+  symmetric linear one for signed channels (d0, dz); masked patches outlined in red."""
   local = config.batch_size // jax.process_count()
   _, it = pipe.eval_iter(split, local, config.batch_size)
   batch = parallel.global_batch(next(iter(it)), mesh)
@@ -74,34 +75,57 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
   if jax.process_index() != 0:
     return
   names = pipe.meta.get("channel_names") or [f"ch{i}" for i in range(images.shape[-1])]
-  label_names = pipe.meta.get("label_names") or []
-  labels = np.asarray(batch_labels)
+  fig = reconstruction_figure(images, masked, recon, patch_mask, np.asarray(batch_labels), names,
+                              pipe.meta.get("label_names") or [], model.patch,
+                              f"normalised ({config.data.normalization})", per_class,
+                              pixel_size, max_channels)
+  fig.suptitle(f"MAE reconstructions, jet core ({split} split; red: masked patches)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=90)
+  plt.close(fig)
+
+
+def reconstruction_figure(images, masked, recon, patch_mask, labels, names, label_names, p,
+                          unit, per_class=1, pixel_size=0.0174, max_channels=3):
+  """The figure of `reconstructions` from host arrays [B, H, W, C] (see its doc)."""
+  from matplotlib.colors import LogNorm, Normalize
+  from matplotlib.patches import Rectangle
   # jets of each class when the split is labelled (unlabelled data: -1), else the first ones
   rows = [int(i) for k in (0, 1) for i in np.flatnonzero(labels == k)[:per_class]]
   rows = rows or list(range(min(2 * per_class, len(labels))))
   b, h, w, c = images.shape
-  p = model.patch
   ys, xs = core_window(h, p), core_window(w, p)
+  channels = np.argsort(-np.abs(images[rows][:, ys, xs]).sum((0, 1, 2)), kind="stable")
+  channels = sorted(int(ch) for ch in channels[:max_channels])
+  # origin="lower": row r (η = (r - (h-1)/2) · pixel) increases upward
   extent = [(xs.start - (w - 1) / 2 - 0.5) * pixel_size, (xs.stop - (w - 1) / 2 - 0.5) * pixel_size,
-            (ys.stop - (h - 1) / 2 - 0.5) * pixel_size, (ys.start - (h - 1) / 2 - 0.5) * pixel_size]
+            (ys.start - (h - 1) / 2 - 0.5) * pixel_size, (ys.stop - (h - 1) / 2 - 0.5) * pixel_size]
   grid_w = w // p
-  fig, axes = plt.subplots(c, 3 * len(rows), figsize=(2.5 * 3 * len(rows), 2.2 * c),
+  fig, axes = plt.subplots(len(channels), 3 * len(rows), figsize=(3.0 * 3 * len(rows),
+                                                                    2.6 * len(channels)),
                            squeeze=False)
   for j, row in enumerate(rows):
     label = int(labels[row])
     tag = label_names[label] if 0 <= label < len(label_names) else f"label {label}"
     masked_patches = np.flatnonzero(patch_mask[row] > 0)
-    for ch in range(c):
-      # one colour scale per channel, set by the original image, for all three panels
+    for i, ch in enumerate(channels):
+      # one colour scale per channel and jet, set by the original image, for all three panels
       core = images[row, ys, xs, ch]
       lo, hi = float(core.min()), float(core.max())
-      signed = lo < 0  # d0/dz: symmetric diverging scale, zero in the middle
-      vmax = max(abs(lo), abs(hi), 1e-6) if signed else max(hi, 1e-6)
-      vmin, cmap = (-vmax, "RdBu_r") if signed else (0.0, "viridis")
+      if lo < 0:  # d0/dz: symmetric diverging scale, zero in the middle
+        vmax = max(abs(lo), abs(hi), 1e-6)
+        norm, cmap = Normalize(-vmax, vmax), plt.get_cmap("RdBu_r")
+      else:  # energies: a few bright pixels and many faint ones -> log scale
+        vmax = max(hi, 1e-6)
+        positive = core[core > 0]
+        vmin = max(float(positive.min()) if positive.size else vmax * 1e-3, vmax * 1e-3)
+        cmap = plt.get_cmap("viridis")
+        # zero or negative reconstructed pixels: drawn as the scale's floor
+        norm, cmap = LogNorm(vmin, vmax, clip=True), cmap.with_extremes(bad=cmap(0.0))
       for k, (img, title) in enumerate(((images, "original"), (masked, "masked input"),
                                         (recon, "reconstruction"))):
-        ax = axes[ch, 3 * j + k]
-        im = ax.imshow(img[row, ys, xs, ch], cmap=cmap, vmin=vmin, vmax=vmax,
+        ax = axes[i, 3 * j + k]
+        im = ax.imshow(img[row, ys, xs, ch], cmap=cmap, norm=norm, origin="lower",
                        interpolation="nearest", extent=extent)
         if k > 0:  # outline the masked patches inside the window
           for q in masked_patches:
@@ -112,19 +136,13 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
               ax.add_patch(Rectangle((x0, y0), p * pixel_size, p * pixel_size, fill=False,
                                      lw=0.6, ec="red"))
         ax.tick_params(labelsize=6)
-        if ch == c - 1:
-          ax.set_xlabel("Δφ", fontsize=7)
-        if k == 0:
-          ax.set_ylabel(f"{names[ch]}\nΔη", fontsize=7)
-        if ch == 0:
-          ax.set_title(f"{tag} jet: {title}", fontsize=8)
-        if k == 2:
-          fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-  fig.suptitle(f"MAE reconstructions, jet core ({split} split, normalised units: "
-               f"{config.data.normalization}; red: masked patches)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=90)
-  plt.close(fig)
+        ax.set_xlabel("Δφ", fontsize=7)
+        ax.set_ylabel(f"{names[ch]}: Δη" if k == 0 else "Δη", fontsize=7)
+        ax.set_title(f"{tag} jet: {title}", fontsize=8)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(f"{names[ch]}, {unit}", fontsize=6)
+  return fig
 
 
 def label_efficiency(per_seed, sizes, stages, out_path):
