@@ -112,7 +112,7 @@ def encoder_features(job, split):
     return d["x"], d["y"]
   import jax
   from mae_jax import checkpoint, experiment, parallel
-  from mae_jax.models import heads
+  from mae_jax.models import heads, registry
   pre = job.config_for("pretrain")
   mesh = parallel.make_mesh(pre.mesh)
   pipe = experiment.make_pipeline(probe, job.args.data, train=False)  # the probe's inputs
@@ -122,7 +122,7 @@ def encoder_features(job, split):
   @jax.jit
   def features(params, batch):
     out = model.apply({"params": params}, batch["image"], method=model.encode,
-                      **experiment.model_inputs(batch))
+                      **registry.model_inputs(batch))
     return heads.pool_tokens(out["tokens"], pool, include_cls, out.get("valid"))
 
   xs, ys = [], []
