@@ -51,7 +51,8 @@ def test_grid_from_the_command_line():
   assert trees.parse_grid("") == trees.GRID
   g = trees.parse_grid("learning_rate=0.2;max_iter=5,10")
   assert g == {**trees.GRID, "learning_rate": (0.2,), "max_iter": (5, 10)}
-  assert len(trees.grid_points(g)) == 1 * 2 * len(trees.GRID["max_leaf_nodes"])
+  assert len(trees.grid_points(g)) == (1 * 2 * len(trees.GRID["max_leaf_nodes"])
+                                       * len(trees.GRID["min_samples_leaf"]))
   with pytest.raises(ValueError, match="'depth=3'.*one of"):
     trees.parse_grid("depth=3")
   with pytest.raises(ValueError, match="max_iter takes int"):

@@ -8,21 +8,9 @@ results, warnings and errors are printed.
 
 from __future__ import annotations
 
-import os
 import sys
 
-VERBOSE_FLAGS = ("-v", "--verbose")
-
-
-def verbose(argv) -> bool:
-  return any(a in VERBOSE_FLAGS for a in argv)
-
-
-def quiet_tensorflow(argv) -> None:
-  """Before TensorFlow is imported: its INFO/WARNING start-up lines off unless verbose (a
-  TF_CPP_MIN_LOG_LEVEL the user set is kept)."""
-  if not verbose(argv):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mae_jax.data.tf_quiet import VERBOSE_FLAGS, quiet_tensorflow, verbose  # noqa: F401
 
 
 def main(argv=None) -> int:

@@ -41,9 +41,9 @@ import sys
 import tempfile
 from typing import Sequence
 
-if __name__ == "__main__":  # before TensorFlow loads: quiet unless -v (data/cli.py)
-  from mae_jax.data import cli as _cli
-  _cli.quiet_tensorflow(sys.argv[1:])
+if __name__ == "__main__":  # before TensorFlow loads: quiet unless -v (data/tf_quiet.py)
+  from mae_jax.data import tf_quiet as _tf_quiet
+  _tf_quiet.quiet_tensorflow(sys.argv[1:])
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -321,9 +321,9 @@ def _convert_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  from mae_jax.data import cli
-  loud = cli.verbose(argv)
-  argv = [a for a in argv if a not in cli.VERBOSE_FLAGS]
+  from mae_jax.data import tf_quiet
+  loud = tf_quiet.verbose(argv)
+  argv = [a for a in argv if a not in tf_quiet.VERBOSE_FLAGS]
   # quiet by default: results, warnings and errors; -v adds TFDS's INFO lines and progress bars
   logging.basicConfig(level=logging.INFO if loud else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")
