@@ -608,11 +608,12 @@ def test_cli_is_quiet_by_default(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   env["PYTHONPATH"] = root
+  # --holdout 0: 10 jets with random labels can draw a one-class hold-out (an error now)
   r = subprocess.run([sys.executable, "-m", "mae_jax.data.convert", "--input", str(src),
-                      "--output", str(tmp_path / "out")], capture_output=True, text=True,
-                     env=env, cwd=tmp_path, timeout=300)
+                      "--output", str(tmp_path / "out"), "--holdout", "0"], capture_output=True,
+                     text=True, env=env, cwd=tmp_path, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert json.loads(r.stdout)["splits"]["train"]["num_examples"] == 8
+  assert json.loads(r.stdout)["splits"]["train"]["num_examples"] == 10
   noise = [ln for ln in r.stderr.splitlines()
            if not ln.startswith(("WARNING __main__: ", "WARNING mae_jax."))]  # its own warnings
   assert noise == []

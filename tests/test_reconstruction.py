@@ -6,6 +6,7 @@ import pytest
 
 from mae_jax.evaluate import reconstruction as rec
 from mae_jax.models import mae as mae_lib
+from mae_jax.tasks import mae as mae_task
 
 P = 5
 
@@ -115,9 +116,9 @@ def test_predicting_zeros_has_no_skill():
 
 
 def test_masked_mse_equals_mae_loss():
-  """Same number as the MAE training loss (mae.masked_mse, norm_pix_loss=False)."""
+  """Same number as the MAE training loss (tasks/mae.py masked_mse, norm_pix_loss=False)."""
   images, pred, mask = make_batch(5)
-  loss = mae_lib.masked_mse(jnp.asarray(pred), mae_lib.patchify(jnp.asarray(images), P), jnp.asarray(mask))
+  loss = mae_task.masked_mse(jnp.asarray(pred), mae_lib.patchify(jnp.asarray(images), P), jnp.asarray(mask))
   out = rec.finalize(rec.accumulate(None, rec.reconstruction_sums(images, pred, mask, P)))
   assert out["mse_masked"] == pytest.approx(float(loss), rel=1e-5)
 
