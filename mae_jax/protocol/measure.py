@@ -58,15 +58,20 @@ def observable_features(data_dir, split, cache_dir):
 def observable_table(data_dir, split, cache_dir):
   """{"x": features, "y": labels, "names", "t": regression targets or None} of a split's raw
   images in record order, cached in cache_dir (npz; a cache without targets is refreshed
-  when the dataset has them)."""
+  when the dataset has them, and one whose feature names differ from today's observables,
+  e.g. written before N-subjettiness was added, is recomputed rather than reused)."""
   from mae_jax.data import meta as meta_lib
   from mae_jax.data import pipeline as pipeline_lib
   from mae_jax.evaluate import baselines
   path = os.path.join(cache_dir, f"observables_{split}.npz")
-  has_targets = bool(meta_lib.load_meta(data_dir).get("target_names"))
+  meta = meta_lib.load_meta(data_dir)
+  has_targets = bool(meta.get("target_names"))
   if os.path.exists(path):
     d = np.load(path)
-    if "t" in d or not has_targets:
+    # today's feature names, from an empty batch of the dataset's image shape
+    current = baselines.observables(np.zeros((0, *meta["image_shape"]), np.float32),
+                                    meta.get("channel_names"))[1]
+    if ("t" in d or not has_targets) and list(d["names"]) == list(current):
       return {"x": d["x"], "y": d["y"], "names": list(d["names"]),
               "t": d["t"] if "t" in d else None}
   pipe = pipeline_lib.Pipeline(data_dir, "none")
