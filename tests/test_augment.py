@@ -30,11 +30,11 @@ def variants(image):
   return out
 
 
-@pytest.mark.parametrize("mode", ["eta", "phi", "both"])
-def test_training_jets_are_their_original_or_its_reflection(data, mode):
-  plain, flipped = train_batches(data, "none"), train_batches(data, mode)
+def outcomes(plain, flipped):
+  """The set of flipped axes seen, checking every jet of `flipped` against the same jet of
+  `plain` (the same seed: the same jets in the same order, only the flips differ)."""
   seen = set()
-  for a, b in zip(plain, flipped):  # the same jets in the same order: only the flips differ
+  for a, b in zip(plain, flipped):
     np.testing.assert_array_equal(a["label"], b["label"])
     for orig, got, ids in zip(a["image"], b["image"], b["patch_ids"]):
       axes = [k for k, v in variants(orig).items() if np.array_equal(v, got)]
@@ -42,8 +42,24 @@ def test_training_jets_are_their_original_or_its_reflection(data, mode):
       seen.add(axes[0])
       # the sparse tokens are the occupied patches of the flipped image
       np.testing.assert_array_equal(ids[ids >= 0], occupied_patch_ids_np(got, TOKENS.patch))
+  return seen
+
+
+@pytest.mark.parametrize("mode", ["eta", "phi", "both"])
+def test_training_jets_are_their_original_or_its_reflection(data, mode):
   allowed = {"eta": {(), (0,)}, "phi": {(), (1,)}, "both": {(), (0,), (1,), (0, 1)}}[mode]
-  assert seen == allowed  # 48 draws: every outcome occurs, no other
+  # 48 draws: every outcome occurs, no other
+  assert outcomes(train_batches(data, "none"), train_batches(data, mode)) == allowed
+
+
+def test_occupancy_sorted_windows_flip_the_same_jets_and_resume(data):
+  tokens = pipeline_lib.Tokens(patch=5, bucket=16, sort_window=2)  # a flip keeps occupancy
+  plain = train_batches(data, "none", tokens=tokens)
+  flipped = train_batches(data, "both", tokens=tokens)
+  assert outcomes(plain, flipped) == {(), (0,), (1,), (0, 1)}
+  resumed = train_batches(data, "both", n=2, start_step=3, tokens=tokens)  # mid-window
+  for x, y in zip(flipped[3:5], resumed):
+    np.testing.assert_array_equal(x["image"], y["image"])
 
 
 def test_flips_are_seeded_and_resume_exactly(data):

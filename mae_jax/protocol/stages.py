@@ -169,8 +169,8 @@ def check_fields(config):
   """The config's data fields that name one of a few modes (else the typo would surface only
   when the stage builds its pipeline, after the stages before it trained)."""
   from mae_jax.data import augment, meta
-  augment.check_reflect(config.data.reflect)
-  meta.check_normalization(config.data.normalization)
+  augment.check_reflect(config.data.get("reflect", "none"))
+  meta.check_normalization(config.data.get("normalization", "log1p"))
   return config
 
 
