@@ -22,10 +22,19 @@ def train_batches(data, reflect, n=6, seed=0, start_step=0, batch=8, tokens=TOKE
   return [next(it) for _ in range(n)]
 
 
+# the 8-channel E2E layout: track_d0 (channel 1) is odd under φ, track_dz (channel 2) under η
+SIGN8 = {0: np.array([1, 1, -1, 1, 1, 1, 1, 1], np.float32),
+         1: np.array([1, -1, 1, 1, 1, 1, 1, 1], np.float32)}
+
+
 def variants(image):
-  """{flipped axes: image}; the toy jets have no mirror symmetry, so all four differ."""
-  out = {(): image, (0,): np.flip(image, 0), (1,): np.flip(image, 1),
-         (0, 1): np.flip(image, (0, 1))}
+  """{flipped axes: image}, written out independently of augment.py: a pixel reflection, and
+  for 8-channel jets the impact parameter that axis mirrors negated (the toy 3-channel jets of
+  `converted_dataset` have no signed channel); the toy jets have no mirror symmetry, so all
+  four differ."""
+  sign = SIGN8 if image.shape[-1] == 8 else {0: 1.0, 1: 1.0}
+  out = {(): image, (0,): np.flip(image, 0) * sign[0], (1,): np.flip(image, 1) * sign[1],
+         (0, 1): np.flip(image, (0, 1)) * sign[0] * sign[1]}
   assert len({v.tobytes() for v in out.values()}) == 4
   return out
 
@@ -106,3 +115,18 @@ def test_the_config_field_reaches_the_pipeline_and_a_bad_value_is_one_line(data)
   with pytest.raises(ValueError, match=r"^data.reflect='x'; choose one of none, eta, phi, both$"):
     pipeline_lib.Pipeline(data, "none", reflect="x")
   assert augment.flip_axes("both") == (0, 1) and augment.flip_axes("phi") == (1,)
+
+
+def test_a_reflection_negates_the_impact_parameter_it_mirrors():
+  """8-channel E2E jets: φ -> -φ negates d0 = (y p_x - x p_y)/p_T, η -> -η (z -> -z) negates dz."""
+  from mae_jax.data import layouts
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(10, 10, 8)).astype(np.float32)
+  signs = augment.odd_channels(layouts.CHANNELS_8)
+  seen = set()
+  for position in range(16):
+    got = augment.reflect(image, "both", 0, 0, np.int64(position), signs).numpy()
+    axes = [k for k, v in variants(image).items() if np.array_equal(v, got)]
+    assert len(axes) == 1
+    seen.add(axes[0])
+  assert seen == {(), (0,), (1,), (0, 1)}

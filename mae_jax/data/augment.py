@@ -11,8 +11,10 @@ and azimuth φ along axis 1 (columns).
   phi    each training jet is flipped along φ (axis 1) with probability 1/2
   both   each of the two flips is drawn independently, each with probability 1/2
 
-The flips are pixel reflections only: signed channel values (the track d0 and dz) keep their
-values. Each jet's draw is a pure function of (seed, stream, position in the shuffled training
+A reflection of the event also flips the sign of the impact parameter it mirrors: with the
+generator's (and CMS's) definitions d0 = (y·p_x − x·p_y)/p_T changes sign under φ -> −φ and
+dz under η -> −η (z -> −z), so a φ flip negates the channels named `*d0*` and an η flip those
+named `*dz*` (`odd_channels`); every other channel is even. Each jet's draw is a pure function of (seed, stream, position in the shuffled training
 stream), so runs are reproducible and resuming at any step sees the same flips. Evaluation
 never reflects (the pipeline applies this in `train_iter` only).
 
@@ -52,9 +54,24 @@ def flips(mode: str, seed: int, stream: int, position):
   return tf.random.stateless_uniform([len(flip_axes(mode))], seed=key) < 0.5
 
 
-def reflect(image, mode: str, seed: int, stream: int, position):
-  """`image` [H, W, C] flipped along each axis of `mode` whose draw says so (see `flips`)."""
+ODD = {0: "dz", 1: "d0"}  # image axis -> the signed channel its reflection negates
+
+
+def odd_channels(channel_names) -> dict:
+  """{axis: [C] float32 signs}: -1 for the channels a reflection along that axis negates."""
+  import numpy as np
+  names = list(channel_names or [])
+  return {axis: np.array([-1.0 if tag in n else 1.0 for n in names], np.float32)
+          for axis, tag in ODD.items()}
+
+
+def reflect(image, mode: str, seed: int, stream: int, position, signs: dict | None = None):
+  """`image` [H, W, C] flipped along each axis of `mode` whose draw says so (see `flips`);
+  `signs` ({axis: [C]}, `odd_channels`) negates the signed channels that axis mirrors."""
   import tensorflow as tf
   for axis, flip in zip(flip_axes(mode), tf.unstack(flips(mode, seed, stream, position))):
-    image = tf.where(flip, tf.reverse(image, [axis]), image)
+    flipped = tf.reverse(image, [axis])
+    if signs is not None and axis in signs and len(signs[axis]) == image.shape[-1]:
+      flipped = flipped * tf.constant(signs[axis], image.dtype)
+    image = tf.where(flip, flipped, image)
   return image

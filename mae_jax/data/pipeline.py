@@ -258,7 +258,8 @@ class Pipeline:
     the raw image as drawn for the example's stream position (training only, see augment)."""
     raw = self.builder.info.features["image"].decode_example(ex["image"])
     if reflect is not None:
-      raw = augment.reflect(raw, self.reflect, *reflect, ex[augment.POSITION])
+      raw = augment.reflect(raw, self.reflect, *reflect, ex[augment.POSITION],
+                            augment.odd_channels(self.meta.get("channel_names")))
     image = meta_lib.normalize(tf.cast(raw, tf.float32), self.normalization,
                                self.meta.get("channel_stats"), ops=tnp)
     out = {"image": image, "label": ex["label"]}
