@@ -151,6 +151,9 @@ def base_config(variant: str = "tiny", patch: int = 5):
   # seeded by `seed` and nested (the subset of n lies inside that of any m > n)
   c.data.train_examples = 0
   c.data.normalization = "log1p"  # none | div255 | log1p | zscore | log1p_zscore
+  # training batches only: flip each jet along η (image axis 0), φ (axis 1) or each
+  # independently, with probability 1/2 (data/augment.py): none | eta | phi | both
+  c.data.reflect = "none"
   c.data.shuffle_buffer = 10_000
   c.data.host_split = "shard"  # shard | interleave (global batches independent of process count)
   # sparse tokens: token lists are padded to a multiple of this (few compiled lengths)
@@ -167,6 +170,7 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.model.variant = variant
   c.model.patch = patch
   c.model.mask_ratio = 0.75
+  c.model.dec_depth = 0  # MAE decoder blocks; 0 = the variant's own (models/vit.py VARIANTS)
   c.model.norm_pix_loss = False
   c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
   c.model.drop_path = 0.0

@@ -103,7 +103,8 @@ def make_pipeline(config, data_dir=None, train: bool = True):
   return pipeline_lib.Pipeline(data_dir or config.data.dir, config.data.normalization,
                                jax.process_index(), jax.process_count(), config.data.host_split,
                                tokens=pipeline_tokens(config, train),
-                               on_corrupt=config.data.get("on_corrupt", "stop"))
+                               on_corrupt=config.data.get("on_corrupt", "stop"),
+                               reflect=config.data.get("reflect", "none"))
 
 
 def create_state(config, model, mesh, image_shape) -> StateSetup:

@@ -488,6 +488,22 @@ def test_sparse_model_has_the_dense_vit_spec():
           == export.vitmae_config(dense, image_shape).to_dict())
 
 
+def test_dec_depth_reaches_the_spec_and_transformers():
+  """model.dec_depth changes the decoder the spec (and transformers' config) describes: the
+  full state dict of a tiny MAE with 3 decoder blocks loads strictly and predicts the same."""
+  _, _, image_shape, images, noise = make("tiny")
+  model = mae_lib.MAE(variant="tiny", patch=5, channels=3, mask_ratio=0.75, dec_depth=3)
+  params = model.init({"params": jax.random.key(0), "masking": jax.random.key(1)},
+                      jnp.zeros((1, *image_shape)), train=False)["params"]
+  params = randomize(jax.tree.map(np.asarray, params), 1)
+  assert export.model_spec(model, image_shape)["dec_depth"] == 3
+  hf = hf_pretraining(model, image_shape, export.to_torch_state_dict(params, (5, 5), full=True))
+  out, _ = run_hf(hf, images, noise)
+  _, aux = model.apply({"params": params}, jnp.asarray(images), noise=jnp.asarray(noise),
+                       train=False)
+  close("dec_depth=3 pred", aux["pred"], out.logits.numpy())
+
+
 def test_sparse_encoder_features_in_torch_match_jet_by_jet(tmp_path):
   """The sparse-token encoder's features (occupied patches only) from the exported weights in
   transformers' ViTMAEModel == SparseMAE.encode, jet by jet; the sidecar says so."""

@@ -181,3 +181,40 @@ def test_bfloat16_compute_keeps_float32_params():
   loss = mae_task.objective(pixels.Targets(5), out, x)
   assert out[1]["pred"].dtype == jnp.bfloat16 and loss.dtype == jnp.float32
   assert np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("name,tokens,latents", [
+    ("mae", "dense", 0), ("mae", "sparse", 0), ("mae", "sparse", 4), ("depthwise_mae", "dense", 0),
+    ("convstem_mae", "dense", 0), ("convmae", "dense", 0), ("channel_mae", "dense", 0)])
+def test_dec_depth_sets_the_decoder_blocks_and_zero_keeps_the_variants(name, tokens, latents):
+  from helpers import load_config
+  from mae_jax.models import registry
+
+  def blocks(dec_depth):
+    config = load_config("pretrain", "variant=tiny", model__name=name, model__tokens=tokens,
+                         model__latents=latents, model__dec_depth=dec_depth)
+    model = registry.build_model(config, (25, 25, 3))
+    params = jax.eval_shape(lambda: model.init(RNGS, jnp.zeros((1, 25, 25, 3)),
+                                               train=False))["params"]
+    decoder = params["latent_decoder" if latents else "decoder"]
+    return params, sorted(k for k in decoder if k.startswith("block_"))
+
+  default, names = blocks(0)
+  assert len(names) == 1  # tiny's own decoder depth (every family's tiny has one block)
+  plain = registry.MAE_FAMILY[name] if tokens == "dense" else None
+  if plain is not None:  # 0 = the param tree the family builds without the field
+    own = jax.eval_shape(lambda: plain(variant="tiny", patch=5, channels=3).init(
+        RNGS, jnp.zeros((1, 25, 25, 3)), train=False))["params"]
+    assert jax.tree.map(lambda a: a.shape, own) == jax.tree.map(lambda a: a.shape, default)
+  deeper, names = blocks(3)
+  assert names == ["block_00", "block_01", "block_02"]
+  assert jax.tree.map(lambda a: a.shape, deeper["encoder"]) == \
+      jax.tree.map(lambda a: a.shape, default["encoder"])  # the encoder is untouched
+
+
+def test_a_negative_dec_depth_is_one_line():
+  from helpers import load_config
+  from mae_jax.models import registry
+  config = load_config("pretrain", "variant=tiny", model__dec_depth=-1)
+  with pytest.raises(ValueError, match=r"^model.dec_depth=-1; choose 0 \(the variant's own"):
+    registry.build_model(config, (25, 25, 3))

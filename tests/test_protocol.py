@@ -207,6 +207,34 @@ def test_defaults_are_the_quickstart_recipe(tmp_path):
   assert rn.batch_size == 8  # --config.batch_size also replaces the recipe's resnet batch
 
 
+def test_levers_are_per_stage_overrides(tmp_path):
+  """Issue 26's levers reach the stages named: reflections (data.reflect), mask ratio,
+  decoder depth, normalisation; a control takes the overrides of the stage it controls for;
+  a bad value fails before anything trains, naming the stage, the field and the values."""
+  argv = ["--data", "d", "--root", "r", "--pretrain.data.reflect=both",
+          "--finetune.data.reflect=both", "--probe.data.reflect=phi",
+          "--pretrain.model.mask_ratio=0.6", "--pretrain.model.dec_depth=2",
+          "--config.data.normalization=log1p_zscore"]
+  args, overrides, per_stage = protocol.parse_args(argv)
+  cfg = {st: protocol.stages.stage_config(st, args, 0, None, overrides, per_stage, {})
+         for st in ("pretrain", "probe", "probe_random", "finetune", "scratch", "resnet")}
+  assert {st: c.data.reflect for st, c in cfg.items()} == {
+      "pretrain": "both", "probe": "phi", "probe_random": "phi", "finetune": "both",
+      "scratch": "both", "resnet": "none"}
+  assert (cfg["pretrain"].model.mask_ratio, cfg["finetune"].model.mask_ratio) == (0.6, 0.75)
+  assert (cfg["pretrain"].model.dec_depth, cfg["finetune"].model.dec_depth) == (2, 0)
+  assert {c.data.normalization for c in cfg.values()} == {"log1p_zscore"}
+  from helpers import converted_dataset
+  base = ["--data", converted_dataset(tmp_path), "--root", str(tmp_path / "p")]
+  with pytest.raises(UsageError, match=r"^finetune: data.reflect='eta_phi'; choose one of none, "
+                                       r"eta, phi, both$"):
+    protocol.main(base + ["--finetune.data.reflect=eta_phi"])
+  with pytest.raises(UsageError, match=r"^--select finetune.data.reflect=none,eta_phi: "
+                                       r"data.reflect='eta_phi'; choose one of"):
+    protocol.main(base + ["--select", "finetune.data.reflect=none,eta_phi"])
+  assert not (tmp_path / "p").exists()
+
+
 def test_help_shows_overrides_and_defaults(capsys):
   with pytest.raises(SystemExit):
     protocol.parse_args(["--help"])

@@ -9,6 +9,13 @@ of compressed bytes but decodes none of them.
 
 Normalisation (config `data.normalization`) is `mae_jax.data.meta.normalize`.
 
+Reflections (config `data.reflect`: none | eta | phi | both; `mae_jax.data.augment`):
+training examples only are flipped along η (image axis 0) and/or φ (axis 1), each with
+probability 1/2, drawn from (seed, position in the shuffled stream), so batch k is the same
+whatever `start_step` was. The flip is applied to the raw image before normalisation and
+before the occupied patches are found, so `patch_ids` are those of the flipped image.
+Evaluation batches are never flipped; with "none" nothing in the stream changes.
+
 Sparse tokens (`tokens=Tokens(patch, bucket, sort_window)`, for the sparse-token
 MAE): each example also gets `patch_ids`, the ascending indices of its patches
 that hold any non-zero pixel (found on the raw image, before normalisation), and
@@ -28,6 +35,7 @@ lost; each split's shards are scanned once to count them (`Pipeline.unreadable`)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -41,6 +49,7 @@ from absl import logging
 from tensorflow.experimental import numpy as tnp
 
 from mae_jax import errors
+from mae_jax.data import augment
 from mae_jax.data import meta as meta_lib
 
 
@@ -157,7 +166,7 @@ class Pipeline:
 
   def __init__(self, data_dir: str, normalization: str = "log1p",
                process_index: int = 0, process_count: int = 1, host_split: str = "shard",
-               tokens: Tokens | None = None, on_corrupt: str = "stop"):
+               tokens: Tokens | None = None, on_corrupt: str = "stop", reflect: str = "none"):
     self.data_dir = data_dir
     hide_accelerators_from_tf()
     self.meta = meta_lib.load_meta(data_dir)
@@ -175,6 +184,7 @@ class Pipeline:
     if on_corrupt not in ("stop", "skip"):
       raise errors.UsageError(f"data.on_corrupt={on_corrupt!r}; choose 'stop' or 'skip'")
     self.on_corrupt = on_corrupt
+    self.reflect = augment.check_reflect(reflect)  # training batches only
     self.unreadable = {}  # on_corrupt="skip": {split: records skipped in each pass}
     if tokens is not None:
       h, w = self.image_shape[:2]
@@ -243,10 +253,14 @@ class Pipeline:
     return errors.CorruptDataError(
         f"{m.group(1)} record in {where} (split {split!r}, byte offset {offset}); {hint}")
 
-  def _decode(self, ex):
-    image_feature = self.builder.info.features["image"]
-    image = image_feature.decode_example(ex["image"])
-    image = meta_lib.normalize(tf.cast(image, tf.float32), self.normalization,
+  def _decode(self, ex, reflect=None):
+    """One record -> {image, label[, targets][, patch_ids]}; `reflect` = (seed, stream) flips
+    the raw image as drawn for the example's stream position (training only, see augment)."""
+    raw = self.builder.info.features["image"].decode_example(ex["image"])
+    if reflect is not None:
+      raw = augment.reflect(raw, self.reflect, *reflect, ex[augment.POSITION],
+                            augment.odd_channels(self.meta.get("channel_names")))
+    image = meta_lib.normalize(tf.cast(raw, tf.float32), self.normalization,
                                self.meta.get("channel_stats"), ops=tnp)
     out = {"image": image, "label": ex["label"]}
     if "targets" in ex:
@@ -254,7 +268,7 @@ class Pipeline:
     if self.tokens is not None:  # occupied patches of the raw image (normalisation may shift 0)
       p = self.tokens.patch
       h, w, c = self.image_shape
-      raw = tf.reshape(image_feature.decode_example(ex["image"]), [h // p, p, w // p, p, c])
+      raw = tf.reshape(raw, [h // p, p, w // p, p, c])
       occupied = tf.reshape(tf.reduce_any(tf.not_equal(raw, 0), axis=[1, 3, 4]), [-1])
       out["patch_ids"] = tf.cast(tf.where(occupied)[:, 0], tf.int32)
     return out
@@ -339,6 +353,13 @@ class Pipeline:
       ds = self._records(split, whole=interleave)
     ds = ds.repeat()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    decode = self._decode
+    if self.reflect != "none":
+      # each example's place in the stream, counted before any skip (resuming sees the same
+      # flips); interleave walks one global stream, so its flips ignore the process count
+      stream = 0 if interleave else self.process_index
+      ds = ds.enumerate().map(_plain(lambda i, ex: {**ex, augment.POSITION: i}))
+      decode = functools.partial(self._decode, reflect=(seed, stream))
     if interleave:
       global_batch = local_batch * self.process_count
       lo = self.process_index * local_batch
@@ -348,7 +369,7 @@ class Pipeline:
       ds = ds.skip((start_step // window) * window * local_batch)
     else:
       ds = ds.skip(start_step * local_batch)
-    ds = ds.map(_plain(self._decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if window:
       ds = self._sorted_windows(ds, local_batch, seed, start_step // window)
       ds = ds.skip(start_step % window)

@@ -64,7 +64,7 @@ def model_spec(model, image_shape) -> dict:
         "layouts": "flax: Dense kernels [in, out], conv kernels [kh, kw, in/groups, out], "
                    "LayerNorm scale/bias",
     }
-  size, _ = vit.parse_variant(model.variant)
+  size, _ = model.model_size()  # the variant's sizes with model.dec_depth applied
   return {
       **common,
       "width": size.width, "depth": size.depth, "heads": size.heads,

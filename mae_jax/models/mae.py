@@ -21,6 +21,7 @@ as `noise` [B, N] (for parity tests and exact replay).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -180,12 +181,20 @@ class MaskedAutoencoder(nn.Module):
   dtype: Dtype = jnp.float32
   drop_path: float = 0.0  # stochastic depth in the encoder (finetuning)
   attention: str = "auto"  # softmax-attention kernel, see models/attention.py
+  dec_depth: int = 0  # decoder blocks (config model.dec_depth); 0 = the variant's own
 
   zero_masked_input = False
 
   def decode_size(self):
     """(sizes, patch fixed by the variant or None) from the family's variant table."""
     return vit.parse_variant(self.variant)
+
+  def model_size(self):
+    """`decode_size` with `dec_depth` applied: the sizes the model is built with."""
+    size, fixed_patch = self.decode_size()
+    if self.dec_depth:
+      size = dataclasses.replace(size, dec_depth=int(self.dec_depth))
+    return size, fixed_patch
 
   def make_encoder(self, size) -> nn.Module:
     return vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
@@ -196,7 +205,7 @@ class MaskedAutoencoder(nn.Module):
                    attention=self.attention)
 
   def setup(self):
-    size, fixed_patch = self.decode_size()
+    size, fixed_patch = self.model_size()
     vit.check_variant_patch(self.variant, fixed_patch, self.patch)
     self.size = size
     self.encoder = self.make_encoder(size)

@@ -48,9 +48,14 @@ def mae_family_model(name, m, image_shape, drop_path=0.0):
     raise UsageError(
         f"model {name!r} is not a masked autoencoder; choose one of {sorted(MAE_FAMILY)}")
   mae_lib.check_image_shape(image_shape, m.patch)
+  dec_depth = m.get("dec_depth", 0)
+  if not isinstance(dec_depth, int) or dec_depth < 0:
+    raise UsageError(f"model.dec_depth={dec_depth!r}; choose 0 (the variant's own decoder "
+                     "depth) or a number of decoder blocks >= 1")
   kwargs = dict(variant=m.variant, patch=m.patch, channels=int(image_shape[-1]),
                 mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss, dtype=jnp.dtype(m.dtype),
-                drop_path=drop_path, attention=attention.check_impl(m.get("attention", "auto")))
+                drop_path=drop_path, attention=attention.check_impl(m.get("attention", "auto")),
+                dec_depth=dec_depth)
   if m.get("tokens", "dense") == "sparse":
     if name != "mae":
       raise UsageError(f"model.tokens='sparse' is the ViT MAE's mode; {name!r} convolves "

@@ -247,6 +247,8 @@ def main(argv=None):
       raise UsageError(f"regress stages need targets {sorted(missing)}; {args.data} has "
                        f"{meta.get('target_names', [])}")
   seeds = [int(s) for s in args.seeds.split(",")]
+  stages.check_stage_configs(args.stage_list, lambda st: stages.stage_config(
+      st, args, seeds[0], args.sizes[0], overrides, per_stage, args.steps_by_stage))
   downstream = [s for s in args.stage_list if stages.BY_NAME[s].kind != "pretrain"]
   clock = stages.Clock(len(seeds) * (("pretrain" in args.stage_list)
                                      + len(downstream) * len(args.sizes)))

@@ -165,6 +165,26 @@ def stage_config(stage, args, seed, labelled, overrides, per_stage, steps):
     raise UsageError(f"{stage}: {e}") from None
 
 
+def check_fields(config):
+  """The config's data fields that name one of a few modes (else the typo would surface only
+  when the stage builds its pipeline, after the stages before it trained)."""
+  from mae_jax.data import augment, meta
+  augment.check_reflect(config.data.get("reflect", "none"))
+  meta.check_normalization(config.data.get("normalization", "log1p"))
+  return config
+
+
+def check_stage_configs(stage_list, config_for):
+  """Every trainer stage's config assembles (unknown fields, bad types) and passes
+  `check_fields`, before anything trains; an error names the stage."""
+  for stage in stage_list:
+    if BY_NAME[stage].config or BY_NAME[stage].trains:
+      try:
+        check_fields(config_for(stage))
+      except UsageError as e:
+        raise UsageError(e if str(e).startswith(f"{stage}:") else f"{stage}: {e}") from None
+
+
 def size_key(labelled) -> str:
   """Key of a labelled-set size in results: 'all' (the whole train split) or 'N'."""
   return str(int(labelled)) if labelled and labelled != "all" else "all"
@@ -235,7 +255,8 @@ def check_selects(selects, config_for):
   for stage, (field, values) in selects.items():
     for value in values:
       try:
-        config_util.apply_overrides(config_for(stage), [f"--config.{field}={value}"])
+        check_fields(config_util.apply_overrides(config_for(stage),
+                                                 [f"--config.{field}={value}"]))
       except (ValueError, TypeError, KeyError) as e:
         raise UsageError(f"--select {stage}.{field}={','.join(values)}: {e}") from None
 
