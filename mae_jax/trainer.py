@@ -108,7 +108,7 @@ def _run(config, workdir, mngr, lock, watcher) -> dict:
   # ---- set-up: data, task, model, sharded state, resume
   mesh = parallel.make_mesh(config.mesh)
   pipe = experiment.make_pipeline(config)
-  task = tasks.build(config, pipe)
+  task = tasks.build(config, pipe, workdir)  # fitted targets (a codebook) live in workdir
   model = experiment.build_model(config, pipe.image_shape)
   setup = experiment.create_state(config, model, mesh, pipe.image_shape)
   state = setup.state
