@@ -239,11 +239,12 @@ class Targets:
   def __call__(self, images, slot_ids=None):
     """[B, H, W, C] -> codes [B, N] on the patch grid, or [B, S] at `slot_ids` (-1 =
     padding: EMPTY, never counted)."""
-    codes = self.codes(mae_lib.patchify(images, self.patch))
-    if slot_ids is not None:
-      codes = jnp.where(slot_ids >= 0,
-                        jnp.take_along_axis(codes, jnp.maximum(slot_ids, 0), axis=1), EMPTY)
-    return codes
+    patches = mae_lib.patchify(images, self.patch)
+    if slot_ids is None:
+      return self.codes(patches)
+    # only the slots' patches are coded (sparse tokens: a fraction of the grid)
+    patches = mae_lib.take_tokens(patches, jnp.maximum(slot_ids, 0))
+    return jnp.where(slot_ids >= 0, self.codes(patches), EMPTY)
 
   def errors(self, pred, codes):
     """Per-slot cross-entropy [B, S] of the logits `pred` [B, S, K] (float32)."""
