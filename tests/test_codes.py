@@ -205,6 +205,9 @@ def test_codebook_is_fitted_once_saved_and_reused_on_resume(dataset, pretrained,
   other.task.codebook_jets = 30
   with pytest.raises(UsageError, match="was fitted with"):
     trainer.train_and_evaluate(other, part)
+  other.task.target = "pixels"  # nor is a codes run continued on pixels
+  with pytest.raises(UsageError, match="different 'task.target' \\(codes vs pixels\\)"):
+    trainer.train_and_evaluate(other, part)
 
 
 @pytest.mark.parametrize("tokens", ["dense", "sparse"])

@@ -64,7 +64,9 @@ def headline(per_seed, size):
   rec = [s.get("recon", {}).get("test", {}).get("skill_masked") for s in per_seed]
   m, sd = _mean_std(rec)
   if m is not None:
+    codes = per_seed[0].get("target") == "codes"  # pixels only through the codebook
     out.append(f"Reconstruction skill on the test split {fmt(rec, 3)} "
+               + ("(code targets: of the argmax code's centroids) " if codes else "")
                + ("(better than predicting empty patches)." if m > 0 else
                   "— **worse than predicting empty patches**: the decoder has not learned "
                   "what masked patches hold; pretrain longer."))
