@@ -12,7 +12,9 @@ Reference Base MAE on 125x125x8 boosted-top images (accelerators):
 Arguments after ':' (comma separated): variant (tiny, small-e2e, e2e-base, S, B, L),
 patch (default 5), model (mae, depthwise_mae, convstem_mae, convmae, channel_mae),
 tokens (dense: every patch is a token; sparse: only the patches with any non-zero pixel,
-models/sparse.py; ViT MAE only). Every field of mae_jax.config_util.base_config can be
+models/sparse.py; ViT MAE only). `--config.task.target=codes` predicts each masked patch's
+code in a k-means codebook fitted on the train jets instead of its pixels
+(tasks/targets/codes.py; task.codebook_size, task.codebook_jets). Every field of mae_jax.config_util.base_config can be
 overridden with --config.FIELD=VALUE (`python -m mae_jax.main --config configs/pretrain.py
 --print_config` lists them); unknown fields are an error.
 """

@@ -201,6 +201,10 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.task.huber_delta = 1.0
   c.task.bootstrap = 200  # resamples for the uncertainties of classification metrics
   c.task.target = "pixels"  # mae: what the prediction is compared with (tasks/targets/)
+  # target "codes": the k-means codebook's size (code 0: empty patches; the decoder predicts
+  # one logit per code) and how many train jets it is fitted on (tasks/targets/codes.py)
+  c.task.codebook_size = 256
+  c.task.codebook_jets = 500
 
   c.batch_size = 256  # global, over all devices and hosts
   c.total_steps = 10_000

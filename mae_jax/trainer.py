@@ -40,6 +40,13 @@ def check_workdir(workdir, config):
       raise errors.UsageError(
           f"{workdir} holds a run with a different {key!r} ({saved.get(key)} vs {now.get(key)}); "
           "use another --workdir, or --config.overwrite=True to start over there.")
+  # the MAE target decides what the decoder predicts (and its width): never mixed in one run
+  target = (saved.get("task") or {}).get("target", "pixels")
+  if target != config.task.get("target", "pixels") and not config.get("overwrite", False):
+    raise errors.UsageError(
+        f"{workdir} holds a run with a different 'task.target' ({target} vs "
+        f"{config.task.target}); use another --workdir, or --config.overwrite=True to start "
+        "over there.")
 
 
 def check_config(config, workdir):
@@ -108,7 +115,7 @@ def _run(config, workdir, mngr, lock, watcher) -> dict:
   # ---- set-up: data, task, model, sharded state, resume
   mesh = parallel.make_mesh(config.mesh)
   pipe = experiment.make_pipeline(config)
-  task = tasks.build(config, pipe)
+  task = tasks.build(config, pipe, workdir)  # fitted targets (a codebook) live in workdir
   model = experiment.build_model(config, pipe.image_shape)
   setup = experiment.create_state(config, model, mesh, pipe.image_shape)
   state = setup.state

@@ -36,8 +36,8 @@ def test_training_loss_and_eval_sums_are_one_function(dense):
   mask = np.asarray(out[1]["mask"], np.float64)
   want = (((np.asarray(out[0], np.float64) - target) ** 2).mean(-1) * mask).sum() / mask.sum()
   np.testing.assert_allclose(loss, want, rtol=1e-6)
-  np.testing.assert_allclose(ev["sq_err"] / ev["count"], loss, rtol=1e-6)
-  np.testing.assert_allclose(ev["zero_sq_err"] / ev["count"],
+  np.testing.assert_allclose(ev["mse"] / ev["count"], loss, rtol=1e-6)
+  np.testing.assert_allclose(ev["mse_predict_zeros"] / ev["count"],
                              ((target**2).mean(-1) * mask).sum() / mask.sum(), rtol=1e-6)
 
 
@@ -78,8 +78,8 @@ class Targets:
 
 
 def test_unknown_target_is_a_one_line_error():
-  with pytest.raises(ValueError, match=r"task.target='codes'; choose one of \['pixels'\]"):
-    tasks.build(load_config(task__target="codes"))
+  with pytest.raises(ValueError, match=r"task.target='tokens'; choose one of \['codes', 'pixels'\]"):
+    tasks.build(load_config(task__target="tokens"))
 
 
 def test_artefacts_hook_default_and_classify_scores(tmp_path):

@@ -380,6 +380,20 @@ class Pipeline:
     options.deterministic = True
     return self._guarded(ds.with_options(options).as_numpy_iterator(), split)
 
+  def sample_images(self, split: str, n: int, seed: int, batch: int = 256) -> Iterator[np.ndarray]:
+    """Normalised images [b, H, W, C] of a seeded random sample of `min(n, split size)`
+    records of the WHOLE split (every process reads the same ones), in record order, in
+    batches; the other records are skipped before decoding. For what is fitted on the data
+    once (the codebook of code targets)."""
+    ds = self._records(split, whole=True).enumerate()  # an unknown split: one line here
+    total = int(self.meta["splits"][split]["num_examples"])
+    keep = np.zeros(total, bool)
+    keep[np.random.default_rng([seed, 4099]).permutation(total)[:n]] = True
+    keep = tf.constant(keep)
+    ds = ds.filter(_plain(lambda i, ex: tf.gather(keep, i))).map(_plain(lambda i, ex: ex))
+    ds = ds.map(_plain(lambda ex: self._decode(ex)["image"]), num_parallel_calls=tf.data.AUTOTUNE)
+    return self._guarded(ds.batch(batch).prefetch(2).as_numpy_iterator(), split)
+
   def targets_only(self, split: str) -> Iterator[dict]:
     """This host's records of a split without decoding images (for target statistics)."""
     if "targets" not in self.builder.info.features:

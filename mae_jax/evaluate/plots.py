@@ -32,13 +32,14 @@ def loss_curve(history_path: str, out_path: str) -> None:
   plt.close(fig)
 
 
-def reconstruct(model, params, batch, mask_key):
-  """(images, masked input, reconstruction with visible patches pasted back, patch mask)."""
+def reconstruct(model, params, batch, mask_key, decode=None):
+  """(images, masked input, reconstruction with visible patches pasted back, patch mask).
+  `decode`: the prediction -> pixels (code targets: the argmax code's centroid)."""
   from mae_jax.models import registry
   images = batch["image"]
   _, aux = model.apply({"params": params}, images, train=False, rngs={"masking": mask_key},
                        **registry.model_inputs(batch))
-  pred = aux["pred"].astype(jnp.float32)
+  pred = (aux["pred"] if decode is None else decode(aux["pred"])).astype(jnp.float32)
   if model.norm_pix_loss:  # back from per-patch normalised pixels
     pred = reconstruction.denormalize_pred(pred, images, model.patch)
   b, h, w, c = images.shape
@@ -57,21 +58,23 @@ def core_window(size: int, patch: int, core: int = 55) -> slice:
 
 
 def reconstructions(model, params, pipe, split, mesh, config, out_path, per_class=1,
-                    pixel_size=0.0174, max_channels=3):
+                    pixel_size=0.0174, max_channels=3, decode=None):
   """Original / masked input / reconstruction of `per_class` jets of each class, for the
   `max_channels` channels with the most |value| in those jets: the jet core (55 x 55 pixels)
   in (Δη, Δφ) from the image centre, η and φ increasing up and right, a colour bar with its
   unit on every panel, a log colour scale for the (sparse, positive) energy channels and a
-  symmetric linear one for signed channels (d0, dz); masked patches outlined in red."""
+  symmetric linear one for signed channels (d0, dz); masked patches outlined in red.
+  `decode`: maps a prediction that is not pixels to pixels (tasks/targets: code logits ->
+  the argmax code's centroid, said in the title)."""
   local = config.batch_size // jax.process_count()
   _, it = pipe.eval_iter(split, local, config.batch_size)
   batch = parallel.global_batch(next(iter(it)), mesh)
   batch_labels = parallel.to_host(jax.jit(lambda x: x, out_shardings=parallel.replicated(mesh))(
       batch["label"]))
-  fn = jax.jit(reconstruct, static_argnums=0, out_shardings=parallel.replicated(mesh))
+  fn = jax.jit(reconstruct, static_argnums=(0, 4), out_shardings=parallel.replicated(mesh))
   # outputs are replicated, so every process can read them (to_host)
   images, masked, recon, patch_mask = parallel.to_host(
-      fn(model, params, batch, jax.random.key(config.seed + 7)))
+      fn(model, params, batch, jax.random.key(config.seed + 7), decode))
   if jax.process_index() != 0:
     return
   names = pipe.meta.get("channel_names") or [f"ch{i}" for i in range(images.shape[-1])]
@@ -79,7 +82,9 @@ def reconstructions(model, params, pipe, split, mesh, config, out_path, per_clas
                               pipe.meta.get("label_names") or [], model.patch,
                               f"normalised ({config.data.normalization})", per_class,
                               pixel_size, max_channels)
-  fig.suptitle(f"MAE reconstructions, jet core ({split} split; red: masked patches)", fontsize=9)
+  how = "" if decode is None else "; masked patches: the predicted code's centroid"
+  fig.suptitle(f"MAE reconstructions, jet core ({split} split; red: masked patches{how})",
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(out_path, dpi=90)
   plt.close(fig)
@@ -199,7 +204,8 @@ def protocol_figures(root: str, workdirs: dict, class_names=("class 0", "class 1
   `workdirs`: stage name -> its workdir (one seed's); figures are written into `root`.
   `class_names`: (background, signal) for the ROC axes. `curves`: stage -> {"ylabel",
   "validation" (a history key drawn beside the training loss, or None), "reference" (a
-  history key drawn as a dashed line, "ln2", or None)}, from the protocol's stage table.
+  history key drawn as a dashed line, "ln2", or None), optional "reference_label" (default
+  "predict zeros")}, from the protocol's stage table.
   """
   import shutil
 
@@ -220,7 +226,8 @@ def protocol_figures(root: str, workdirs: dict, class_names=("class 0", "class 1
         ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", ms=3, lw=1,
                 label="validation")
         if ref and ref in val[-1]:
-          ax.axhline(val[-1][ref], color="k", ls="--", lw=0.8, label="predict zeros")
+          ax.axhline(val[-1][ref], color="k", ls="--", lw=0.8,
+                     label=spec.get("reference_label", "predict zeros"))
       if ref == "ln2" and rows:
         ax.axhline(np.log(2.0), color="k", ls="--", lw=0.8, label="ln 2 (no information)")
       ax.set_title(stage, fontsize=9)

@@ -8,7 +8,8 @@ only their variant table, encoder and decoder.
 `__call__(images)` returns `(pred, aux)` (big_vision's `(output, aux)`; the loss is the
 task's, `tasks/mae.py`):
   pred: the decoder's prediction at its query slots [B, S, p*p*C]; here the slots are the
-        N patches in order (sparse tokens: `models/sparse.py` adds "slot_ids");
+        N patches in order (sparse tokens: `models/sparse.py` adds "slot_ids"); with
+        `pred_dim` > 0 the last axis is pred_dim wide instead (code logits, not pixels);
   aux:  {"pred": the prediction on the patch grid [B, N, p*p*C], "mask": [B, N]
          (1 = masked; the slots the loss counts unless aux has "slot_mask"), "latent":
          encoder output [B, 1 + visible, D], "ids_restore": [B, N]}.
@@ -182,6 +183,9 @@ class MaskedAutoencoder(nn.Module):
   drop_path: float = 0.0  # stochastic depth in the encoder (finetuning)
   attention: str = "auto"  # softmax-attention kernel, see models/attention.py
   dec_depth: int = 0  # decoder blocks (config model.dec_depth); 0 = the variant's own
+  # width of the decoder's `pred` layer: 0 = p*p*C (pixels); the target sets it otherwise
+  # (tasks/targets/codes.py: one logit per code), through models/registry.py
+  pred_dim: int = 0
 
   zero_masked_input = False
 
@@ -200,9 +204,12 @@ class MaskedAutoencoder(nn.Module):
     return vit.Encoder(size, self.patch, drop_path=self.drop_path, dtype=self.dtype,
                        attention=self.attention)
 
+  def pred_width(self) -> int:
+    """Output width per slot: the patch's pixels, or `pred_dim` (e.g. code logits)."""
+    return self.pred_dim or self.patch * self.patch * self.channels
+
   def make_decoder(self, size) -> nn.Module:
-    return Decoder(size, self.patch * self.patch * self.channels, dtype=self.dtype,
-                   attention=self.attention)
+    return Decoder(size, self.pred_width(), dtype=self.dtype, attention=self.attention)
 
   def setup(self):
     size, fixed_patch = self.model_size()

@@ -43,7 +43,9 @@ def model_inputs(batch) -> dict:
   return {"patch_ids": batch["patch_ids"]} if "patch_ids" in batch else {}
 
 
-def mae_family_model(name, m, image_shape, drop_path=0.0):
+def mae_family_model(name, m, image_shape, drop_path=0.0, pred_dim=0):
+  """`pred_dim`: the decoder's output width (0 = p*p*C pixels; the MAE target's, see
+  `build_model`)."""
   if name not in MAE_FAMILY:
     raise UsageError(
         f"model {name!r} is not a masked autoencoder; choose one of {sorted(MAE_FAMILY)}")
@@ -56,6 +58,13 @@ def mae_family_model(name, m, image_shape, drop_path=0.0):
                 mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss, dtype=jnp.dtype(m.dtype),
                 drop_path=drop_path, attention=attention.check_impl(m.get("attention", "auto")),
                 dec_depth=dec_depth)
+  if pred_dim:
+    kwargs["pred_dim"] = int(pred_dim)
+    # these decoders predict pixels by construction (per channel; decoded to storage)
+    if name == "channel_mae" or int(m.get("latents", 0)):
+      raise UsageError(f"task.target needs a decoder output of width {pred_dim}; "
+                       f"{'the compressive MAE' if name == 'mae' else repr(name)} predicts "
+                       "pixels only (task.target='pixels')")
   if m.get("tokens", "dense") == "sparse":
     if name != "mae":
       raise UsageError(f"model.tokens='sparse' is the ViT MAE's mode; {name!r} convolves "
@@ -76,7 +85,10 @@ def mae_family_model(name, m, image_shape, drop_path=0.0):
 def build_model(config, image_shape):
   m = config.model
   if m.name in MAE_FAMILY:
-    return mae_family_model(m.name, m, image_shape)
+    # the MAE target decides what the decoder predicts (its width); the classifier below
+    # never builds a decoder, so its backbone keeps the default
+    from mae_jax.tasks import targets  # tasks import models: imported here, not at the top
+    return mae_family_model(m.name, m, image_shape, pred_dim=targets.pred_dim(config))
   if m.name == "classifier":
     backbone = mae_family_model(m.backbone, m, image_shape, m.drop_path)
     return classifier.EncoderClassifier(backbone, num_outputs(config), m.pool, m.head_bn,

@@ -208,6 +208,9 @@ def pretrain_measures(res, args, seed, first, config, workdir, recon_splits, tim
   res["params"] = measure.count_params(workdir)
   res["mask_ratio"] = config.model.mask_ratio
   res["normalization"] = config.data.normalization
+  res["target"] = config.task.get("target", "pixels")  # the pretraining objective
+  if res["target"] == "codes":
+    res["codebook_size"] = int(config.task.codebook_size)
   recon_path = os.path.join(workdir, "reconstruction.json")
   if not os.path.exists(recon_path):
     print(f"[protocol] seed {seed}: reconstruction on {args.data} "

@@ -11,14 +11,23 @@ import numpy as np
 
 def reconstruction(pretrain_dir, config, splits, data_dir=None):
   """Masked/all/occupied/empty MSE, per channel and energy errors of the pretrained MAE on
-  each split of `data_dir` (default: the pretrain config's data); (results, dataset meta)."""
+  each split of `data_dir` (default: the pretrain config's data); (results, dataset meta).
+
+  A prediction that is not pixels is decoded by its target first (code targets: the argmax
+  code's centroid, from the codebook in `pretrain_dir`); each split's results then also hold
+  "decoded" and the skills of the true codes' centroids ("codebook_skill_masked",
+  "codebook_skill_occupied"): the ceiling of any code predictor."""
   import jax
   from mae_jax import checkpoint, experiment, parallel
   from mae_jax.evaluate import reconstruction as rec
+  from mae_jax.tasks import mae as mae_task
+  from mae_jax.tasks import targets as targets_lib
 
   mesh = parallel.make_mesh(config.mesh)
   pipe = experiment.make_pipeline(config, data_dir, train=False)
   model = experiment.build_model(config, pipe.image_shape)
+  targets = targets_lib.build(config, workdir=pretrain_dir)  # a codebook is read, not refitted
+  quantised = hasattr(targets, "decode")
   # parameters only (no optimizer state, no manager that could prune the pretrain run)
   params = checkpoint.read_arrays(pretrain_dir, item="params")[0]["params"]
 
@@ -26,23 +35,35 @@ def reconstruction(pretrain_dir, config, splits, data_dir=None):
   def forward(params, batch, index):
     mask_key, drop_key = experiment.step_keys(config.seed + 1, index)
     (_, aux), _ = experiment.apply_model(model, params, {}, batch, False, mask_key, drop_key)
-    return aux["pred"], aux["mask"]
+    ceiling = (targets.decode_codes(targets(batch["image"])) if quantised
+               else jax.numpy.zeros(()))
+    return mae_task.decode(targets, aux["pred"]), aux["mask"], ceiling
 
   out = {}
   for split in splits:
     total = rec.init_sums(pipe.image_shape[-1])
+    ceiling_total = rec.init_sums(pipe.image_shape[-1])
     n_batches, it = pipe.eval_iter(split, config.batch_size, config.batch_size)
     for i, batch in enumerate(it):
-      pred, mask = jax.device_get(forward(params, parallel.global_batch(batch, mesh), i))
+      pred, mask, ceiling = jax.device_get(forward(params, parallel.global_batch(batch, mesh), i))
       keep = batch["valid"] > 0
       if config.model.norm_pix_loss:
         pred = rec.denormalize_pred(pred, batch["image"], model.patch)
       sums = rec.reconstruction_sums_jit(batch["image"][keep], np.asarray(pred)[keep],
                                          np.asarray(mask)[keep], patch=model.patch)
       total = rec.accumulate(total, jax.device_get(sums))
+      if quantised:
+        sums = rec.reconstruction_sums_jit(batch["image"][keep], np.asarray(ceiling)[keep],
+                                           np.asarray(mask)[keep], patch=model.patch)
+        ceiling_total = rec.accumulate(ceiling_total, jax.device_get(sums))
       if n_batches >= 20 and (i + 1) % max(n_batches // 5, 1) == 0:
         print(f"[protocol]   reconstruction {split}: {i + 1}/{n_batches} batches", flush=True)
     out[split] = rec.finalize(total)
+    if quantised:
+      ceiling = rec.finalize(ceiling_total)
+      out[split].update(decoded="the argmax code's centroid",
+                        codebook_skill_masked=ceiling["skill_masked"],
+                        codebook_skill_occupied=ceiling["skill_occupied"])
   feats = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=model.encode),
                          params, jax.ShapeDtypeStruct((1, *pipe.image_shape), np.float32))
   out["feature_width"] = int(feats["mean"].shape[-1])

@@ -64,7 +64,9 @@ def headline(per_seed, size):
   rec = [s.get("recon", {}).get("test", {}).get("skill_masked") for s in per_seed]
   m, sd = _mean_std(rec)
   if m is not None:
+    codes = per_seed[0].get("target") == "codes"  # pixels only through the codebook
     out.append(f"Reconstruction skill on the test split {fmt(rec, 3)} "
+               + ("(code targets: of the argmax code's centroids) " if codes else "")
                + ("(better than predicting empty patches)." if m > 0 else
                   "— **worse than predicting empty patches**: the decoder has not learned "
                   "what masked patches hold; pretrain longer."))
@@ -141,7 +143,10 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=(
                "a separate dataset, labels ignored; splits " + ", ".join(
                    f"{k} {v['num_examples']}" for k, v in pre_meta["splits"].items()))
             + f"). Model `{args.model}/{args.variant}`, tokens `{args.tokens}`, "
-            f"{first.get('params', 0):,} parameters, mask ratio {first.get('mask_ratio')}.",
+            f"{first.get('params', 0):,} parameters, mask ratio {first.get('mask_ratio')}"
+            + (f"; objective: cross-entropy on the masked tokens' codes in a k-means codebook "
+               f"of {first.get('codebook_size')} codes (`task.target=codes`)"
+               if first.get("target") == "codes" else "") + ".",
             f"- Downstream stages train on {labelled_txt} jets of the train split"
             + (" (class-balanced, seeded by the seed, nested across sizes)" if main else "")
             + ". Classification numbers are on the **test split**, evaluated once with the "
@@ -208,6 +213,14 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=(
                    f"{r['skill_masked']:.3f} | {r['mse_occupied']:.5f} | "
                    f"{r['mse_occupied_zeros']:.5f} | {r['skill_occupied']:.3f} | "
                    f"{r['mse_empty']:.5f} | {r['occupied_fraction']:.4f} |")
+    ceiling = {sp: r for sp, r in first["recon"].items() if "codebook_skill_masked" in r}
+    if ceiling:  # code targets: pixels only through the codebook
+      lines += ["", "Code targets: the decoder predicts code logits, not pixels; the "
+                "reconstruction above is the argmax code's centroid, so it cannot beat the "
+                "codebook's own quantisation. The true codes' centroids reach skill "
+                + ", ".join(f"{r['codebook_skill_masked']:.3f} masked / "
+                            f"{r['codebook_skill_occupied']:.3f} occupied ({sp})"
+                            for sp, r in ceiling.items()) + "."]
     names = meta.get("channel_names") or [f"ch{i}" for i in range(c)]
     r = first.get("recon_channels")
     if r:
@@ -256,9 +269,10 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=(
   main_key = stages_lib.size_key(main)
   dirs = {k.split("@")[0]: v for k, v in first["workdirs"].items()
           if k.endswith(f"@{main_key}") or k == "pretrain"}
-  figs = plots.protocol_figures(root, dirs, class_names=class_names(meta),
-                                curves={st: stages_lib.CURVES[stages_lib.BY_NAME[st].kind]
-                                        for st in dirs})
+  curves = {st: stages_lib.CURVES[stages_lib.BY_NAME[st].kind] for st in dirs}
+  if first.get("target") == "codes" and "pretrain" in curves:
+    curves["pretrain"] = stages_lib.CODES_CURVE
+  figs = plots.protocol_figures(root, dirs, class_names=class_names(meta), curves=curves)
   lines += [f"![{os.path.basename(f)}]({os.path.relpath(f, root)})" for f in figs]
   with open(os.path.join(root, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")

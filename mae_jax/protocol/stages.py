@@ -113,6 +113,11 @@ CURVES = {"pretrain": {"ylabel": "masked-patch MSE (normalised units)",
                       "reference": None},
           "compression": {"ylabel": "MSE on all occupied patches (normalised units)",
                           "validation": "validation/masked_mse", "reference": None}}
+# a pretraining on code targets (task.target=codes) is drawn in its own units
+CODES_CURVE = {"ylabel": "masked-token code cross-entropy",
+               "validation": "validation/masked_ce",
+               "reference": "validation/masked_ce_predict_frequencies",
+               "reference_label": "predict code frequencies"}
 # views of the table (names, in table order)
 STAGES = tuple(BY_NAME)
 DEFAULT_STAGES = tuple(s.name for s in TABLE if s.default)

@@ -1,7 +1,9 @@
 """What a stage optimises and reports, chosen by `config.task.name` (big_vision picks
 losses and evaluators by name the same way).
 
-  mae       masked-patch MSE; eval: masked-patch MSE and the predict-zeros baseline.
+  mae       the masked patches against `task.target` (tasks/targets/): pixels (MSE; eval:
+            masked-patch MSE and the predict-zeros baseline) or codes (cross-entropy;
+            eval: cross-entropy, code accuracy and the code-frequency baseline).
   classify  binary cross-entropy on the label; eval: exact ROC AUC, accuracy,
             background rejection, from the scores of the whole split.
   regress   MSE or Huber on standardised targets; eval: MAE, resolution, bias, R^2
@@ -23,10 +25,11 @@ from mae_jax.tasks.base import RunOutputs  # noqa: F401  (what `Task.artefacts` 
 TASKS = {"mae": mae.MaeTask, "classify": classify.ClassifyTask, "regress": regress.RegressTask}
 
 
-def build(config, pipe=None) -> base.Task:
+def build(config, pipe=None, workdir=None) -> base.Task:
   """The task of `config.task.name`; `pipe` (a data.pipeline.Pipeline) supplies what a task
-  needs from the data (label counts, regression target statistics)."""
+  needs from the data (label counts, regression target statistics, the codebook of code
+  targets); `workdir` keeps what was fitted there, so that a resumed run reuses it."""
   name = config.task.name
   if name not in TASKS:
     raise UsageError(f"task.name={name!r}; choose one of {tuple(TASKS)}")
-  return TASKS[name].from_data(config, pipe)
+  return TASKS[name].from_data(config, pipe, workdir)

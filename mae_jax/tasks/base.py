@@ -31,9 +31,10 @@ class Task(abc.ABC):
     self.config = config
 
   @classmethod
-  def from_data(cls, config, pipe):
-    """The task for `config`, with whatever it needs read from the data pipeline."""
-    del pipe
+  def from_data(cls, config, pipe, workdir=None):
+    """The task for `config`, with whatever it needs read from the data pipeline (and what
+    it fitted there saved in, or reused from, the run's `workdir`)."""
+    del pipe, workdir
     return cls(config)
 
   @abc.abstractmethod

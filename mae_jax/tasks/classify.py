@@ -19,7 +19,7 @@ class ClassifyTask(base.Task):
   name = "classify"
 
   @classmethod
-  def from_data(cls, config, pipe):
+  def from_data(cls, config, pipe, workdir=None):
     if pipe is not None:
       counts = pipe.meta["splits"].get(config.data.train_split, {}).get("label_counts", {})
       if counts and set(map(str, counts)) - {"0", "1"}:

@@ -4,7 +4,10 @@ eval sums, all from the one `masked_mean` of the target's per-slot errors.
 
 The prediction's slots are the patch grid unless aux has "slot_ids" (sparse tokens: each
 slot's patch index); the loss counts the slots of aux "slot_mask" (default aux "mask",
-1 = masked). Evaluation uses the grid views aux "pred" / "mask", weighted by real examples.
+1 = masked). Evaluation uses the grid views aux "pred" / "mask", weighted by real examples,
+and reports the masked mean of each of the target's `eval_terms` (pixels: masked_mse and
+masked_mse_predict_zeros; codes: masked_ce, masked_ce_predict_frequencies and
+masked_code_accuracy).
 """
 
 from __future__ import annotations
@@ -41,12 +44,28 @@ def masked_mse(pred, target, mask, norm_pix_loss: bool = False):
   return masked_mean(pixels.squared_errors(pred, target), mask)
 
 
+def eval_terms(targets, pred, target) -> dict:
+  """{name: per-slot values [B, S]} evaluation reports as masked means (targets/__init__)."""
+  if hasattr(targets, "eval_terms"):
+    return targets.eval_terms(pred, target)
+  return {"mse": targets.errors(pred, target), "mse_predict_zeros": targets.baseline(target)}
+
+
+def decode(targets, pred):
+  """The prediction in pixels [B, S, p*p*C] (code logits go through their codebook)."""
+  return targets.decode(pred) if hasattr(targets, "decode") else pred
+
+
 class MaeTask(base.Task):
   name = "mae"
 
-  def __init__(self, config):
+  def __init__(self, config, targets=None):
     super().__init__(config)
-    self.targets = targets_lib.build(config)
+    self.targets = targets if targets is not None else targets_lib.build(config)
+
+  @classmethod
+  def from_data(cls, config, pipe, workdir=None):
+    return cls(config, targets_lib.build(config, pipe, workdir))
 
   def loss(self, out, batch):
     return objective(self.targets, out, batch["image"])
@@ -55,19 +74,19 @@ class MaeTask(base.Task):
     _, aux = out
     target = self.targets(batch["image"])
     weight = aux["mask"] * batch["valid"][:, None]
-    return {"sq_err": jnp.sum(self.targets.errors(aux["pred"], target) * weight),
-            "zero_sq_err": jnp.sum(self.targets.baseline(target) * weight),
+    terms = eval_terms(self.targets, aux["pred"], target)
+    return {**{k: jnp.sum(v * weight) for k, v in terms.items()},
             "count": jnp.sum(weight), "examples": jnp.sum(batch["valid"])}
 
   def summarize(self, outputs, split):
     sums = {k: float(np.sum([np.asarray(o[k], np.float64) for o in outputs])) for k in outputs[0]}
-    count = max(sums["count"], 1.0)
-    return {f"{split}/masked_mse": sums["sq_err"] / count,
-            f"{split}/masked_mse_predict_zeros": sums["zero_sq_err"] / count,
-            f"{split}/examples": sums["examples"]}
+    count = max(sums.pop("count"), 1.0)
+    examples = sums.pop("examples")
+    return {**{f"{split}/masked_{k}": v / count for k, v in sums.items()},
+            f"{split}/examples": examples}
 
   def selection_metric(self, summary, split):
-    return -summary[f"{split}/masked_mse"]
+    return -summary[f"{split}/masked_{getattr(self.targets, 'selection', 'mse')}"]
 
   def artefacts(self, workdir, run):
     """reconstruction.png: masked inputs and reconstructions per channel (config.figures)."""
@@ -75,4 +94,5 @@ class MaeTask(base.Task):
       return
     from mae_jax.evaluate import plots  # matplotlib kept off module load
     plots.reconstructions(run.model, run.params, run.pipe, run.split, run.mesh, run.config,
-                          os.path.join(workdir, "reconstruction.png"))
+                          os.path.join(workdir, "reconstruction.png"),
+                          decode=getattr(self.targets, "decode", None))

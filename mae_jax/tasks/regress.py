@@ -41,7 +41,7 @@ class RegressTask(base.Task):
     self.target_std = jnp.asarray(np.maximum(std, 1e-6), jnp.float32)
 
   @classmethod
-  def from_data(cls, config, pipe):
+  def from_data(cls, config, pipe, workdir=None):
     if pipe is None:
       raise UsageError("task 'regress' needs the dataset (target names and statistics)")
     names = list(pipe.meta.get("target_names", []))

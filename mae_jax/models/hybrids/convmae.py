@@ -184,8 +184,8 @@ class ConvMAE(mae_lib.MaskedAutoencoder):
                           dtype=self.dtype, attention=self.attention)
 
   def make_decoder(self, size):
-    return mae_lib.Decoder(size.decoder_size(), self.patch * self.patch * self.channels,
-                           dtype=self.dtype, attention=self.attention)
+    return mae_lib.Decoder(size.decoder_size(), self.pred_width(), dtype=self.dtype,
+                           attention=self.attention)
 
   def num_fixed_params(self, image_hw) -> int:
     """Stage-3 sin-cos table (N x D, no CLS row) + decoder table ((1+N) x dec_width)."""
