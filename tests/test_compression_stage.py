@@ -211,7 +211,7 @@ def test_budgets_merge_into_one_table_and_figure(tmp_path):
                    "sparse float16 delta top-32 + zlib", "sparse float32 delta + zlib"]
   cells = {n: line.split(" | ") for n, line in zip(names, lines[1:])}
   assert cells[names[0]][1] == "143 (64)" and cells[names[2]][1] == "1,103 (1,024)"
-  assert "mass 0.3 > 0.05; pT 0.1 > 0.02; ΔAUC -0.0500" in lines[1]
+  assert "mass 0.3 > 0.05 (×6.0); pT 0.1 > 0.02 (×5.0); ΔAUC -0.0500" in lines[1]
   assert lines[2].endswith("| meets it |") and "1,024 B > 256" in lines[3]
   assert "0.9000 ± 0.0030 | -0.0500 (-50.0σ)" in lines[1]
   assert "1,447 B > 256" in lines[5]  # the lossless record meets every fidelity criterion

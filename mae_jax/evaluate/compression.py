@@ -268,7 +268,8 @@ def goal_misses(row, latent_bytes=None, size: bool = True):
   for key, what in (("mass_resolution", "mass"), ("pt_resolution", "pT")):
     v = row.get(key)
     if v is None or not np.isfinite(v) or v > GOAL[key]:
-      misses.append(f"{what} {v:.3g} > {GOAL[key]:g}" if v is not None else f"{what} ?")
+      misses.append(f"{what} {v:.3g} > {GOAL[key]:g} (×{v / GOAL[key]:.1f})"
+                    if v is not None and np.isfinite(v) else f"{what} not measured")
   d = row.get("tree_auc_diff")
   if d is not None and abs(d) > GOAL["tree_auc_diff"]:
     misses.append(f"ΔAUC {d:+.4f}")
