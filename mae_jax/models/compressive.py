@@ -20,11 +20,11 @@ masking, is what makes the task hard; `mask_ratio` is unused). Then:
 Initialisation: the decoder's output projection starts at zero, so the untrained model
 predicts empty patches and its loss starts at the predict-zeros baseline. With the ViT's
 Xavier init there instead (dec_width 32 -> 200 pixel values, weights of std 0.09) the tiny
-model's first predictions have std ≈ 0.4 in log1p units: loss 0.27-0.32 against 0.024 for
-predicting zeros on simulated top/QCD jets. Adam moves a weight by at most ≈ lr a step, and
-the 200-step smoke run of docs/physics.md (peak 3.1e-4) summed to ≈ 0.03: too little to
-cancel that noise, and it ended worse than predicting zeros; with the zero init the same
-run ends 12% below them.
+model's first predictions have std ≈ 0.4 in log1p units: loss 0.31-0.34 against 0.022 for
+predicting zeros on 16 simulated top/QCD jets (benchmarks/compression_floors.py). Adam
+moves a weight by at most ≈ lr a step, and the 200-step smoke run of docs/physics.md (peak
+3.1e-4) summed to ≈ 0.03: too little to cancel that noise, and it ended worse than
+predicting zeros; with the zero init the same run ends 12% below them.
 
 Budget: bytes per jet = K × latent_dim × bytes per value (2 when z is stored as float16,
 as the `compression` protocol stage stores it), PLUS the occupancy map the decoder is
