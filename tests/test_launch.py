@@ -96,7 +96,8 @@ def test_compression_sh_runs_each_budget_then_merges(tmp_path):
   assert "--compression.model.latents=32" in args[calls[1]:]
   merge = args.index("benchmarks/compression_budgets.py")
   assert args[merge + 1:merge + 5] == ["--out", str(out), f"{out}/k4d8", f"{out}/k32d16"]
-  assert os.path.islink(out / "k4d8" / "cache") and (out / "cache" / "observables_train.npz").exists()
+  assert os.path.islink(out / "k4d8" / "cache")
+  assert (out / "cache" / "observables_train.npz").exists()
   env["DATA"] = str(tmp_path / "nowhere")
   r = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
   assert r.returncode == 2 and "no converted dataset at" in r.stderr

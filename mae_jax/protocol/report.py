@@ -296,8 +296,8 @@ def compression_lines(root, first, main):
               "original, in units of its paired-bootstrap std."]
   elif trees.get("not_measured"):
     lines += ["", f"Tree AUC not measured: {trees['not_measured']}."]
-  lines += ["", "| representation | bytes per jet | lossless | jet-mass response | jet-mass resolution "
-            "| jet-pT response | jet-pT resolution | tree AUC | ΔAUC (σ) |",
+  lines += ["", "| representation | bytes per jet | lossless | jet-mass response "
+            "| jet-mass resolution | jet-pT response | jet-pT resolution | tree AUC | ΔAUC (σ) |",
             "|---|---|---|---|---|---|---|---|---|"]
   for r in sorted(res["rate_distortion"], key=lambda r: r["bytes_per_jet"]):
     name = f"**{r['name']}**" if r["name"].startswith("compressive") else r["name"]
