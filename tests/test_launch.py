@@ -66,3 +66,38 @@ def test_compare_sh_defaults_and_grid(tmp_path):
 def test_compare_sh_refuses_a_missing_dataset(tmp_path):
   r = run_compare(tmp_path, data=tmp_path / "nowhere")
   assert r.returncode == 2 and "no converted dataset at DATA=" in r.stderr
+
+
+def test_compression_sh_runs_each_budget_then_merges(tmp_path):
+  """compression.sh under the fake virtualenv: one protocol call per budget (its latents and
+  latent_dim, its own root sharing OUT/cache), then the merge over the roots in order;
+  CACHE_FROM's observables are copied; a missing dataset stops it before anything runs."""
+  data, pre, old = (tmp_path / n for n in ("data", "pool", "old_cache"))
+  for d in (data, pre, old):
+    d.mkdir()
+  (old / "observables_train.npz").write_bytes(b"x")
+  out = tmp_path / "out"
+  env = dict(os.environ, MAE_JAX_VENV=str(fake_venv(tmp_path)), DATA=str(data),
+             PRETRAIN_DATA=str(pre), OUT=str(out), BUDGETS="4x8,32x16", STEPS="50",
+             JETS="20", CACHE_FROM=str(old))
+  script = os.path.join(ROOT, "launch", "compression.sh")
+  r = subprocess.run(["bash", script, "--config.batch_size=16"], env=env, capture_output=True,
+                     text=True, timeout=60)
+  assert r.returncode == 0, r.stderr
+  args = r.stdout.splitlines()
+  calls = [i for i, a in enumerate(args) if a == "mae_jax.protocol"]
+  assert len(calls) == 2
+  first = args[calls[0]:calls[1]]
+  assert value_after(first, "--root") == [f"{out}/k4d8"]
+  assert value_after(first, "--steps") == ["compression=50"]
+  assert value_after(first, "--compression-jets") == ["20"]
+  assert "--compression.model.latents=4" in first and "--compression.model.latent_dim=8" in first
+  assert "--config.batch_size=16" in first and value_after(first, "--data") == [str(data)]
+  assert "--compression.model.latents=32" in args[calls[1]:]
+  merge = args.index("benchmarks/compression_budgets.py")
+  assert args[merge + 1:merge + 5] == ["--out", str(out), f"{out}/k4d8", f"{out}/k32d16"]
+  assert os.path.islink(out / "k4d8" / "cache")
+  assert (out / "cache" / "observables_train.npz").exists()
+  env["DATA"] = str(tmp_path / "nowhere")
+  r = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and "no converted dataset at" in r.stderr

@@ -189,11 +189,11 @@ def test_defaults_are_the_quickstart_recipe(tmp_path):
   assert args.steps_by_stage == {"pretrain": "1500", "probe": "300", "finetune": "300",
                                  "resnet": "300"}
   cfg = {}
-  for stage in ("pretrain", "probe", "finetune", "scratch", "resnet"):
+  for stage in ("pretrain", "probe", "finetune", "scratch", "resnet", "compression"):
     cfg[stage] = protocol.stages.stage_config(stage, args, 0, None, overrides, per_stage,
                                               args.steps_by_stage)
   want = {"pretrain": (5e-3, 64), "probe": (0.1, 64), "finetune": (8e-3, 64),
-          "scratch": (2e-3, 64), "resnet": (4e-3, 32)}
+          "scratch": (2e-3, 64), "resnet": (4e-3, 32), "compression": (5e-3, 64)}
   assert {s: (c.lr, c.batch_size) for s, c in cfg.items()} == want
   assert cfg["pretrain"].warmup_steps == 100 and cfg["pretrain"].total_steps == 1500
   assert cfg["pretrain"].model.tokens == cfg["finetune"].model.tokens == "sparse"
@@ -205,6 +205,10 @@ def test_defaults_are_the_quickstart_recipe(tmp_path):
   rn = protocol.stages.stage_config("resnet", args, 0, None, overrides, per_stage, {})
   assert (ft.lr, ft.batch_size, ft.model.tokens) == (1e-3, 8, "dense")
   assert rn.batch_size == 8  # --config.batch_size also replaces the recipe's resnet batch
+  for flag in ("--config.lr=1e-3", "--compression.lr=1e-3"):
+    args, overrides, per_stage = protocol.parse_args(argv + [flag])
+    assert protocol.stages.stage_config("compression", args, 0, None, overrides, per_stage,
+                                        {}).lr == 1e-3
 
 
 def test_levers_are_per_stage_overrides(tmp_path):

@@ -29,13 +29,17 @@ from mae_jax.evaluate import baselines
 STATS = ("response", "resolution", "half_width_68", "n", "n_excluded")
 
 
-def jet_quantities(images, channel_names=None, pixel_size: float = baselines.PIXEL_SIZE):
-  """{name: [B] float64} (see module doc) of raw images [B, H, W, C]."""
+def jet_quantities(images, channel_names=None, pixel_size: float = baselines.PIXEL_SIZE,
+                   taus=None):
+  """{name: [B] float64} (see module doc) of raw images [B, H, W, C]. `taus`: their
+  {"tau21", "tau32"} if already computed (the costly part; e.g. the columns of
+  `baselines.observables`, the same function)."""
   x = np.asarray(images)
   names = baselines._channels(x.shape, channel_names)[0]
   et = baselines.calo_et(x, channel_names)
   eta, phi = baselines.pixel_grid(et.shape[1], et.shape[2], pixel_size)
-  taus = baselines.calo_nsubjettiness(x, channel_names, pixel_size)
+  if taus is None:
+    taus = baselines.calo_nsubjettiness(x, channel_names, pixel_size)
   out = {"mass": baselines._mass(et, eta, phi), "pt": et.sum((1, 2)),
          "tau21": taus["tau21"], "tau32": taus["tau32"]}
   for i, n in enumerate(names):

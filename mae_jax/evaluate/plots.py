@@ -177,21 +177,69 @@ def label_efficiency(per_seed, sizes, stages, out_path):
 
 def rate_distortion(rows, out_path):
   """Bytes per jet (log) against the jet-mass and jet-pT resolution (std of decoded /
-  original) of each row of `evaluate.compression.rate_distortion`; lossless rows at 0."""
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-  for ax, (q, title) in zip(axes, (("mass", "jet mass"), ("pt", "jet pT"))):
+  original) of each row of `evaluate.compression.rate_distortion`, lossless rows at 0; and
+  against the observable trees' AUC on the decoded jets when the rows have "tree_auc"."""
+  panels = [("mass_resolution", "jet mass resolution (std of decoded / original)"),
+            ("pt_resolution", "jet pT resolution (std of decoded / original)")]
+  if any(r.get("tree_auc") is not None for r in rows):
+    panels.append(("tree_auc", "observable-tree AUC on the decoded jets"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8))
+  for ax, (key, ylabel) in zip(axes, panels):
     for r in rows:
+      if r.get(key) is None:
+        continue
       mae = r["name"].startswith("compressive")
-      ax.plot(r["bytes_per_jet"], r[f"{q}_resolution"], "*" if mae else "o",
+      ax.plot(r["bytes_per_jet"], r[key], "*" if mae else "o",
               ms=11 if mae else 5, color="C3" if mae else ("C2" if r["lossless"] else "C0"))
       if mae:
-        ax.annotate(r["name"], (r["bytes_per_jet"], r[f"{q}_resolution"]), fontsize=6,
+        ax.annotate(r["name"], (r["bytes_per_jet"], r[key]), fontsize=6,
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("bytes per jet")
-    ax.set_ylabel(f"{title} resolution (std of decoded / original)")
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(alpha=0.3)
   axes[0].set_title("star: compressive MAE; green: lossless; blue: lossy storage", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=110)
+  plt.close(fig)
+
+
+def rate_distortion_budgets(mae_rows, base_rows, out_path, original_auc=None, goal=None):
+  """The compressive MAE at several latent budgets (a line, `mae_rows` in bytes order)
+  beside the storage baselines (points): bytes per jet (log) against the jet-mass
+  resolution, and against the observable trees' AUC on the decoded jets (the originals'
+  AUC as a dashed line) when the rows have it. `goal`: evaluate.compression.GOAL, its
+  resolution and AUC limits drawn as dotted lines."""
+  panels = [("mass_resolution", "jet mass resolution (std of decoded / original)")]
+  if any(r.get("tree_auc") is not None for r in list(mae_rows) + list(base_rows)):
+    panels.append(("tree_auc", "observable-tree AUC on the decoded jets"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+  for ax, (key, ylabel) in zip(axes[0], panels):
+    mae = [r for r in mae_rows if r.get(key) is not None]
+    if mae:
+      ax.plot([r["bytes_per_jet"] for r in mae], [r[key] for r in mae], "*-", ms=10,
+              color="C3", label="compressive MAE")
+      for r in mae:
+        ax.annotate(f"{r['latents']}×{r['latent_dim']}", (r["bytes_per_jet"], r[key]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for lossless, color, label in ((True, "C2", "lossless storage"),
+                                   (False, "C0", "lossy storage")):
+      pts = [r for r in base_rows if r.get(key) is not None and r["lossless"] == lossless]
+      if pts:
+        ax.plot([r["bytes_per_jet"] for r in pts], [r[key] for r in pts], "o", ms=5,
+                color=color, label=label)
+    if key == "tree_auc" and original_auc is not None:
+      ax.axhline(original_auc, color="k", ls="--", lw=0.8, label="original jets")
+      if goal:
+        ax.axhline(original_auc - goal["tree_auc_diff"], color="k", ls=":", lw=0.8,
+                   label="goal")
+    if key == "mass_resolution" and goal:
+      ax.axhline(goal["mass_resolution"], color="k", ls=":", lw=0.8, label="goal")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per jet (MAE: latent + occupancy bitmap)")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out_path, dpi=110)
   plt.close(fig)

@@ -45,6 +45,11 @@ report adds AUC against the number of labelled jets.
 value in ROOT/seed{S}/{stage}_{FIELD}{V} and keeps, per seed, the value whose
 validation-selected checkpoint scores best on the validation split (the test split
 plays no part in the choice); the report gives the chosen value.
+
+`--stages compression` (not in the default list) trains the compressive MAE and writes a
+rate-distortion table of the decoded test jets beside zero-suppressed storage (jet mass,
+pT, and the observable trees' AUC on the decoded jets); `--compression-jets N` scores only
+the first N test jets (launch/compression.sh runs it at several latent budgets).
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ def parse_args(argv):
                  help="grid of the tree stages, chosen on validation, e.g. "
                       "'learning_rate=0.05,0.1;max_iter=100,300;max_leaf_nodes=15,31;min_samples_leaf=5,20' "
                       "(the default; a field not named keeps its default values)")
+  p.add_argument("--compression-jets", type=int, default=0, metavar="N",
+                 help="compression stage: decode and score only the first N test jets (0 = "
+                      "all; the observables of each decoded set cost 20-45 jets/s on one core)")
   p.add_argument("--select", action="append", default=[], metavar="STAGE.FIELD=V1,V2",
                  help="run STAGE once per value, keep the best on the validation split")
   p.add_argument("--recon-splits", default=None,
@@ -125,6 +133,8 @@ def parse_args(argv):
     args.trees_grid = trees.parse_grid(args.trees_grid)
   except ValueError as e:
     raise UsageError(f"--trees-grid: {e}") from None
+  if args.compression_jets < 0:
+    raise UsageError(f"--compression-jets {args.compression_jets}: give N >= 0 (0 = all)")
   args.stage_list = [s for s in args.stages.split(",") if s]
   unknown = set(args.stage_list) - set(STAGES)
   if unknown:

@@ -68,16 +68,22 @@ def _tables(job):
   return tr, va, te
 
 
-def _trees(job, x, y, xv, yv, xt, yt, names, what):
-  from mae_jax.evaluate import metrics, trees
-  t0 = time.time()
+def _fit_trees(job, x, y, xv, yv):
+  """(model, hyper-parameters, [(point, validation AUC)], selected_by): the grid's best on
+  validation, or its first point when there is no validation split."""
+  from mae_jax.evaluate import trees
   if xv is None:  # no validation split: the first grid point, said so in the metrics
     point = trees.grid_points(job.args.trees_grid)[0]
     model, _, grid = trees.fit_selected(x, y, x, y, job.seed, {k: [v] for k, v in point.items()})
-    selected_by = "no validation split: fixed hyper-parameters"
-  else:
-    model, point, grid = trees.fit_selected(x, y, xv, yv, job.seed, job.args.trees_grid)
-    selected_by = "validation AUC over the grid"
+    return model, point, grid, "no validation split: fixed hyper-parameters"
+  model, point, grid = trees.fit_selected(x, y, xv, yv, job.seed, job.args.trees_grid)
+  return model, point, grid, "validation AUC over the grid"
+
+
+def _trees(job, x, y, xv, yv, xt, yt, names, what):
+  from mae_jax.evaluate import metrics, trees
+  t0 = time.time()
+  model, point, grid, selected_by = _fit_trees(job, x, y, xv, yv)
   scores = trees.score(model, xt)
   rep = metrics.classification_report(yt.astype(np.int64), scores, logits=True,
                                       n_bootstrap=200)
@@ -220,12 +226,58 @@ def _compressive_codec(model, params, mesh, value_dtype="float16"):
   return codec
 
 
+def _observable_trees(job):
+  """The trees of `observables_gbt` for the `compression` stage: fitted on the ORIGINAL
+  observables of the whole train split of --data (the protocol's cache), hyper-parameters
+  chosen on the validation split's; (model, info) or (None, why not). The choice is cached
+  (CACHE/trees_observables_seed{S}.json, keyed by the grid, the split sizes and the feature
+  names), so that further compression runs sharing the cache (one per latent budget) fit
+  one point, not the whole grid (minutes on a loaded 2-core machine)."""
+  from mae_jax import checkpoint
+  from mae_jax.data import meta as meta_lib
+  from mae_jax.evaluate import trees
+  splits = meta_lib.load_meta(job.args.data)["splits"]
+  if "train" not in splits:
+    return None, f"{job.args.data} has no train split to fit the trees on"
+  tr = measure.observable_table(job.args.data, "train", job.cache)
+  va = (measure.observable_table(job.args.data, "validation", job.cache)
+        if "validation" in splits else None)
+  for name, t in (("train", tr), ("validation", va)):
+    if t is not None and set(np.unique(t["y"]).tolist()) != {0, 1}:
+      return None, (f"the {name} split of {job.args.data} does not hold labels 0 and 1 "
+                    f"(has {sorted(np.unique(t['y']).tolist())})")
+  path = os.path.join(job.cache, f"trees_observables_seed{job.seed}.json")
+  key = {"grid": {k: list(v) for k, v in job.args.trees_grid.items()},
+         "train": int(len(tr["y"])), "validation": int(0 if va is None else len(va["y"])),
+         "features": list(tr["names"])}
+  cached = None
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+  if cached is not None and cached.get("key") == key:
+    point, selected_by = cached["selected"], f"{cached['selected_by']} (choice cached in {path})"
+    model = trees.fit_selected(tr["x"], tr["y"], tr["x"], tr["y"], job.seed,
+                               {k: [v] for k, v in point.items()})[0]
+  else:
+    model, point, grid, selected_by = _fit_trees(
+        job, tr["x"], tr["y"], None if va is None else va["x"], None if va is None else va["y"])
+    os.makedirs(job.cache, exist_ok=True)
+    checkpoint.write_json(path, {"key": key, "selected": point, "selected_by": selected_by,
+                                 "grid": [{**p, "validation_auc": float(a)} for p, a in grid]})
+  return model, {"selected": point, "selected_by": selected_by,
+                 "train_examples": int(len(tr["y"])), "features": list(tr["names"])}
+
+
 def compression(job):
   """Trains the compressive MAE (the pretrain recipe + `model.latents`, on --pretrain-data,
-  labels ignored), decodes the test split of --data from float16 latents and writes the
-  rate-distortion table (decoded jets' mass and pT response / resolution, bytes per jet,
-  beside the storage baselines of evaluate/storage.py) and rate_distortion.png. One
-  workdir per seed (ROOT/seed{S}/compression), whatever the labelled-set size."""
+  labels ignored), decodes the test split of --data from float16 latents (the first
+  --compression-jets of them, all if 0) and writes the rate-distortion table (decoded jets'
+  mass and pT response / resolution, bytes per jet, beside the storage baselines of
+  evaluate/storage.py) and rate_distortion.png. When --data has labels, every row also gets
+  the test AUC of the `observables_gbt` trees (fitted and chosen on the original
+  observables of train / validation) on the observables of its decoded jets, and the
+  paired difference from their AUC on the originals. One workdir per seed
+  (ROOT/seed{S}/compression), whatever the labelled-set size."""
   from mae_jax.errors import UsageError
   from mae_jax.protocol import stages
   wd = stages.run_dir(job.args.root, job.seed, None, job.stage.name)
@@ -248,23 +300,56 @@ def compression(job):
     return trained, now
   from mae_jax import checkpoint, experiment, parallel
   from mae_jax.evaluate import compression as comp
-  from mae_jax.evaluate import plots
+  from mae_jax.evaluate import plots, trees
   from mae_jax.models import compressive
+  t_eval = time.time()
+  tree_model, tree_info = _observable_trees(job)
   pipe = experiment.make_pipeline(cfg, job.args.data, train=False)
   model = experiment.build_model(cfg, pipe.image_shape)
   params = checkpoint.read_arrays(os.path.join(wd, "train"), item="params")[0]["params"]
   codec = _compressive_codec(model, params, parallel.make_mesh(cfg.mesh))
-  orig, dec, nbytes = comp.decode_split(pipe, "test", codec, model.patch, cfg.batch_size)
   k, d = model.latents, model.latent_dim or model.decode_size()[0].width
   name = f"compressive MAE, z {k}×{d} float16 + occupancy bitmap"
-  rows = comp.rate_distortion(orig, {name: (nbytes, dec)}, pipe.meta.get("channel_names"))
-  h, w = pipe.image_shape[:2]
+  acc = comp.RateDistortion(pipe.meta.get("channel_names"), baselines=True,
+                            observables=tree_model is not None)
+  cap = int(getattr(job.args, "compression_jets", 0) or 0)
+  total = int(pipe.meta["splits"]["test"]["num_examples"])
+  total = min(total, cap) if cap else total
+  n = 0
+  for orig, dec, nbytes, labels in comp.iter_decoded(pipe, "test", codec, model.patch,
+                                                     cfg.batch_size, cap):
+    acc.add(orig, {name: (nbytes, dec)}, labels if tree_model is not None else None)
+    n += len(orig)
+    print(f"[protocol]   compression: {n}/{total} test jets decoded and scored "
+          f"({time.time() - t_eval:.0f} s)", flush=True)
+  rows = acc.rows()
   final = {"rate_distortion": rows, "latents": int(k), "latent_dim": int(d),
            "latent_bytes": compressive.bytes_per_jet(int(k), int(d), 2),
-           "occupancy_bytes": compressive.occupancy_bytes((h // model.patch) * (w // model.patch)),
-           "test/examples": float(len(orig)),
+           "occupancy_bytes": compressive.occupancy_bytes(
+               (pipe.image_shape[0] // model.patch) * (pipe.image_shape[1] // model.patch)),
+           "test/examples": float(n), "compression_jets": cap,
            "train": {kk: v for kk, v in trained.items() if isinstance(v, (int, float))},
            "figure": os.path.join(wd, "rate_distortion.png")}
+  if tree_model is None:
+    final["trees"] = {"not_measured": tree_info}
+  else:
+    labels = acc.labels
+    if set(np.unique(labels).tolist()) != {0, 1}:
+      final["trees"] = {"not_measured": "the scored test jets do not hold both classes"}
+    else:
+      feats = acc.features
+      aucs = comp.tree_auc({s: trees.score(tree_model, x) for s, x in feats.items()}, labels,
+                           n_bootstrap=200, seed=job.seed)
+      for r in rows:
+        a = aucs[r["name"]]
+        r.update({"tree_auc": a["auc"], "tree_auc_std": a["auc_std"],
+                  "tree_auc_diff": a["diff"], "tree_auc_diff_std": a["diff_std"],
+                  "tree_auc_diff_sigma": a["diff_sigma"]})
+      orig_auc = aucs[comp.ORIGINAL]
+      final["trees"] = {**tree_info, "original": {"auc": orig_auc["auc"],
+                                                  "auc_std": orig_auc["auc_std"]},
+                        "test_jets": int(len(labels)), "n_signal": int(labels.sum())}
+  final["eval_seconds"] = time.time() - t_eval
   plots.rate_distortion(rows, final["figure"])
   final["train_seconds"] = time.time() - t0
   os.makedirs(wd, exist_ok=True)

@@ -299,15 +299,31 @@ def compression_lines(root, first, main):
            "resolution = its std (68% half-width in brackets), over "
            f"{int(res['test/examples'])} test jets, in physical units. Read each resolution "
            "with its response: a record that keeps a tenth of the mass has a small std of the "
-           "ratio too.", "",
-           "| representation | bytes per jet | lossless | jet-mass response | jet-mass resolution "
-           "| jet-pT response | jet-pT resolution |", "|---|---|---|---|---|---|---|"]
+           "ratio too."]
+  trees = res.get("trees") or {}
+  if trees.get("original"):
+    o = trees["original"]
+    lines += ["", f"Tree AUC: the gradient-boosted trees of observables_gbt (fitted on the "
+              f"original observables of {trees['train_examples']:,} train jets, "
+              f"{trees['selected_by']}) on the observables of each decoded set; on the "
+              f"original test jets {o['auc']:.4f} ± {o['auc_std']:.4f}. ΔAUC = decoded minus "
+              "original, in units of its paired-bootstrap std."]
+  elif trees.get("not_measured"):
+    lines += ["", f"Tree AUC not measured: {trees['not_measured']}."]
+  lines += ["", "| representation | bytes per jet | lossless | jet-mass response "
+            "| jet-mass resolution | jet-pT response | jet-pT resolution | tree AUC | ΔAUC (σ) |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for r in sorted(res["rate_distortion"], key=lambda r: r["bytes_per_jet"]):
     name = f"**{r['name']}**" if r["name"].startswith("compressive") else r["name"]
+    auc = diff = "—"
+    if r.get("tree_auc") is not None:
+      auc = f"{r['tree_auc']:.4f} ± {r['tree_auc_std']:.4f}"
+      sig = r.get("tree_auc_diff_sigma")
+      diff = f"{r['tree_auc_diff']:+.4f}" + (f" ({sig:+.1f})" if sig is not None else "")
     lines.append(f"| {name} | {r['bytes_per_jet']:,.0f} | {'yes' if r['lossless'] else 'no'} "
                  f"| {r['mass_response']:.4f} | {r['mass_resolution']:.3g} "
                  f"({r['mass_half_width_68']:.3g}) | {r['pt_response']:.4f} "
-                 f"| {r['pt_resolution']:.3g} ({r['pt_half_width_68']:.3g}) |")
+                 f"| {r['pt_resolution']:.3g} ({r['pt_half_width_68']:.3g}) | {auc} | {diff} |")
   fig = res.get("figure")
   if fig and os.path.exists(fig):
     shutil.copyfile(fig, os.path.join(root, "rate_distortion.png"))
