@@ -1,5 +1,6 @@
 """The benchmark script runs end to end on a tiny model (its numbers are not asserted: not a timed test)."""
 
+import pytest
 from mae_jax import bench
 from helpers import converted_dataset
 
@@ -9,6 +10,7 @@ def rows_of(out, prefix):
   return [c.strip() for c in row.strip("|").split("|")]
 
 
+@pytest.mark.slow
 def test_bench_prints_table_with_pytorch_ratio(capsys):
   bench.main(["--variants", "tiny", "--batch", "8", "--steps", "1", "--torch"])
   out = capsys.readouterr().out
@@ -21,6 +23,7 @@ def test_bench_prints_table_with_pytorch_ratio(capsys):
   assert float(cells[13]) > 0  # peak host memory
 
 
+@pytest.mark.slow
 def test_sweep_rows_in_their_own_processes_and_sparse_tokens_on_real_jets(capsys, tmp_path):
   data = converted_dataset(tmp_path)
   bench.main(["--variants", "tiny", "--batch", "8", "--tokens", "dense,sparse", "--steps", "2",

@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from mae_jax import compare
 from mae_jax.errors import UsageError
 from mae_jax.data import convert
 from helpers import write_small_e2e
 
 
+@pytest.mark.slow
 def test_compare_two_models_table(tmp_path):
   write_small_e2e(tmp_path / "small.h5", n=(32, 16, 16))
   convert.convert([str(tmp_path / "small.h5")], str(tmp_path / "tfds"))

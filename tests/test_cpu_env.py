@@ -1,5 +1,6 @@
 """glibc malloc settings for XLA:CPU (mae_jax/cpu_env.py) and the launch scripts that set them."""
 
+import pytest
 import os
 import re
 import subprocess
@@ -32,6 +33,7 @@ def fewest_step_faults(env):
   return int(re.search(r"faults (\d+)", out).group(1))
 
 
+@pytest.mark.slow
 def test_settings_stop_per_step_page_faults():
   base = {k: v for k, v in os.environ.items() if k not in cpu_env.SETTINGS}
   default = fewest_step_faults(base)

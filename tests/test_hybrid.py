@@ -220,6 +220,7 @@ def init_grad_norm(model, x):
   return grad_norms.init_grad_norm(model, x)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [convstem.ConvStemMAE, convmae.ConvMAE], ids=lambda c: c.__name__)
 def test_conv_norms_keep_step_one_gradients_on_sparse_images_like_the_vit(cls, monkeypatch):
   """Per-pixel LayerNorms over empty pixels (zero vectors) scale gradients by

@@ -85,6 +85,7 @@ def state_bytes_per_device(fsdp):
   return per_device, getattr(mem, "argument_size_in_bytes", None)
 
 
+@pytest.mark.slow
 def test_fsdp_memory_per_device_falls_with_devices():
   sizes = {n: state_bytes_per_device(n) for n in (1, 2, 8)}
   shards = [sizes[n][0] for n in (1, 2, 8)]

@@ -78,6 +78,7 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
   assert again["timings"]["probe"] == results["timings"]["probe"] > 0
 
 
+@pytest.mark.slow
 def test_select_keeps_the_best_validation_value_and_probe_random_stays_random(tmp_path):
   from mae_jax import checkpoint
   from helpers import converted_dataset

@@ -69,6 +69,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(dataset, tmp_path):
   assert f"step {step + 1}/{step + 2}" in r.stdout and f"step {step}/" not in r.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(dataset, tmp_path):
   ref = tmp_path / "ref"
   r = run_main(*main_args(ref, dataset, 8))
