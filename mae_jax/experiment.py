@@ -27,6 +27,7 @@ from flax import traverse_util
 
 from mae_jax import checkpoint, errors, optim, parallel
 from mae_jax.models import registry
+from mae_jax.tasks import targets
 
 MASK_STREAM, DROPOUT_STREAM = 1, 2
 
@@ -34,7 +35,9 @@ StateSetup = collections.namedtuple("StateSetup", "state shardings tx schedule")
 
 
 def build_model(config, image_shape):
-  return registry.build_model(config, image_shape)
+  """The config's model; an MAE's decoder predicts what its target needs (pixels or codes)."""
+  pred_dim = targets.pred_dim(config) if config.model.name in registry.MAE_FAMILY else 0
+  return registry.build_model(config, image_shape, pred_dim)
 
 
 def step_keys(seed: int, step):

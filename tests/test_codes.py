@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mae_jax import checkpoint, tasks, trainer
+from mae_jax import checkpoint, experiment, tasks, trainer
 from mae_jax.errors import UsageError
 from mae_jax.models import mae as mae_lib
-from mae_jax.models import registry, sparse
+from mae_jax.models import sparse
 from mae_jax.tasks import mae as mae_task
 from mae_jax.tasks.targets import codes
 from data_fixtures import sparse_images
@@ -91,7 +91,7 @@ def test_loss_is_the_masked_cross_entropy_and_eval_reports_accuracy(toy, tokens)
   x, targets = toy
   config = load_config(arg=f"variant=tiny,tokens={tokens}", task__target="codes",
                        task__codebook_size=K)
-  model = registry.build_model(config, x.shape[1:])
+  model = experiment.build_model(config, x.shape[1:])
   assert model.pred_dim == K
   rngs = {"params": jax.random.key(0), "masking": jax.random.key(1)}
   variables = model.init(rngs, x)
@@ -124,7 +124,7 @@ def test_pred_dim_zero_keeps_the_pixel_model_and_pixel_only_decoders_refuse_code
   x = jnp.zeros((1, 25, 25, 3))
   rngs = {"params": jax.random.key(0), "masking": jax.random.key(1)}
   a = mae_lib.MAE(variant="tiny", patch=5, channels=3).init(rngs, x)
-  b = registry.build_model(load_config(), x.shape[1:]).init(rngs, x)  # task.target=pixels
+  b = experiment.build_model(load_config(), x.shape[1:]).init(rngs, x)  # task.target=pixels
   assert jax.tree.map(jnp.shape, a) == jax.tree.map(jnp.shape, b)
   for x_, y_ in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x_, y_)
@@ -139,7 +139,7 @@ def test_pred_dim_zero_keeps_the_pixel_model_and_pixel_only_decoders_refuse_code
     cfg = load_config(task__target="codes", model__name=name,
                       **{f"model__{k}": v for k, v in extra.items()})
     with pytest.raises(UsageError, match="predicts pixels only"):
-      registry.build_model(cfg, (25, 25, 3))
+      experiment.build_model(cfg, (25, 25, 3))
   with pytest.raises(UsageError, match="norm_pix_loss"):
     tasks.build(load_config(task__target="codes", model__norm_pix_loss=True), None)
   with pytest.raises(UsageError, match="fits its codebook on the training data"):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mae_jax import experiment
 from mae_jax.errors import MissingPathError, UsageError
 from mae_jax.data import meta as meta_lib
 from mae_jax.models import mae as mae_lib
@@ -29,7 +30,7 @@ def _find_meta(workdir: str, data_dir: str) -> dict | None:
 def load_run(workdir: str, image_shape=None) -> dict:
   """Config, model, image shape and dataset metadata of a pretraining run's workdir.
 
-  The model is built by `registry.build_model` from the saved `config.json`, so it
+  The model is built by `experiment.build_model` from the saved `config.json`, so it
   keeps the run's settings (compute dtype, attention kernel); any MAE-family
   `model.name` (registry.MAE_FAMILY) is accepted.
 
@@ -69,7 +70,7 @@ def load_run(workdir: str, image_shape=None) -> dict:
   mae_lib.check_image_shape(image_shape, cfg["model"]["patch"])
   config = ml_collections.ConfigDict(cfg)
   config.model.name = name  # configs from before model.name existed meant the ViT MAE
-  model = registry.build_model(config, image_shape)
+  model = experiment.build_model(config, image_shape)
   return {"config": cfg, "model": model, "image_shape": image_shape, "meta": meta,
           "data_dir": data_dir}
 

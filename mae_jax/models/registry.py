@@ -82,13 +82,13 @@ def mae_family_model(name, m, image_shape, drop_path=0.0, pred_dim=0):
   return MAE_FAMILY[name](**kwargs)
 
 
-def build_model(config, image_shape):
+def build_model(config, image_shape, pred_dim: int = 0):
+  """`pred_dim`: the MAE decoder's output width, which the task's target decides
+  (experiment.build_model asks it; models sit below tasks); the classifier below never
+  builds a decoder, so its backbone keeps the default."""
   m = config.model
   if m.name in MAE_FAMILY:
-    # the MAE target decides what the decoder predicts (its width); the classifier below
-    # never builds a decoder, so its backbone keeps the default
-    from mae_jax.tasks import targets  # tasks import models: imported here, not at the top
-    return mae_family_model(m.name, m, image_shape, pred_dim=targets.pred_dim(config))
+    return mae_family_model(m.name, m, image_shape, pred_dim=pred_dim)
   if m.name == "classifier":
     backbone = mae_family_model(m.backbone, m, image_shape, m.drop_path)
     return classifier.EncoderClassifier(backbone, num_outputs(config), m.pool, m.head_bn,
