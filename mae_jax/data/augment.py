@@ -14,7 +14,9 @@ and azimuth φ along axis 1 (columns).
 A reflection of the event also flips the sign of the impact parameter it mirrors: with the
 generator's (and CMS's) definitions d0 = (y·p_x − x·p_y)/p_T changes sign under φ -> −φ and
 dz under η -> −η (z -> −z), so a φ flip negates the channels named `*d0*` and an η flip those
-named `*dz*` (`odd_channels`); every other channel is even. Each jet's draw is a pure function of (seed, stream, position in the shuffled training
+named `*dz*` (`odd_channels`); every other channel is even.
+
+Each jet's draw is a pure function of (seed, stream, position in the shuffled training
 stream), so runs are reproducible and resuming at any step sees the same flips. Evaluation
 never reflects (the pipeline applies this in `train_iter` only).
 
