@@ -171,6 +171,9 @@ def base_config(variant: str = "tiny", patch: int = 5):
   c.model.patch = patch
   c.model.mask_ratio = 0.75
   c.model.dec_depth = 0  # MAE decoder blocks; 0 = the variant's own (models/vit.py VARIANTS)
+  # MAE decoder output layer: xavier (the MAE reference's) | zeros (starts at predict-zeros;
+  # the compressive decoder always does)
+  c.model.pred_init = "xavier"
   c.model.norm_pix_loss = False
   c.model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters
   c.model.drop_path = 0.0

@@ -218,3 +218,50 @@ def test_a_negative_dec_depth_is_one_line():
   config = load_config("pretrain", "variant=tiny", model__dec_depth=-1)
   with pytest.raises(ValueError, match=r"^model.dec_depth=-1; choose 0 \(the variant's own"):
     registry.build_model(config, (25, 25, 3))
+
+
+@pytest.mark.parametrize("name,tokens", [("mae", "dense"), ("mae", "sparse"), ("convmae", "dense")])
+def test_pred_init_zeros_starts_at_predict_zeros(name, tokens):
+  """model.pred_init=zeros: the untrained decoder predicts exactly 0 everywhere (its first loss
+  is the predict-zeros MSE); the default (xavier, the MAE reference's) predicts far from 0, and
+  only the `pred` kernel differs between the two (same shapes, same other values)."""
+  from helpers import load_config
+  from mae_jax.models import registry
+
+  def built(pred_init):
+    config = load_config("pretrain", "variant=tiny", model__name=name, model__tokens=tokens,
+                         model__pred_init=pred_init)
+    return registry.build_model(config, (25, 25, 3))
+
+  x = jax.random.uniform(jax.random.key(3), (2, 25, 25, 3))
+  kwargs = {}
+  if tokens == "sparse":  # every patch listed as occupied
+    kwargs = {"patch_ids": jnp.asarray(np.tile(np.arange(25, dtype=np.int32), (2, 1)))}
+  outs = {}
+  for init in ("xavier", "zeros"):
+    model = built(init)
+    variables = model.init(RNGS, x, train=False, **kwargs)
+    outs[init] = (variables["params"],
+                  model.apply(variables, x, rngs={"masking": jax.random.key(4)}, **kwargs))
+  zero_pred = np.asarray(outs["zeros"][1][1]["pred"])
+  assert np.all(zero_pred == 0.0)
+  assert float(np.abs(np.asarray(outs["xavier"][1][1]["pred"])).mean()) > 0.05
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in
+          jax.tree_util.tree_leaves_with_path(outs["xavier"][0])}
+  flat0 = {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in
+           jax.tree_util.tree_leaves_with_path(outs["zeros"][0])}
+  assert flat.keys() == flat0.keys()
+  differ = sorted(k for k in flat if not np.array_equal(flat[k], flat0[k]))
+  assert differ == ["decoder/pred/kernel"], differ  # the bias is zero-initialised in both
+
+
+def test_an_unknown_pred_init_is_one_line():
+  from helpers import load_config
+  from mae_jax.models import registry
+  config = load_config("pretrain", "variant=tiny", model__pred_init="ones")
+  with pytest.raises(ValueError, match=r"^model.pred_init='ones'; choose one of"):
+    registry.build_model(config, (25, 25, 3))
+  config = load_config("pretrain", "variant=tiny", model__name="channel_mae",
+                       model__pred_init="zeros")
+  with pytest.raises(ValueError, match=r"^model.pred_init='zeros': channel_mae"):
+    registry.build_model(config, (25, 25, 3))

@@ -120,6 +120,13 @@ def patch_stats(target):
   return mean, (var + 1.0e-6) ** 0.5
 
 
+# The decoder's output layer. "xavier" is the MAE reference's (every Linear xavier-uniform):
+# its first predictions have variance ~ 2 * dec_width / (dec_width + p*p*C) per pixel, far
+# above a sparse jet's (the untrained loss is many times predict-zeros). "zeros" starts at
+# predict-zeros (the bias is zero too), as the compressive decoder does (models/compressive.py).
+PRED_INITS = {"xavier": vit.dense_init, "zeros": nn.initializers.zeros}
+
+
 class Decoder(nn.Module):
   """Lightweight MAE decoder: embed, insert mask tokens, blocks, predict pixels.
 
@@ -133,6 +140,7 @@ class Decoder(nn.Module):
   out_dim: int
   dtype: Dtype = jnp.float32
   attention: str = "auto"
+  pred_init: str = "xavier"  # the output layer's kernel: see PRED_INITS
 
   @nn.compact
   def __call__(self, latent, ids_restore, grid_hw, positions=None, visible=None, lengths=None):
@@ -158,7 +166,8 @@ class Decoder(nn.Module):
       x = vit.Block(s.dec_heads, s.mlp_ratio, dtype=self.dtype, attention=self.attention,
                     name=f"block_{i:02d}")(x, lengths=attn_lengths)
     x = nn.LayerNorm(epsilon=vit.LN_EPS, dtype=self.dtype, name="norm")(x)
-    x = nn.Dense(self.out_dim, kernel_init=vit.dense_init, dtype=self.dtype, name="pred")(x)
+    x = nn.Dense(self.out_dim, kernel_init=PRED_INITS[self.pred_init], dtype=self.dtype,
+                 name="pred")(x)
     return x[:, 1:]
 
 
@@ -186,6 +195,7 @@ class MaskedAutoencoder(nn.Module):
   # width of the decoder's `pred` layer: 0 = p*p*C (pixels); the target sets it otherwise
   # (tasks/targets/codes.py: one logit per code), through models/registry.py
   pred_dim: int = 0
+  pred_init: str = "xavier"  # the decoder output layer's init (config model.pred_init)
 
   zero_masked_input = False
 
@@ -209,7 +219,8 @@ class MaskedAutoencoder(nn.Module):
     return self.pred_dim or self.patch * self.patch * self.channels
 
   def make_decoder(self, size) -> nn.Module:
-    return Decoder(size, self.pred_width(), dtype=self.dtype, attention=self.attention)
+    return Decoder(size, self.pred_width(), dtype=self.dtype, attention=self.attention,
+                   pred_init=self.pred_init)
 
   def setup(self):
     size, fixed_patch = self.model_size()

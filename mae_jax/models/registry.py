@@ -54,10 +54,17 @@ def mae_family_model(name, m, image_shape, drop_path=0.0, pred_dim=0):
   if not isinstance(dec_depth, int) or dec_depth < 0:
     raise UsageError(f"model.dec_depth={dec_depth!r}; choose 0 (the variant's own decoder "
                      "depth) or a number of decoder blocks >= 1")
+  pred_init = m.get("pred_init", "xavier")
+  if pred_init not in mae_lib.PRED_INITS:
+    raise UsageError(f"model.pred_init={pred_init!r}; choose one of "
+                     f"{sorted(mae_lib.PRED_INITS)}")
+  if pred_init != "xavier" and name == "channel_mae":
+    raise UsageError(f"model.pred_init={pred_init!r}: channel_mae's per-channel decoder has "
+                     "no such option (model.pred_init='xavier')")
   kwargs = dict(variant=m.variant, patch=m.patch, channels=int(image_shape[-1]),
                 mask_ratio=m.mask_ratio, norm_pix_loss=m.norm_pix_loss, dtype=jnp.dtype(m.dtype),
                 drop_path=drop_path, attention=attention.check_impl(m.get("attention", "auto")),
-                dec_depth=dec_depth)
+                dec_depth=dec_depth, pred_init=pred_init)
   if pred_dim:
     kwargs["pred_dim"] = int(pred_dim)
     # these decoders predict pixels by construction (per channel; decoded to storage)

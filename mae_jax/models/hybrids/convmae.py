@@ -185,7 +185,7 @@ class ConvMAE(mae_lib.MaskedAutoencoder):
 
   def make_decoder(self, size):
     return mae_lib.Decoder(size.decoder_size(), self.pred_width(), dtype=self.dtype,
-                           attention=self.attention)
+                           attention=self.attention, pred_init=self.pred_init)
 
   def num_fixed_params(self, image_hw) -> int:
     """Stage-3 sin-cos table (N x D, no CLS row) + decoder table ((1+N) x dec_width)."""
