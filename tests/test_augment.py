@@ -130,3 +130,22 @@ def test_a_reflection_negates_the_impact_parameter_it_mirrors():
     assert len(axes) == 1
     seen.add(axes[0])
   assert seen == {(), (0,), (1,), (0, 1)}
+
+
+def test_a_dataset_without_channel_names_refuses_reflections(data, tmp_path):
+  """Without a name per channel the signed d0/dz channels cannot be found: a reflection would
+  mirror the pixels but not the impact parameters' signs, so the pipeline refuses it (one
+  line naming the dataset); reflect='none' still reads the same dataset."""
+  import json
+  import shutil
+  from mae_jax.data import meta as meta_lib
+  copy = tmp_path / "nameless"
+  shutil.copytree(data, copy)
+  path = copy / meta_lib.META_FILE
+  meta = json.loads(path.read_text())
+  meta.pop("channel_names", None)
+  path.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=r"^data.reflect='phi' needs a name per channel .*"
+                                       r"nameless records 0 channel_names for 3 channels"):
+    pipeline_lib.Pipeline(str(copy), "none", reflect="phi")
+  assert pipeline_lib.Pipeline(str(copy), "none").reflect == "none"

@@ -210,7 +210,8 @@ def test_codebook_is_fitted_once_saved_and_reused_on_resume(dataset, pretrained,
     trainer.train_and_evaluate(other, part)
 
 
-@pytest.mark.parametrize("tokens", ["dense", "sparse"])
+# sparse (the pretraining recipe's tokens) in the default suite; dense is `slow`
+@pytest.mark.parametrize("tokens", [pytest.param("dense", marks=pytest.mark.slow), "sparse"])
 def test_training_lowers_the_code_loss(dataset, tmp_path, tokens):
   c = codes_config(dataset, tokens, total_steps=30, warmup_steps=3, lr=1.5e-2, ckpt_every=100,
                    figures=False)

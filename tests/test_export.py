@@ -154,7 +154,8 @@ def compare_pretraining(tag, model, params, images, noise, out, latent):
           "loss": close(f"{tag} loss", loss, out.loss.numpy())}
 
 
-@pytest.mark.parametrize("shape", ["tiny", "e2e-base"])
+# tiny runs the same name map and parity check in the default suite; e2e-base is `slow`
+@pytest.mark.parametrize("shape", ["tiny", pytest.param("e2e-base", marks=pytest.mark.slow)])
 def test_jax_to_hf_pretraining_parity(shape):
   model, params, image_shape, images, noise = make(shape)
   sd = export.to_torch_state_dict(params, (image_shape[0] // model.patch,) * 2, full=True)
@@ -400,7 +401,10 @@ def test_cli_without_dataset_needs_image_shape(trained_workdir, tmp_path):
   assert got["patch_embed"]["proj"]["kernel"].shape == (5, 5, 3, 64)
 
 
-@pytest.mark.parametrize("name", ["depthwise_mae", "convstem_mae", "convmae", "channel_mae"])
+# convmae (conv stages + ViT stage) stands for the families in the default suite
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "convmae" else n
+                                  for n in ("depthwise_mae", "convstem_mae", "convmae",
+                                            "channel_mae")])
 def test_hybrid_encoders_export_with_flax_names(name, tmp_path):
   """Every hybrid family exports its checkpointed encoder in every format (flax names);
   the files load back bit-exact and give the checkpoint's features; PyTorch ViT names

@@ -61,6 +61,7 @@ def test_train_writes_logs_figures_checkpoints_and_resumes_exactly(dataset, tmp_
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # every family's sharded step is shown to learn in test_hybrid / test_sparse
 def test_loss_goes_down(dataset, tmp_path):
   c = config_for(dataset, total_steps=40, warmup_steps=5, lr=1.5e-2, ckpt_every=100, figures=False)
   c.data.eval_split = ""

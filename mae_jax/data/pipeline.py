@@ -185,6 +185,14 @@ class Pipeline:
       raise errors.UsageError(f"data.on_corrupt={on_corrupt!r}; choose 'stop' or 'skip'")
     self.on_corrupt = on_corrupt
     self.reflect = augment.check_reflect(reflect)  # training batches only
+    names = self.meta.get("channel_names") or []
+    if self.reflect != "none" and len(names) != self.image_shape[-1]:
+      # without a name per channel the signed impact-parameter channels (d0, dz) are unknown,
+      # and a reflection that does not negate them would change the physics of the jet
+      raise errors.UsageError(
+          f"data.reflect={self.reflect!r} needs a name per channel to find the signed ones "
+          f"(d0, dz); {data_dir} records {len(names)} channel_names for "
+          f"{self.image_shape[-1]} channels: set data.reflect='none' or reconvert the data")
     self.unreadable = {}  # on_corrupt="skip": {split: records skipped in each pass}
     if tokens is not None:
       h, w = self.image_shape[:2]
