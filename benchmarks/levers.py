@@ -9,6 +9,7 @@ recipe and data, a shorter budget), then on the labelled set's validation jets:
     labelled train jets (the protocol's nested subsets) — what the pretrained features hold,
   - the trees on [observables + those features] with every train jet (fixed hyper-parameters:
     the decisive run's choice), beside the same trees on the observables alone,
+  - the same for the baseline's encoder at its random initialisation (the control),
 and each lever's difference to `baseline` in units of its paired bootstrap std (same jets).
 
   python benchmarks/levers.py --out workdirs/levers --steps 500 [--levers baseline,reflect]
@@ -63,7 +64,17 @@ def pretrain(a, lever):
                          stdout=f, stderr=subprocess.STDOUT)
   if rc:
     raise SystemExit(f"levers: {lever}'s pretraining failed (rc {rc}); see {log}")
-  return time.time() - t0
+  pre = os.path.join(a.out, lever, "seed0", "pretrain")
+  with open(os.path.join(pre, "config.json")) as f:
+    cfg = json.load(f)
+  same_data = os.path.abspath(cfg["data"]["dir"]) == os.path.abspath(a.pretrain_data)
+  if cfg["total_steps"] != a.steps or not same_data:
+    raise SystemExit(f"levers: {pre} holds a pretraining of {cfg['total_steps']} steps on "
+                     f"{cfg['data']['dir']}, not --steps {a.steps} on {a.pretrain_data}: "
+                     "use another --out")
+  # the training's own seconds (a reused run keeps what it took when it ran)
+  with open(os.path.join(pre, "final_metrics.json")) as f:
+    return float(json.load(f).get("train_seconds") or time.time() - t0)
 
 
 def features(a, lever):
@@ -77,7 +88,30 @@ def features(a, lever):
   return {s: controls.encoder_features(job, s) for s in ("train", "validation")}
 
 
-def evaluate(a, lever, feats, obs):
+def random_features(a):
+  """The control: the same features from the baseline's encoder at its random initialisation
+  (the pretraining's own step-0 parameters, seed 0), cached in OUT/random_features_*.npz."""
+  from mae_jax import experiment, parallel, protocol
+  from mae_jax.protocol import controls, stages
+  paths = {s: os.path.join(a.out, f"random_features_{s}.npz") for s in ("train", "validation")}
+  if all(os.path.exists(p) for p in paths.values()):
+    return {s: tuple(np.load(p)[k] for k in ("x", "y")) for s, p in paths.items()}
+  args, overrides, per_stage = protocol.parse_args(protocol_argv(a, "baseline"))
+  config_for = lambda st: stages.stage_config(st, args, 0, 1000, overrides, per_stage,
+                                              args.steps_by_stage)
+  pre, probe = config_for("pretrain"), config_for("probe")
+  image_shape = experiment.make_pipeline(probe, a.data, train=False).image_shape
+  model = experiment.build_model(pre, image_shape)
+  params = experiment.create_state(pre, model, parallel.make_mesh(pre.mesh),
+                                   image_shape).state["params"]
+  out = {}
+  for split, path in paths.items():
+    out[split] = controls.pooled_features(pre, probe, a.data, split, params)
+    np.savez(path, x=out[split][0], y=out[split][1])
+  return out
+
+
+def evaluate(a, lever, feats, obs, recon=True):
   from mae_jax.data import pipeline as pipeline_lib
   from mae_jax.evaluate import baselines, trees
   (x, y), (xv, yv) = feats["train"], feats["validation"]
@@ -94,9 +128,14 @@ def evaluate(a, lever, feats, obs):
   model, _, _ = trees.fit_selected(joined("train", x), y, joined("validation", xv), yv, 0,
                                    {k: [v] for k, v in TREES.items()})
   scores["obs_encoder_trees"] = trees.score(model, joined("validation", xv))
-  recon = json.load(open(os.path.join(a.out, lever, "seed0", "pretrain",
-                                      "reconstruction.json")))["validation"]
-  return scores, recon
+  if not recon:
+    return scores, {}
+  with open(os.path.join(a.out, lever, "seed0", "pretrain", "reconstruction.json")) as f:
+    return scores, json.load(f)["validation"]
+
+
+def sigmas(d, sd):
+  return f"{d / sd:+.1f}σ" if sd > 0 else "σ = 0"
 
 
 def main(argv=None):
@@ -123,6 +162,8 @@ def main(argv=None):
                                    yv, 0, {k: [v] for k, v in TREES.items()})
   obs_trees = trees.score(model, obs["validation"]["x"])
   results = {}
+  scores, _ = evaluate(a, "random encoder", random_features(a), obs, recon=False)
+  results["random encoder"] = {"scores": scores, "recon": {}, "seconds": 0.0}
   for lever in levers:
     seconds = pretrain(a, lever)
     scores, recon = evaluate(a, lever, features(a, lever), obs)
@@ -135,7 +176,10 @@ def main(argv=None):
     entry = {"pretrain_seconds": r["seconds"]}
     skill = r["recon"].get("skill_masked")
     entry["recon_skill"] = skill
-    cells = [lever, "–" if skill is None else f"{skill:.3f}"]
+    # skill is relative to predict-zeros in the lever's own target units: other units for
+    # zscore (normalisation) and codes (pixels decoded from code centroids)
+    unit = {"zscore": " (z-scored units)", "codes": " (code centroids)"}.get(lever, "")
+    cells = [lever, "–" if skill is None else f"{skill:.3f}{unit}"]
     for k in keys:
       auc = metrics.roc_auc(yv, r["scores"][k])
       if lever == "baseline":
@@ -143,10 +187,10 @@ def main(argv=None):
         entry[k] = {"auc": auc}
       else:
         d, sd = verdict.paired_auc_difference(yv, r["scores"][k], results["baseline"]["scores"][k])
-        cells.append(f"{auc:.4f} ({d:+.4f} = {d / sd:+.1f}σ)")
+        cells.append(f"{auc:.4f} ({d:+.4f} = {sigmas(d, sd)})")
         entry[k] = {"auc": auc, "minus_baseline": d, "std": sd}
     d, sd = verdict.paired_auc_difference(yv, r["scores"]["obs_encoder_trees"], obs_trees)
-    cells.append(f"{d:+.4f} ({d / sd:+.1f}σ)")
+    cells.append(f"{d:+.4f} ({sigmas(d, sd)})")
     entry["encoder_adds_to_trees"] = {"difference": d, "std": sd}
     cells.append(f"{r['seconds']:.0f}")
     rows.append("| " + " | ".join(cells) + " |")
@@ -154,7 +198,8 @@ def main(argv=None):
   out["observable_trees_validation_auc"] = metrics.roc_auc(yv, obs_trees)
   table = "\n".join([
       f"Validation split ({len(yv)} jets), {a.steps} pretraining steps per lever; in brackets: "
-      "the difference to baseline in units of its paired bootstrap std.",
+      "the difference to baseline in units of its paired bootstrap std ('random encoder': the "
+      "baseline's encoder at its initialisation, no pretraining).",
       "",
       "| lever | recon. skill | probe AUC, 100 labels | probe AUC, 1,000 labels | trees on "
       "obs. + encoder | encoder adds to the trees | pretrain s |",

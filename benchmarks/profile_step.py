@@ -6,11 +6,12 @@ compiled HLO (a fusion counts as its most expensive kind of instruction).
   python benchmarks/profile_step.py --variant e2e-base --tokens sparse --batch 32 \
       --data data_cache/boosted_top_pool6000_seed3_tfds [--steps 4] [--top 15]
 
-Prints two markdown tables: time per step by category (thread-seconds summed over XLA's
+Sparse tokens: one batch of the median bucket length (of 16 real batches) is traced `--steps`
+times, so every op name belongs to one compiled program. Prints two markdown tables: time per step by category (thread-seconds summed over XLA's
 worker threads, so the total can exceed the step's wall time on several cores) and the
 most expensive ops. Categories, in the order a fusion is assigned (first match wins):
   matmul          dot / convolution (XNNPACK "ynn" fusions included)
-  attention       the fused CPU attention kernel (custom call)
+  attention       the fused CPU attention kernel (custom call; other custom calls: "custom")
   scatter         scatter (tokens back to the patch grid, gradient of a gather)
   gather          gather / dynamic-slice (visible tokens, position embeddings)
   sort            sort (the random masking's argsort)
@@ -31,9 +32,11 @@ import time
 
 import jax
 
-ORDER = ("matmul", "attention", "scatter", "gather", "sort", "reduce", "copy/transpose",
-         "elementwise")
-OPS = (("matmul", ("dot", "convolution")), ("attention", ("custom-call",)),
+ORDER = ("matmul", "attention", "custom", "scatter", "gather", "sort", "reduce",
+         "copy/transpose", "elementwise", "not in the HLO")
+# control flow: their trace events enclose their bodies' ops, which are counted themselves
+WRAPPERS = {"while", "call", "conditional"}
+OPS = (("matmul", ("dot", "convolution")), ("attention", ("attention",)), ("custom", ("custom",)),
        ("scatter", ("scatter",)), ("gather", ("gather", "dynamic-slice")), ("sort", ("sort",)),
        ("reduce", ("reduce", "reduce-window")),
        ("copy/transpose", ("copy", "transpose", "concatenate", "pad", "slice",
@@ -55,7 +58,11 @@ def hlo_kinds(hlo_text: str) -> dict:
     m = inst.match(line)
     if m and current is not None:
       called = re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)
-      comps[current].append((m.group(1), m.group(2), called))
+      op = m.group(2)
+      if op == "custom-call":  # the attention kernel's FFI target names it
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        op = "attention" if target and "attention" in target.group(1) else "custom"
+      comps[current].append((m.group(1), op, called))
   kinds = {}
 
   def opcodes(comp, seen=()):
@@ -78,8 +85,8 @@ def hlo_kinds(hlo_text: str) -> dict:
 
 def category(name: str, kinds: dict) -> str:
   ops = kinds.get(name)
-  if ops is None:  # XNNPACK fusions carry their own names; anything else unknown
-    return "matmul" if name.startswith("ynn") or "dot" in name else "elementwise"
+  if ops is None:  # XNNPACK fusions carry their own names; anything else is reported as such
+    return "matmul" if name.startswith("ynn") else "not in the HLO"
   for cat, members in OPS:
     if ops & set(members):
       return cat
@@ -93,18 +100,17 @@ def profile(variant, tokens, batch, data, steps, dtype="float32", attention="aut
   batches = bench.real_batches(config, 16) if tokens == "sparse" else None
   _, state, step, images = bench.train_step_setup(config, (125, 125, 8)
                                                    if not data else _shape(data), batches)
-  kinds = {}
-  for b in {g.get("patch_ids", g["image"]).shape[-1]: g for g in images}.values():
-    kinds.update(hlo_kinds(step.lower(state, b).compile().as_text()))
-  for b in images:  # compile every bucket length before the trace
-    state, m = step(state, b)
+  lengths = [g.get("patch_ids", g["image"]).shape[-1] for g in images]
+  batch_ = images[sorted(range(len(images)), key=lengths.__getitem__)[len(images) // 2]]
+  kinds = hlo_kinds(step.lower(state, batch_).compile().as_text())
+  state, m = step(state, batch_)  # compile (and warm up) the one program traced
   jax.block_until_ready(m)
   out = tempfile.mkdtemp()
   walls = []
   with jax.profiler.trace(out):
     for i in range(steps):
       t0 = time.perf_counter()
-      state, m = step(state, images[i % len(images)])
+      state, m = step(state, batch_)
       jax.block_until_ready(m)
       walls.append(time.perf_counter() - t0)
   data_ = ProfileData.from_file(glob.glob(out + "/**/*.xplane.pb", recursive=True)[0])
@@ -116,9 +122,14 @@ def profile(variant, tokens, batch, data, steps, dtype="float32", attention="aut
       if not line.name.startswith("tf_XLA"):
         continue
       for e in line.events:
-        if not any(e.name.startswith(s) for s in IGNORE):
-          per_op[e.name] += e.duration_ns / 1e9 / steps
-  return per_op, kinds, statistics.median(walls)
+        if any(e.name.startswith(s) for s in IGNORE) or kinds.get(e.name, set()) & WRAPPERS:
+          continue
+        per_op[e.name] += e.duration_ns / 1e9 / steps
+  if not per_op:
+    raise SystemExit("profile_step: the trace holds no XLA:CPU op events (threads tf_XLA*); "
+                     "this jax version names them differently")
+  return per_op, kinds, statistics.median(walls), int(batch_.get("patch_ids",
+                                                                  batch_["image"]).shape[1])
 
 
 def _shape(data):
@@ -152,10 +163,11 @@ def main(argv=None):
   p.add_argument("--attention", default="auto")
   p.add_argument("--top", type=int, default=15)
   a = p.parse_args(argv)
-  per_op, kinds, wall = profile(a.variant, a.tokens, a.batch, a.data, a.steps, a.dtype,
-                                a.attention)
+  per_op, kinds, wall, length = profile(a.variant, a.tokens, a.batch, a.data, a.steps,
+                                        a.dtype, a.attention)
   print(f"{a.variant} {a.tokens} batch {a.batch} {a.dtype} attention={a.attention}, "
-        f"{a.steps} traced steps, {jax.device_count()} device(s)")
+        f"{a.steps} traced steps, {jax.device_count()} device(s)"
+        + (f", {length} token slots per jet" if a.tokens == "sparse" else ""))
   print(tables(per_op, kinds, wall, a.top))
 
 

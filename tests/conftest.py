@@ -45,6 +45,9 @@ SLOW_CASES = {
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection reads the marks
 def pytest_collection_modifyitems(items):
-  for item in items:
-    if item.nodeid.split("tests/")[-1] in SLOW_CASES:
-      item.add_marker(pytest.mark.slow)
+  ids = {item.nodeid.split("tests/")[-1]: item for item in items}
+  for case in SLOW_CASES:
+    if case in ids:
+      ids[case].add_marker(pytest.mark.slow)
+    elif case.split("::")[0] in {i.split("::")[0] for i in ids}:  # renamed: say so
+      raise pytest.UsageError(f"conftest.SLOW_CASES names {case}, which was not collected")

@@ -197,6 +197,8 @@ def test_defaults_are_the_quickstart_recipe(tmp_path):
           "scratch": (2e-3, 64), "resnet": (4e-3, 32), "compression": (5e-3, 64)}
   assert {s: (c.lr, c.batch_size) for s, c in cfg.items()} == want
   assert cfg["pretrain"].warmup_steps == 100 and cfg["pretrain"].total_steps == 1500
+  assert cfg["pretrain"].model.pred_init == "zeros"  # the lever chosen on validation
+  assert cfg["compression"].model.pred_init == "xavier"  # (its decoder zero-inits anyway)
   assert cfg["pretrain"].model.tokens == cfg["finetune"].model.tokens == "sparse"
   assert cfg["scratch"].total_steps == 300  # the control takes finetune's budget
   # the user's flags win, for every stage or for one

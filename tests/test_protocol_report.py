@@ -280,3 +280,18 @@ def test_labelled_all_is_the_full_label_ceiling_in_the_unsized_workdir():
   assert stages.size_key(None) == stages.size_key("all") == "all"
   with pytest.raises(UsageError, match="--labelled '10,most'"):
     protocol.parse_args(["--data", "d", "--root", "r", "--labelled", "10,most"])
+
+
+def test_an_undefined_reconstruction_measure_is_a_dash(tmp_path):
+  """log1p_zscore moves empty pixels away from 0, so 'MSE empty' has no pixels (None in
+  reconstruction.json): the report shows '–' there, the other numbers as measured."""
+  per_seed = synthetic(tmp_path / "w", {"finetune": 2.0, "observables": 1.0})
+  per_seed[0]["recon"] = {"validation": {
+      "mse_masked": 5.2919, "mse_masked_zeros": 5.5699, "skill_masked": 0.0499,
+      "mse_occupied": 5.2919, "mse_occupied_zeros": 5.5699, "skill_occupied": 0.0499,
+      "mse_empty": None, "occupied_fraction": 1.0}}
+  per_seed[0]["normalization"] = "log1p_zscore"
+  root = tmp_path / "r"
+  report.write_report(str(root), fake_args(tmp_path), per_seed, META, META, {}, [None])
+  assert ("| validation | 5.29190 | 5.56990 | 0.050 | 5.29190 | 5.56990 | 0.050 | – | 1.0000 |"
+          in (root / "report.md").read_text())

@@ -116,14 +116,23 @@ def encoder_features(job, split):
   if os.path.exists(path):
     d = np.load(path)
     return d["x"], d["y"]
-  import jax
-  from mae_jax import checkpoint, experiment, parallel
-  from mae_jax.models import heads, registry
-  pre = job.config_for("pretrain")
-  mesh = parallel.make_mesh(pre.mesh)
-  pipe = experiment.make_pipeline(probe, job.args.data, train=False)  # the probe's inputs
-  model = experiment.build_model(pre, pipe.image_shape)
+  from mae_jax import checkpoint
   params = checkpoint.read_arrays(pre_dir, item="params")[0]["params"]
+  x, y = pooled_features(job.config_for("pretrain"), probe, job.args.data, split, params)
+  np.savez(path, x=x, y=y)
+  return x, y
+
+
+def pooled_features(pre, probe, data_dir, split, params):
+  """([N, D] float64 features, [N] labels) of the MAE built by config `pre` with `params`
+  on a split of `data_dir`, read and pooled as the probe config reads and pools them."""
+  import jax
+  from mae_jax import experiment, parallel
+  from mae_jax.models import heads, registry
+  pool, include_cls = probe.model.pool, bool(probe.model.get("include_cls", False))
+  mesh = parallel.make_mesh(pre.mesh)
+  pipe = experiment.make_pipeline(probe, data_dir, train=False)  # the probe's inputs
+  model = experiment.build_model(pre, pipe.image_shape)
 
   @jax.jit
   def features(params, batch):
@@ -138,9 +147,7 @@ def encoder_features(job, split):
     keep = batch["valid"] > 0
     xs.append(np.asarray(f, np.float64)[keep])
     ys.append(batch["label"][keep])
-  x, y = np.concatenate(xs), np.concatenate(ys)
-  np.savez(path, x=x, y=y)
-  return x, y
+  return np.concatenate(xs), np.concatenate(ys)
 
 
 def observables_encoder(job):

@@ -209,10 +209,13 @@ def write_report(root, args, per_seed, meta, pre_meta, timings, sizes, missing=(
               "occupied | skill occupied | MSE empty | occupied fraction |",
               "|---|---|---|---|---|---|---|---|---|"]
     for split, r in first["recon"].items():
-      lines.append(f"| {split} | {r['mse_masked']:.5f} | {r['mse_masked_zeros']:.5f} | "
-                   f"{r['skill_masked']:.3f} | {r['mse_occupied']:.5f} | "
-                   f"{r['mse_occupied_zeros']:.5f} | {r['skill_occupied']:.3f} | "
-                   f"{r['mse_empty']:.5f} | {r['occupied_fraction']:.4f} |")
+      # a measure can be undefined (None): e.g. no empty pixel once the normalisation
+      # (log1p_zscore) moves zeros away from 0
+      cell = lambda key, fmt: "–" if r.get(key) is None else format(r[key], fmt)
+      lines.append(f"| {split} | {cell('mse_masked', '.5f')} | {cell('mse_masked_zeros', '.5f')} | "
+                   f"{cell('skill_masked', '.3f')} | {cell('mse_occupied', '.5f')} | "
+                   f"{cell('mse_occupied_zeros', '.5f')} | {cell('skill_occupied', '.3f')} | "
+                   f"{cell('mse_empty', '.5f')} | {cell('occupied_fraction', '.4f')} |")
     ceiling = {sp: r for sp, r in first["recon"].items() if "codebook_skill_masked" in r}
     if ceiling:  # code targets: pixels only through the codebook
       lines += ["", "Code targets: the decoder predicts code logits, not pixels; the "
