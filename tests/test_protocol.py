@@ -30,6 +30,9 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
           "--root", str(root), "--seeds", "0", "--labelled", "8,16",
           "--steps", "pretrain=3,probe=2,finetune=2,resnet=2", "--recon-splits", "test",
           "--config.batch_size=8", "--config.log_every=1", "--config.task.bootstrap=10",
+          # the reference's decoder init: 3 steps leave skill < 0, the caveat's case (the
+          # recipe's zero-init starts at predict-zeros, skill >= 0)
+          "--pretrain.model.pred_init=xavier",
           "--trees-grid", "learning_rate=0.1;max_iter=10,20;max_leaf_nodes=7;min_samples_leaf=2"]
   protocol.main(argv)
   report = open(root / "report.md").read()
