@@ -44,5 +44,5 @@ def pytest_collection_modifyitems(items):
   for case in SLOW_CASES:
     if case in ids:
       ids[case].add_marker(pytest.mark.slow)
-    elif case.split("::")[0] in {i.split("::")[0] for i in ids}:  # renamed: say so
+    elif case.split("[")[0] in {i.split("[")[0] for i in ids}:  # a case renamed: say so
       raise pytest.UsageError(f"conftest.SLOW_CASES names {case}, which was not collected")
