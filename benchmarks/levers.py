@@ -77,13 +77,25 @@ def pretrain(a, lever):
     return float(json.load(f).get("train_seconds") or time.time() - t0)
 
 
+def stage_configs(a, lever):
+  """(protocol args, stage name -> config) as the protocol builds them for this lever."""
+  from mae_jax import protocol
+  from mae_jax.protocol import stages
+  args, overrides, per_stage = protocol.parse_args(protocol_argv(a, lever))
+  return args, lambda st: stages.stage_config(st, args, 0, 1000, overrides, per_stage,
+                                              args.steps_by_stage)
+
+
+def fit_trees(x, y, xv, yv):
+  """The trees at the fixed TREES point (fitted on train; the one-point grid scores xv)."""
+  from mae_jax.evaluate import trees
+  return trees.fit_selected(x, y, xv, yv, 0, {k: [v] for k, v in TREES.items()})[0]
+
+
 def features(a, lever):
   """Pooled frozen-encoder features of train and validation (cached next to the checkpoint)."""
-  from mae_jax import protocol
   from mae_jax.protocol import controls, stages
-  args, overrides, per_stage = protocol.parse_args(protocol_argv(a, lever))
-  config_for = lambda st: stages.stage_config(st, args, 0, 1000, overrides, per_stage,
-                                              args.steps_by_stage)
+  args, config_for = stage_configs(a, lever)
   job = stages.Job(stages.BY_NAME["observables_encoder"], 0, 1000, "", args, a.cache, config_for)
   return {s: controls.encoder_features(job, s) for s in ("train", "validation")}
 
@@ -91,14 +103,12 @@ def features(a, lever):
 def random_features(a):
   """The control: the same features from the baseline's encoder at its random initialisation
   (the pretraining's own step-0 parameters, seed 0), cached in OUT/random_features_*.npz."""
-  from mae_jax import experiment, parallel, protocol
-  from mae_jax.protocol import controls, stages
+  from mae_jax import experiment, parallel
+  from mae_jax.protocol import controls
   paths = {s: os.path.join(a.out, f"random_features_{s}.npz") for s in ("train", "validation")}
   if all(os.path.exists(p) for p in paths.values()):
     return {s: tuple(np.load(p)[k] for k in ("x", "y")) for s, p in paths.items()}
-  args, overrides, per_stage = protocol.parse_args(protocol_argv(a, "baseline"))
-  config_for = lambda st: stages.stage_config(st, args, 0, 1000, overrides, per_stage,
-                                              args.steps_by_stage)
+  _, config_for = stage_configs(a, "baseline")
   pre, probe = config_for("pretrain"), config_for("probe")
   image_shape = experiment.make_pipeline(probe, a.data, train=False).image_shape
   model = experiment.build_model(pre, image_shape)
@@ -125,8 +135,7 @@ def evaluate(a, lever, feats, obs, recon=True):
     scores[f"probe_{n}"] = baselines.LogisticRegression().fit(x[keep], y[keep]) \
         .decision_function(xv)
   joined = lambda split, f: np.concatenate([obs[split]["x"], f], axis=1)
-  model, _, _ = trees.fit_selected(joined("train", x), y, joined("validation", xv), yv, 0,
-                                   {k: [v] for k, v in TREES.items()})
+  model = fit_trees(joined("train", x), y, joined("validation", xv), yv)
   scores["obs_encoder_trees"] = trees.score(model, joined("validation", xv))
   if not recon:
     return scores, {}
@@ -158,8 +167,7 @@ def main(argv=None):
   from mae_jax.protocol import measure, verdict
   obs = {s: measure.observable_table(a.data, s, a.cache) for s in ("train", "validation")}
   yv = obs["validation"]["y"].astype(np.int64)
-  model, _, _ = trees.fit_selected(obs["train"]["x"], obs["train"]["y"], obs["validation"]["x"],
-                                   yv, 0, {k: [v] for k, v in TREES.items()})
+  model = fit_trees(obs["train"]["x"], obs["train"]["y"], obs["validation"]["x"], yv)
   obs_trees = trees.score(model, obs["validation"]["x"])
   results = {}
   scores, _ = evaluate(a, "random encoder", random_features(a), obs, recon=False)

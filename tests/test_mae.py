@@ -246,10 +246,8 @@ def test_pred_init_zeros_starts_at_predict_zeros(name, tokens):
   zero_pred = np.asarray(outs["zeros"][1][1]["pred"])
   assert np.all(zero_pred == 0.0)
   assert float(np.abs(np.asarray(outs["xavier"][1][1]["pred"])).mean()) > 0.05
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in
-          jax.tree_util.tree_leaves_with_path(outs["xavier"][0])}
-  flat0 = {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in
-           jax.tree_util.tree_leaves_with_path(outs["zeros"][0])}
+  from flax import traverse_util
+  flat, flat0 = (traverse_util.flatten_dict(outs[i][0], sep="/") for i in ("xavier", "zeros"))
   assert flat.keys() == flat0.keys()
   differ = sorted(k for k in flat if not np.array_equal(flat[k], flat0[k]))
   assert differ == ["decoder/pred/kernel"], differ  # the bias is zero-initialised in both

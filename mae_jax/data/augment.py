@@ -73,7 +73,7 @@ def reflect(image, mode: str, seed: int, stream: int, position, signs: dict | No
   import tensorflow as tf
   for axis, flip in zip(flip_axes(mode), tf.unstack(flips(mode, seed, stream, position))):
     flipped = tf.reverse(image, [axis])
-    if signs is not None and axis in signs and len(signs[axis]) == image.shape[-1]:
+    if signs is not None and axis in signs:  # one sign per channel (the pipeline checks)
       flipped = flipped * tf.constant(signs[axis], image.dtype)
     image = tf.where(flip, flipped, image)
   return image
