@@ -7,6 +7,7 @@ sums over up to 157 keys here).
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -116,6 +117,33 @@ def test_key_padding_matches_float64_reference(impl, b, t, h, d, lengths):
   real = ~pad
   np.testing.assert_allclose(np.asarray(jnp.where(real, fn(*noisy), 0)),
                              np.asarray(jnp.where(real, out, 0)), rtol=0, atol=1e-6)
+
+
+def test_other_block_width_matches_float64_reference(tmp_path):
+  """The kernel's inner blocks are 16 floats wide with AVX-512 and 8 without; the tests
+  above check this CPU's width. Force the other one (MAE_JAX_KERNEL_LANES, a fresh kernel
+  cache) and rerun the float64 checks, so both code paths are tested on any machine
+  (16 lanes on an AVX2 CPU compile to two-register values: slow, still correct)."""
+  lanes = "8" if " avx512f" in cpu_attention._cpu_signature() else "16"
+  env = dict(os.environ, MAE_JAX_KERNEL_CACHE=str(tmp_path), MAE_JAX_KERNEL_LANES=lanes)
+  out = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+       "test_forward_and_backward_match_float64_reference or "
+       "(test_key_padding_matches_float64_reference and cpu_kernel)"],
+      env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+  assert re.search(r"\b11 passed", out.stdout), out.stdout[-1000:]
+  built = [f for f in os.listdir(tmp_path) if f.endswith(".so")]
+  assert len(built) == 1, built  # the forced width was compiled here, not reused
+
+
+def test_bad_lane_override_is_a_clear_error(tmp_path):
+  code = ("from mae_jax.kernels import cpu_attention\n"
+          "try:\n  cpu_attention.build()\nexcept cpu_attention.KernelUnavailable as e:\n"
+          "  print('ERROR', e)\n")
+  env = dict(os.environ, MAE_JAX_KERNEL_CACHE=str(tmp_path), MAE_JAX_KERNEL_LANES="4")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert "ERROR MAE_JAX_KERNEL_LANES='4'; choose 8 or 16" in out.stdout, out.stderr[-2000:]
 
 
 def test_large_logits_stay_finite_and_exact():

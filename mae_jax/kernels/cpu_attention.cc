@@ -32,7 +32,18 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kRows = 4;    // query rows processed together (register blocking)
-constexpr int kLanes = 16;  // key columns per inner block (one AVX-512 vector)
+// Key columns per inner block: one vector register. AVX-512: 16 floats; AVX2 and
+// narrower: 8, since 16-float blocks there take two registers each, the 2 x kRows
+// accumulators spill, and the kernel ran 2-3x slower than XLA's attention (8 lanes:
+// 2.8x faster at 626 keys; docs/performance.md). MAE_JAX_LANES overrides (tests).
+#if defined(MAE_JAX_LANES)
+constexpr int kLanes = MAE_JAX_LANES;
+#elif defined(__AVX512F__)
+constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
+#endif
+static_assert(kLanes == 8 || kLanes == 16, "MAE_JAX_LANES must be 8 or 16");
 
 // exp(x) for float32 that compilers vectorise: Cody-Waite range reduction and
 // the Cephes expf polynomial (relative error ~1e-7 on the clamped range).
@@ -92,12 +103,12 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t max_workers, F&& fn) 
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// 16 floats as one value (GCC/Clang vector extension): one AVX-512 register,
-// two AVX2 or four NEON registers; unaligned, may alias the float buffers.
-typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
+// kLanes floats as one value (GCC/Clang vector extension): one AVX-512 or AVX2
+// register, two NEON registers; unaligned, may alias the float buffers.
+typedef float Vec __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
 
-inline V16 Load(const float* p) { return *reinterpret_cast<const V16*>(p); }
-inline void Store(float* p, V16 v) { *reinterpret_cast<V16*>(p) = v; }
+inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+inline void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
 
 // s[r][j] = sum_d q[r][d] * kt[d][j] for kRows rows and j < tk_pad (a multiple of
 // 2 * kLanes): 2 x kRows independent accumulators keep both FMA ports busy.
@@ -105,9 +116,9 @@ template <int DT>
 inline void RowsTimesKt(const float* q, const float* kt, float* s, int64_t tk_pad, int64_t d_rt) {
   const int64_t D = DT > 0 ? DT : d_rt;
   for (int64_t j0 = 0; j0 < tk_pad; j0 += 2 * kLanes) {
-    V16 a[2][kRows] = {};
+    Vec a[2][kRows] = {};
     for (int64_t d = 0; d < D; ++d) {
-      const V16 k0 = Load(kt + d * tk_pad + j0), k1 = Load(kt + d * tk_pad + j0 + kLanes);
+      const Vec k0 = Load(kt + d * tk_pad + j0), k1 = Load(kt + d * tk_pad + j0 + kLanes);
       for (int r = 0; r < kRows; ++r) {
         const float qv = q[r * D + d];
         a[0][r] += qv * k0;
@@ -128,22 +139,22 @@ inline void RowsTimesM(const float* p, const float* m, float* out, int64_t tk, i
   if constexpr (DT > 0 && DT % kLanes == 0) {
     constexpr int kV = DT / kLanes;
     constexpr int kSplit = kV == 1 ? 2 : 1;  // two partial sums when D = 16
-    V16 a[kSplit][kRows][kV] = {};
+    Vec a[kSplit][kRows][kV] = {};
     int64_t j = 0;
     for (; j + kSplit <= tk; j += kSplit)
       for (int u = 0; u < kSplit; ++u)
         for (int v = 0; v < kV; ++v) {
-          const V16 mv = Load(m + (j + u) * DT + v * kLanes);
+          const Vec mv = Load(m + (j + u) * DT + v * kLanes);
           for (int r = 0; r < kRows; ++r) a[u][r][v] += p[r * tk_pad + j + u] * mv;
         }
     for (; j < tk; ++j)
       for (int v = 0; v < kV; ++v) {
-        const V16 mv = Load(m + j * DT + v * kLanes);
+        const Vec mv = Load(m + j * DT + v * kLanes);
         for (int r = 0; r < kRows; ++r) a[0][r][v] += p[r * tk_pad + j] * mv;
       }
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < kV; ++v) {
-        V16 t = a[0][r][v];
+        Vec t = a[0][r][v];
         for (int u = 1; u < kSplit; ++u) t += a[u][r][v];
         Store(out + r * DT + v * kLanes, t);
       }
@@ -164,7 +175,7 @@ inline void AccumulateOuter(const float* p, const float* x, float* acc, int64_t 
                             int64_t d_rt) {
   if constexpr (DT > 0 && DT % kLanes == 0) {
     constexpr int kV = DT / kLanes;
-    V16 xv[kRows][kV];
+    Vec xv[kRows][kV];
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < kV; ++v) xv[r][v] = Load(x + r * DT + v * kLanes);
     for (int64_t j = 0; j < tk; ++j)

@@ -39,6 +39,9 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_attention
 FWD_TARGET, BWD_TARGET = "mae_jax_attention_fwd", "mae_jax_attention_bwd"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-fno-math-errno",
          "-fPIC", "-shared", "-w"]
+# The inner block width follows the CPU (16 floats with AVX-512, else 8);
+# MAE_JAX_KERNEL_LANES=8|16 forces one, so tests check both paths on any machine.
+LANES_ENV = "MAE_JAX_KERNEL_LANES"
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -76,10 +79,16 @@ def build() -> str:
   if cxx is None:
     raise KernelUnavailable("no C++ compiler found (looked for $CXX, g++, c++, clang++)")
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+  flags = list(FLAGS)
+  lanes = os.environ.get(LANES_ENV)
+  if lanes:
+    if lanes not in ("8", "16"):
+      raise KernelUnavailable(f"{LANES_ENV}={lanes!r}; choose 8 or 16")
+    flags.append(f"-DMAE_JAX_LANES={lanes}")
   with open(SOURCE, "rb") as f:
     source = f.read()
   key = hashlib.sha256(b"\0".join([
-      source, version.encode(), " ".join(FLAGS).encode(), jax.__version__.encode(),
+      source, version.encode(), " ".join(flags).encode(), jax.__version__.encode(),
       _cpu_signature().encode()])).hexdigest()[:20]
   out = os.path.join(cache_dir(), f"cpu_attention-{key}.so")
   if os.path.exists(out):
@@ -89,7 +98,7 @@ def build() -> str:
   # (multi-host on a shared home) never load a half-written library.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
   os.close(fd)
-  cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+  cmd = [cxx, *flags, "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     os.unlink(tmp)
