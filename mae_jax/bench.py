@@ -305,6 +305,9 @@ def main(argv=None):
                  help="also time transformers' ViTMAEForPreTraining (PyTorch) with the same sizes")
   p.add_argument("--attention", action="store_true",
                  help="also time attention alone at the e2e-base decoder shape")
+  p.add_argument("--attention-lengths", default="626",
+                 help="key lengths for --attention, comma-separated (626: the dense e2e-base "
+                      "decoder; ~25 / ~97: the sparse encoder / decoder on boosted-top jets)")
   p.add_argument("--compile-cache", action="store_true",
                  help="also measure compile time with an empty and a filled persistent cache")
   p.add_argument("--data", default="",
@@ -318,6 +321,13 @@ def main(argv=None):
     raise UsageError(f"--tokens {args.tokens!r}: choose from dense, sparse")
   if "sparse" in token_modes and not args.data:
     raise UsageError("--tokens sparse needs --data DIR: sparse steps are timed on real jets")
+  try:
+    lengths = [int(t) for t in args.attention_lengths.split(",") if t]
+  except ValueError:
+    lengths = []
+  if not lengths or min(lengths) < 1:
+    raise UsageError(f"--attention-lengths {args.attention_lengths!r}: give positive integers, "
+                     "e.g. 25,97,626")
   if args.data:
     from mae_jax.data import meta as meta_lib
     image_shape = tuple(meta_lib.load_meta(args.data)["image_shape"])
@@ -368,9 +378,11 @@ def main(argv=None):
           f"{r['torch_s']:.3f} s ({r['threads']} threads), speed ratio mae_jax/PyTorch "
           f"{r['torch_s'] / med:.2f}; peak memory {r['peak_gib']:.1f} GiB{extra}", flush=True)
   if args.attention:
-    print("\nattention forward / forward+backward, [32, 626, 8, 16] float32 (e2e-base decoder):")
-    for impl, (f, fb) in attention_times(with_torch=args.torch).items():
-      print(f"  {impl:11s} {f:7.3f} s / {fb:7.3f} s")
+    for t in lengths:
+      print(f"\nattention forward / forward+backward, [32, {t}, 8, 16] float32 "
+            "(e2e-base heads):")
+      for impl, (f, fb) in attention_times(shape=(32, t, 8, 16), with_torch=args.torch).items():
+        print(f"  {impl:11s} {f:8.4f} s / {fb:8.4f} s")
   if args.data:
     for batch in sorted({r["batch"] for r in rows}):
       rate = pipeline_rate(args.data, batch)

@@ -62,3 +62,10 @@ def test_attention_timing_runs_every_implementation():
   times = bench.attention_times(shape=(2, 20, 2, 16), with_torch=True)
   assert set(times) == {"xla", "cpu_kernel", "torch_sdpa"}
   assert all(f > 0 and fb > 0 for f, fb in times.values())
+
+
+@pytest.mark.parametrize("bad", ["", "97,x", "0,626"])
+def test_bad_attention_lengths_are_one_clear_error(bad):
+  from mae_jax.errors import UsageError
+  with pytest.raises(UsageError, match="--attention-lengths"):
+    bench.main(["--attention", "--attention-lengths", bad])
