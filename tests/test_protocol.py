@@ -72,9 +72,15 @@ def test_protocol_runs_all_stages_and_writes_report(tmp_path, capsys):
       assert 0.0 <= seed0["by_labelled"][n][stage]["test/auc"] <= 1.0, (n, stage)
   assert set(results["timings"]) >= {"pretrain", "reconstruction", "probe", "finetune"}
   # rerunning reuses finished stages, and the runtime table keeps what they took
+  # (asking for one more reconstruction split measures that split only, into the same file)
   capsys.readouterr()
-  protocol.main(argv)
+  recon = json.load(open(root / "seed0" / "pretrain" / "reconstruction.json"))
+  assert set(recon) >= {"test"} and "validation" not in recon
+  protocol.main([a if a != "test" else "test,validation" for a in argv])
   out = capsys.readouterr().out
+  assert "reconstruction on " + str(tmp_path / "tfds") + " validation\n" in out
+  again_recon = json.load(open(root / "seed0" / "pretrain" / "reconstruction.json"))
+  assert again_recon["test"] == recon["test"] and "validation" in again_recon
   assert "seed 0 n=16: finetune: reusing the finished run" in out
   assert "seed 0 n=16: observables_encoder: reusing the finished run" in out
   again = json.load(open(root / "results.json"))

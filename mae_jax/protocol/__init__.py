@@ -222,15 +222,21 @@ def pretrain_measures(res, args, seed, first, config, workdir, recon_splits, tim
   if res["target"] == "codes":
     res["codebook_size"] = int(config.task.codebook_size)
   recon_path = os.path.join(workdir, "reconstruction.json")
-  if not os.path.exists(recon_path):
-    print(f"[protocol] seed {seed}: reconstruction on {args.data} "
-          f"{','.join(recon_splits)}", flush=True)
-    r, _ = measure.reconstruction(workdir, config, recon_splits, args.data)
-    r["seconds"] = time.time() - t0
+  r = {}
+  if os.path.exists(recon_path):  # a reused run: measure only the splits it lacks
+    with open(recon_path) as f:
+      r = json.load(f)
+  missing = [s for s in recon_splits if s not in r]
+  if missing:
+    print(f"[protocol] seed {seed}: reconstruction on {args.data} {','.join(missing)}",
+          flush=True)
+    new, _ = measure.reconstruction(workdir, config, missing, args.data)
+    new["seconds"] = time.time() - t0 + float(r.get("seconds", 0.0))
+    r.update(new)
     from mae_jax import checkpoint
     checkpoint.write_json(recon_path, r)
-  with open(recon_path) as f:
-    r = json.load(f)
+    with open(recon_path) as f:  # read back: the report takes JSON's types (lists, floats)
+      r = json.load(f)
   res["feature_width"] = r.pop("feature_width")
   if first:
     timings["reconstruction"] = float(r.pop("seconds", 0.0))
