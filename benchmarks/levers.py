@@ -10,11 +10,13 @@ recipe and data, a shorter budget), then on the labelled set's validation jets:
   - the trees on [observables + those features] with every train jet (fixed hyper-parameters:
     the decisive run's choice), beside the same trees on the observables alone,
   - the same for the baseline's encoder at its random initialisation (the control),
-and each lever's difference to `baseline` in units of its paired bootstrap std (same jets).
+and each lever's difference to the lever it is compared with (`LEVERS`: baseline, or
+pred_zeros for the changes tried on top of it) in units of its paired bootstrap std (same jets).
 
   python benchmarks/levers.py --out workdirs/levers --steps 500 [--levers baseline,reflect]
       [--data DIR --pretrain-data DIR --cache DIR]
-Writes OUT/levers.md (table) and OUT/levers.json; finished pretrainings are reused.
+Writes OUT/levers.md (table), OUT/levers.json and OUT/scores.npz (each lever's validation
+scores, for paired comparisons across sweeps); finished pretrainings are reused.
 """
 
 from __future__ import annotations
@@ -28,15 +30,21 @@ import time
 
 import numpy as np
 
-# lever name -> protocol overrides (one change each against `baseline`)
+# lever name -> (protocol overrides, the lever it is compared with). The recipe as it was
+# when the sweep ran used the reference's xavier decoder init; the recipe has since adopted
+# pred_init=zeros (the winner), so `baseline` pins xavier to stay the same experiment. Three
+# runs of the first sweep started after the recipe's switch and so had the zero init plus
+# their change: they are named for it and compared with pred_zeros (one change each).
+XAVIER = ["--pretrain.model.pred_init=xavier"]
+ZEROS = ["--pretrain.model.pred_init=zeros"]
 LEVERS = {
-    "baseline": [],
-    "pred_zeros": ["--pretrain.model.pred_init=zeros"],
-    "reflect": ["--pretrain.data.reflect=both"],
-    "mask_0.5": ["--pretrain.model.mask_ratio=0.5"],
-    "dec_depth_2": ["--pretrain.model.dec_depth=2"],
-    "zscore": ["--config.data.normalization=log1p_zscore"],
-    "codes": ["--pretrain.task.target=codes"],
+    "baseline": (XAVIER, None),
+    "pred_zeros": (ZEROS, "baseline"),
+    "reflect": (XAVIER + ["--pretrain.data.reflect=both"], "baseline"),
+    "mask_0.5": (XAVIER + ["--pretrain.model.mask_ratio=0.5"], "baseline"),
+    "zeros+dec_depth_2": (ZEROS + ["--pretrain.model.dec_depth=2"], "pred_zeros"),
+    "zeros+zscore": (ZEROS + ["--config.data.normalization=log1p_zscore"], "pred_zeros"),
+    "zeros+codes": (ZEROS + ["--pretrain.task.target=codes"], "pred_zeros"),
 }
 DATA = "data_cache/boosted_top_18000_seed2_split20-20-60_tfds"
 POOL = "data_cache/boosted_top_pool6000_seed3_tfds"
@@ -51,7 +59,7 @@ def protocol_argv(a, lever):
   return (["--data", a.data, "--pretrain-data", a.pretrain_data,
            "--root", os.path.join(a.out, lever), "--stages", "pretrain",
            "--steps", f"pretrain={a.steps}", f"--pretrain.warmup_steps={a.warmup}"]
-          + RECIPE + LEVERS[lever])
+          + RECIPE + LEVERS[lever][0])
 
 
 def pretrain(a, lever):
@@ -160,9 +168,9 @@ def main(argv=None):
   a = p.parse_args(argv)
   levers = [s for s in a.levers.split(",") if s]
   unknown = sorted(set(levers) - set(LEVERS))
-  if unknown or "baseline" not in levers:
-    raise SystemExit(f"--levers: {unknown or 'baseline missing'}; choose from {list(LEVERS)} "
-                     "(baseline included: every lever is compared with it)")
+  if unknown:
+    raise SystemExit(f"--levers: {unknown}; choose from {list(LEVERS)}")
+  levers = [x for x in LEVERS if x in levers]  # references first
   from mae_jax.evaluate import metrics, trees
   from mae_jax.protocol import measure, verdict
   obs = {s: measure.observable_table(a.data, s, a.cache) for s in ("train", "validation")}
@@ -186,17 +194,19 @@ def main(argv=None):
     entry["recon_skill"] = skill
     # skill is relative to predict-zeros in the lever's own target units: other units for
     # zscore (normalisation) and codes (pixels decoded from code centroids)
-    unit = {"zscore": " (z-scored units)", "codes": " (code centroids)"}.get(lever, "")
-    cells = [lever, "–" if skill is None else f"{skill:.3f}{unit}"]
+    unit = {"zeros+zscore": " (z-scored units)", "zeros+codes": " (code centroids)"}.get(lever, "")
+    ref = "baseline" if lever == "random encoder" else LEVERS[lever][1]
+    ref = ref if ref in results else None  # its reference not run (e.g. a budget point alone)
+    cells = [lever, ref or "–", "–" if skill is None else f"{skill:.3f}{unit}"]
     for k in keys:
       auc = metrics.roc_auc(yv, r["scores"][k])
-      if lever == "baseline":
+      if ref is None:
         cells.append(f"{auc:.4f}")
         entry[k] = {"auc": auc}
       else:
-        d, sd = verdict.paired_auc_difference(yv, r["scores"][k], results["baseline"]["scores"][k])
+        d, sd = verdict.paired_auc_difference(yv, r["scores"][k], results[ref]["scores"][k])
         cells.append(f"{auc:.4f} ({d:+.4f} = {sigmas(d, sd)})")
-        entry[k] = {"auc": auc, "minus_baseline": d, "std": sd}
+        entry[k] = {"auc": auc, "compared_with": ref, "difference": d, "std": sd}
     d, sd = verdict.paired_auc_difference(yv, r["scores"]["obs_encoder_trees"], obs_trees)
     cells.append(f"{d:+.4f} ({sigmas(d, sd)})")
     entry["encoder_adds_to_trees"] = {"difference": d, "std": sd}
@@ -206,12 +216,12 @@ def main(argv=None):
   out["observable_trees_validation_auc"] = metrics.roc_auc(yv, obs_trees)
   table = "\n".join([
       f"Validation split ({len(yv)} jets), {a.steps} pretraining steps per lever; in brackets: "
-      "the difference to baseline in units of its paired bootstrap std ('random encoder': the "
-      "baseline's encoder at its initialisation, no pretraining).",
+      "the difference to the lever in 'compared with', in units of its paired bootstrap std "
+      "('random encoder': the baseline's encoder at its initialisation, no pretraining).",
       "",
-      "| lever | recon. skill | probe AUC, 100 labels | probe AUC, 1,000 labels | trees on "
-      "obs. + encoder | encoder adds to the trees | pretrain s |",
-      "|---|---|---|---|---|---|---|", *rows, "",
+      "| lever | compared with | recon. skill | probe AUC, 100 labels | probe AUC, 1,000 labels "
+      "| trees on obs. + encoder | encoder adds to the trees | pretrain s |",
+      "|---|---|---|---|---|---|---|---|", *rows, "",
       f"Trees on the observables alone: validation AUC "
       f"{out['observable_trees_validation_auc']:.4f}.",
       f"Command: python benchmarks/levers.py {' '.join(argv if argv is not None else sys.argv[1:])}"])
@@ -219,6 +229,9 @@ def main(argv=None):
     f.write(table + "\n")
   with open(os.path.join(a.out, "levers.json"), "w") as f:
     json.dump(out, f, indent=1)
+  # every lever's validation scores, for paired comparisons across sweeps (e.g. budgets)
+  np.savez(os.path.join(a.out, "scores.npz"), y=yv, obs_trees=obs_trees,
+           **{f"{lever}/{k}": v for lever, r in results.items() for k, v in r["scores"].items()})
   print(table)
 
 

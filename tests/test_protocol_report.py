@@ -226,6 +226,28 @@ def test_a_stopped_stage_stops_the_protocol_and_a_rerun_resumes(tmp_path, monkey
   assert (root / "report.md").exists()
 
 
+def test_a_finished_run_of_other_settings_is_refused_not_reused(tmp_path, monkeypatch):
+  """Reuse is for the same settings only: a rerun in the same --root with another budget or
+  another model is one clear error naming the directory, not the old numbers."""
+  from helpers import converted_dataset
+  from mae_jax import checkpoint, trainer
+
+  def fake_train(config, workdir):
+    checkpoint.write_config(workdir, config)
+    final = {"test/auc": 0.6, "test/auc_std": 0.1, "test/accuracy": 0.5, "test/examples": 8.0}
+    checkpoint.write_json(os.path.join(workdir, "final_metrics.json"), final)
+    return final
+  monkeypatch.setattr(trainer, "train_and_evaluate", fake_train)
+  data = converted_dataset(tmp_path, n=(24, 8, 8))
+  argv = ["--data", data, "--root", str(tmp_path / "p"), "--stages", "finetune"]
+  protocol.main(argv + ["--steps", "finetune=6"])
+  protocol.main(argv + ["--steps", "finetune=6"])  # the same settings: reused
+  with pytest.raises(UsageError, match=r"p/seed0/finetune holds a finished .* of 6 steps, not 8"):
+    protocol.main(argv + ["--steps", "finetune=8"])
+  with pytest.raises(UsageError, match=r"holds a run with a different 'model'"):
+    protocol.main(argv + ["--steps", "finetune=6", "--finetune.model.drop_path=0.3"])
+
+
 def test_controls_without_training_regression_and_trees_only(tmp_path, capsys):
   """Only non-trainer stages: the calorimeter-mass regression control and the trees. The
   report has the regression table and a classification table of the trees only; the

@@ -208,6 +208,13 @@ def run_stage(config, workdir, label=""):
   from mae_jax import checkpoint, trainer
   done = os.path.join(workdir, "final_metrics.json")
   if os.path.exists(done):
+    if config is not None:  # a finished run of other settings is never passed off as this one
+      trainer.check_workdir(workdir, config)
+      saved = checkpoint.read_json(os.path.join(workdir, "config.json")) or {}
+      if saved.get("total_steps", config.total_steps) != config.total_steps:
+        raise UsageError(
+            f"{workdir} holds a finished {label} of {saved['total_steps']} steps, not "
+            f"{config.total_steps}; use another --root, or delete that directory")
     print(f"[protocol] {label}: reusing the finished run in {workdir}", flush=True)
     with open(done) as f:
       return json.load(f), False
