@@ -20,8 +20,9 @@ def test_init_grad_norm_matches_optax_and_names_the_largest_entry():
   x = jnp.asarray(data_fixtures.sparse_images(2, 25, 25, 3))
   norm, where, entry = grad_norms.init_grad_norm(model, x)
   params = model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, x[:1])["params"]
-  grads = jax.grad(lambda p: mae_task.objective(  # the MAE task's loss
-      pixels.Targets(5), model.apply({"params": p}, x, rngs={"masking": jax.random.key(2)}), x))(params)
+  grads = jax.jit(jax.grad(lambda p: mae_task.objective(  # the MAE task's loss (jitted: an
+      pixels.Targets(5), model.apply({"params": p}, x, rngs={"masking": jax.random.key(2)}),
+      x)))(params)  # op-by-op ViT gradient took ~30 s of the suite)
   flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)]).astype(np.float64)
   np.testing.assert_allclose(norm, np.sqrt((flat ** 2).sum()), rtol=1e-5)
   np.testing.assert_allclose(entry, np.abs(flat).max(), rtol=1e-6)
