@@ -35,7 +35,7 @@ constexpr int kRows = 4;    // query rows processed together (register blocking)
 // Key columns per inner block: one vector register. AVX-512: 16 floats; AVX2 and
 // narrower: 8, since 16-float blocks there take two registers each, the 2 x kRows
 // accumulators spill, and the kernel ran 2-3x slower than XLA's attention (8 lanes:
-// 2.8x faster at 626 keys; docs/performance.md). MAE_JAX_LANES overrides (tests).
+// 2.6-2.8x faster at 626 keys; docs/performance.md). MAE_JAX_LANES overrides (tests).
 #if defined(MAE_JAX_LANES)
 constexpr int kLanes = MAE_JAX_LANES;
 #elif defined(__AVX512F__)
@@ -138,7 +138,7 @@ inline void RowsTimesM(const float* p, const float* m, float* out, int64_t tk, i
                        int64_t d_rt) {
   if constexpr (DT > 0 && DT % kLanes == 0) {
     constexpr int kV = DT / kLanes;
-    constexpr int kSplit = kV == 1 ? 2 : 1;  // two partial sums when D = 16
+    constexpr int kSplit = kV == 1 ? 2 : 1;  // two partial sums when D = kLanes
     Vec a[kSplit][kRows][kV] = {};
     int64_t j = 0;
     for (; j + kSplit <= tk; j += kSplit)
