@@ -35,7 +35,7 @@ constexpr int kRows = 4;    // query rows processed together (register blocking)
 // Key columns per inner block: one vector register. AVX-512: 16 floats; AVX2 and
 // narrower: 8, since 16-float blocks there take two registers each, the 2 x kRows
 // accumulators spill, and the kernel ran 2-3x slower than XLA's attention (8 lanes:
-// 2.6-2.8x faster at 626 keys; docs/performance.md). MAE_JAX_LANES overrides (tests).
+// level with or ahead of XLA at every length; docs/performance.md). MAE_JAX_LANES overrides (tests).
 #if defined(MAE_JAX_LANES)
 constexpr int kLanes = MAE_JAX_LANES;
 #elif defined(__AVX512F__)
