@@ -14,7 +14,7 @@
 export NUM="${NUM:-18000}" SEED="${SEED:-2}" SPLIT="${SPLIT:-0.2,0.2,0.6}"
 export POOL="${POOL:-6000}" POOL_SEED="${POOL_SEED:-3}" POOL_SPLIT="${POOL_SPLIT:-0.9,0.05,0.05}"
 export SIZES="${SIZES:-100,1000}" SEEDS="${SEEDS:-0,1,2}" WARMUP="${WARMUP:-100}"
-export STEPS="${STEPS:-pretrain=1500,probe=300,finetune=300}"
+export STEPS="${STEPS:-pretrain=1500,probe=300,finetune=300,resnet=300}"
 export STAGES="${STAGES:-pretrain,probe,probe_random,finetune,scratch,observables,observables_gbt,observables_encoder}"
 export OUT="${OUT:-workdirs/decisive}" RUN_NAME=decisive
 exec bash "$(dirname "${BASH_SOURCE[0]}")/label_efficiency.sh" "$@"

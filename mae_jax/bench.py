@@ -272,17 +272,38 @@ def _pretrain_config(variant, batch, dtype, attention, tokens="dense", data=""):
   return config
 
 
-def run_row_in_process(args, variant, batch, tokens):
+def parse_flag_sets(text: str) -> list[tuple[str, str]]:
+  """`--xla-flags "default=;onednn=--xla_cpu_use_onednn=true"` -> [(label, XLA_FLAGS), ...]."""
+  sets = []
+  for item in (t.strip() for t in text.split(";")):
+    label, sep, flags = item.partition("=")
+    if not item or not sep or not label.strip() or any(
+        f and not f.startswith("--") for f in flags.split()):
+      raise UsageError(f"--xla-flags: {item!r} is not LABEL=FLAGS (e.g. "
+                       "'default=;onednn=--xla_cpu_use_onednn=true'; FLAGS may be empty, "
+                       "each flag starts with --)")
+    sets.append((label.strip(), flags.strip()))
+  if len({label for label, _ in sets}) != len(sets):
+    raise UsageError(f"--xla-flags {text!r}: each label once")
+  return sets
+
+
+def run_row_in_process(args, variant, batch, tokens, xla_flags=None):
   """One row measured in a fresh process: memory one row's models leave behind (held by the
-  allocator) cannot push a later row out of memory, and rows do not perturb each other."""
+  allocator) cannot push a later row out of memory, and rows do not perturb each other.
+  `xla_flags` (a string) is appended to XLA_FLAGS for that process (XLA reads it once)."""
   child = [sys.executable, "-m", "mae_jax.bench", "--one-row", "--variants", variant,
            "--batch", str(batch), "--steps", str(args.steps), "--dtype", args.dtype,
            "--attention-impl", args.attention_impl, "--tokens", tokens, "--data", args.data] + [
            f for f, on in (("--torch", args.torch), ("--compile-cache", args.compile_cache))
            if on]
-  proc = subprocess.run(child, capture_output=True, text=True)
+  env = None
+  if xla_flags is not None:
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()}
+  proc = subprocess.run(child, capture_output=True, text=True, env=env)
   if proc.returncode:
-    raise RuntimeError(f"benchmark row {variant} batch {batch} {tokens} failed "
+    raise RuntimeError(f"benchmark row {variant} batch {batch} {tokens} "
+                       f"(XLA_FLAGS {xla_flags!r}) failed "
                        f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.split("ROW ", 1)[1])
 
@@ -312,6 +333,10 @@ def main(argv=None):
                  help="also measure compile time with an empty and a filled persistent cache")
   p.add_argument("--data", default="",
                  help="converted dataset: time the input pipeline; real jets for sparse tokens")
+  p.add_argument("--xla-flags", default="", metavar="LABEL=FLAGS;...",
+                 help="measure every row once per XLA flag set, each in a fresh process "
+                      "with FLAGS appended to XLA_FLAGS, e.g. 'default=;onednn="
+                      "--xla_cpu_use_onednn=true' (the table gets a column per set's label)")
   p.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--one-row", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -328,6 +353,7 @@ def main(argv=None):
   if not lengths or min(lengths) < 1:
     raise UsageError(f"--attention-lengths {args.attention_lengths!r}: give positive integers, "
                      "e.g. 25,97,626")
+  flag_sets = parse_flag_sets(args.xla_flags) if args.xla_flags else [("", None)]
   if args.data:
     from mae_jax.data import meta as meta_lib
     image_shape = tuple(meta_lib.load_meta(args.data)["image_shape"])
@@ -348,14 +374,15 @@ def main(argv=None):
   print(f"attention kernel: model.attention={args.attention_impl!r} -> "
         f"{attention.resolve(args.attention_impl, args.dtype)}", flush=True)
 
-  grid = [(v, int(b), t) for v in args.variants.split(",") for b in args.batch.split(",")
-          for t in token_modes]
+  grid = [(v, int(b), t, f) for v in args.variants.split(",") for b in args.batch.split(",")
+          for t in token_modes for f in flag_sets]
   rows = []
-  for variant, batch, tokens in grid:
-    if len(grid) == 1 and args.processes == 1:
+  for variant, batch, tokens, (label, flags) in grid:
+    if len(grid) == 1 and args.processes == 1 and flags is None:
       runs = [measure_row(args, variant, batch, image_shape, tokens)]
     else:
-      runs = [run_row_in_process(args, variant, batch, tokens) for _ in range(args.processes)]
+      runs = [run_row_in_process(args, variant, batch, tokens, flags)
+              for _ in range(args.processes)]
     r = runs[0]
     steps_s = sorted(x["step_s"] for x in runs)
     r["step_s"] = statistics.median(steps_s)
@@ -363,8 +390,9 @@ def main(argv=None):
     r["torch_s"] = statistics.median(x["torch_s"] for x in runs)
     med, flops = r["step_s"], r["flops"]
     dense = next((x for x in rows if x["variant"] == variant and x["batch"] == batch
-                  and x["tokens_mode"] == "dense"), None)
+                  and x["tokens_mode"] == "dense" and x["xla_flags"] == label), None)
     rows.append({**r, "variant": variant, "batch": batch, "tokens_mode": tokens,
+                 "xla_flags": label,
                  "vs_dense": dense["step_s"] / med if dense else float("nan")})
     extra = ""
     if r["tokens"]:
@@ -372,7 +400,8 @@ def main(argv=None):
       extra = (f"; occupied patches per jet mean {t['mean']:.0f}, median {t['median']:.0f}, "
                f"95% {t['p95']:.0f}, max {t['max']}; padded lengths {t['lengths']}, "
                f"padding {100 * t['padding']:.1f}% of token slots")
-    print(f"{variant:10s} batch {batch:4d} {tokens:6s}: compile {r['compile_s']:6.1f} s, step "
+    print(f"{variant:10s} batch {batch:4d} {tokens:6s}"
+          f"{f' XLA flags {label} ({flags})' if flags is not None else ''}: compile {r['compile_s']:6.1f} s, step "
           f"{med:7.3f} s (processes: min {r['spread'][0]:.3f}, max {r['spread'][1]:.3f}), "
           f"{batch / med:8.1f} img/s, {flops / batch / 1e9:6.2f} GFLOP/img; PyTorch ViTMAE step "
           f"{r['torch_s']:.3f} s ({r['threads']} threads), speed ratio mae_jax/PyTorch "
@@ -403,13 +432,15 @@ def main(argv=None):
             f"{100 * tflops / peak:.1f}% of the {peak_name} {args.dtype} dense peak {peak:g} "
             f"TFLOP/s ({jax.devices()[0].device_kind}); PyTorch ViTMAE "
             f"{100 * torch_tflops / peak:.1f}%")
-  print("| variant | batch | tokens | compile s | compile s, empty / filled cache | step s "
+  flag_col = bool(args.xla_flags)
+  print("| variant | batch | tokens | " + ("XLA flags | " if flag_col else "") + "compile s | compile s, empty / filled cache | step s "
         "(min–max over processes) | images/s | GFLOP/image | GFLOP/s | utilisation "
         "| PyTorch step s | mae_jax / PyTorch speed | sparse / dense speed | peak host GiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|" + ("---|" if flag_col else "") + "---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     med, flops, b = r["step_s"], r["flops"], r["batch"]
-    print(f"| {r['variant']} | {b} | {r['tokens_mode']} | {r['compile_s']:.1f} "
+    print(f"| {r['variant']} | {b} | {r['tokens_mode']} | "
+          + (f"{r['xla_flags']} | " if flag_col else "") + f"{r['compile_s']:.1f} "
           f"| {r['cache_cold_s']:.1f} / {r['cache_warm_s']:.1f} | {med:.3f} "
           f"({r['spread'][0]:.3f}–{r['spread'][1]:.3f}) | {b / med:.1f} | {flops / b / 1e9:.2f} "
           f"| {flops / med / 1e9:.1f} | {100 * flops / med / 1e9 / ceiling:.0f}% "

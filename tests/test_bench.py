@@ -69,3 +69,20 @@ def test_bad_attention_lengths_are_one_clear_error(bad):
   from mae_jax.errors import UsageError
   with pytest.raises(UsageError, match="--attention-lengths"):
     bench.main(["--attention", "--attention-lengths", bad])
+
+
+def test_xla_flag_sets_parse_and_reject_what_is_not_label_equals_flags():
+  from mae_jax.errors import UsageError
+  assert bench.parse_flag_sets("default=; conc=--xla_a=1 --xla_b=x=y") == [
+      ("default", ""), ("conc", "--xla_a=1 --xla_b=x=y")]
+  for bad in ["onednn", "=--xla_a=1", "a=xla_a=1", "a=;a=--xla_b=1", "a=;;b="]:
+    with pytest.raises(UsageError, match="--xla-flags"):
+      bench.parse_flag_sets(bad)
+
+
+def test_each_xla_flag_set_reaches_its_own_process():
+  # XLA aborts on a flag it does not know: the child's failure names the set, which shows
+  # the flags went to that process's XLA_FLAGS (and not to this one's).
+  with pytest.raises(RuntimeError, match="Unknown flag in XLA_FLAGS: --xla_cpu_no_such_flag"):
+    bench.main(["--variants", "tiny", "--batch", "2", "--steps", "1",
+                "--xla-flags", "bogus=--xla_cpu_no_such_flag=1"])

@@ -45,31 +45,6 @@ constexpr int kLanes = 8;
 #endif
 static_assert(kLanes == 8 || kLanes == 16, "MAE_JAX_LANES must be 8 or 16");
 
-// exp(x) for float32 that compilers vectorise: Cody-Waite range reduction and
-// the Cephes expf polynomial (relative error ~1e-7 on the clamped range).
-inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38: no denormals
-  x = x > 88.0f ? 88.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const float r = t + 12582912.0f;  // round to nearest integer (1.5 * 2^23 trick)
-  const float n = r - 12582912.0f;
-  int32_t ni;
-  std::memcpy(&ni, &r, sizeof(ni));
-  ni -= 0x4B400000;
-  const float f = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * f + 1.3981999507e-3f;
-  p = p * f + 8.3334519073e-3f;
-  p = p * f + 4.1665795894e-2f;
-  p = p * f + 1.6666665459e-1f;
-  p = p * f + 5.0000001201e-1f;
-  const float y = p * f * f + f + 1.0f;
-  const int32_t bits = (ni + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
-
 // Runs fn(item, scratch_index) for item in [0, n) on the XLA thread pool and
 // the calling thread; returns when all items are done.
 template <typename F>
@@ -109,6 +84,37 @@ typedef float Vec __attribute__((vector_size(4 * kLanes), aligned(4), may_alias)
 
 inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+
+// exp(x) of kLanes floats at once: Cody-Waite range reduction and the Cephes expf
+// polynomial (relative error ~1e-7 on the clamped range). Written on Vec because GCC
+// did not vectorise the scalar version's loops ("control flow in loop": the clamps),
+// and the exps of the forward and the backward's recomputed probabilities then took
+// most of the kernel's time at long sequences.
+typedef int32_t IVec __attribute__((vector_size(4 * kLanes)));
+inline Vec Exp(Vec x) {
+  const Vec lo = Vec{} - 87.0f, hi = Vec{} + 88.0f;  // exp(-87) ~ 1.6e-38: no denormals
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const Vec r = x * 1.44269504088896341f + 12582912.0f;  // round to nearest (1.5 * 2^23)
+  const Vec n = r - 12582912.0f;
+  const IVec ni = reinterpret_cast<const IVec&>(r) - 0x4B400000;
+  const Vec f = x - n * 0.693359375f + n * 2.12194440e-4f;
+  Vec p = Vec{} + 1.9875691500e-4f;
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  const Vec y = p * f * f + f + 1.0f;
+  const IVec bits = (ni + 127) << 23;
+  return y * reinterpret_cast<const Vec&>(bits);
+}
+
+// row[j] = exp(row[j] - shift) for j < n, 0 for n <= j < n_pad (n_pad a multiple of kLanes).
+inline void ExpShiftedRow(float* row, float shift, int64_t n, int64_t n_pad) {
+  for (int64_t j = 0; j < n_pad; j += kLanes) Store(row + j, Exp(Load(row + j) - shift));
+  for (int64_t j = n; j < n_pad; ++j) row[j] = 0.0f;
+}
 
 // s[r][j] = sum_d q[r][d] * kt[d][j] for kRows rows and j < tk_pad (a multiple of
 // 2 * kLanes): 2 x kRows independent accumulators keep both FMA ports busy.
@@ -169,32 +175,43 @@ inline void RowsTimesM(const float* p, const float* m, float* out, int64_t tk, i
   }
 }
 
-// acc[j][:] += sum_r p[r][j] * x[r][:] for j < tk (rank-kRows update).
+// acc[d][j] += sum_{r < R} x[r][d] * p[r][j] for d < D, j < tk_pad (acc is [D, tk_pad]):
+// dV^T += dO^T P and dK^T += (scale Q)^T dS over a chunk of R query rows. Each
+// [kRows, 2 * kLanes] tile of acc stays in registers for all R rows; the earlier
+// rank-kRows update of a row-major [tk, D] accumulator loaded and stored all of dK and
+// dV once per kRows query rows (memory-bound: one load-store pair per FMA pair).
 template <int DT>
-inline void AccumulateOuter(const float* p, const float* x, float* acc, int64_t tk, int64_t tk_pad,
-                            int64_t d_rt) {
-  if constexpr (DT > 0 && DT % kLanes == 0) {
-    constexpr int kV = DT / kLanes;
-    Vec xv[kRows][kV];
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < kV; ++v) xv[r][v] = Load(x + r * DT + v * kLanes);
-    for (int64_t j = 0; j < tk; ++j)
-      for (int v = 0; v < kV; ++v) {
-        float* a = acc + j * DT + v * kLanes;
-        Store(a, Load(a) + p[j] * xv[0][v] + p[tk_pad + j] * xv[1][v] +
-                     p[2 * tk_pad + j] * xv[2][v] + p[3 * tk_pad + j] * xv[3][v]);
+inline void AccumulateT(const float* x, const float* p, float* acc, int64_t R, int64_t tk_pad,
+                        int64_t d_rt) {
+  const int64_t D = DT > 0 ? DT : d_rt;
+  int64_t d0 = 0;
+  for (; d0 + kRows <= D; d0 += kRows)
+    for (int64_t j0 = 0; j0 < tk_pad; j0 += 2 * kLanes) {
+      Vec a[2][kRows];
+      for (int c = 0; c < kRows; ++c) {
+        a[0][c] = Load(acc + (d0 + c) * tk_pad + j0);
+        a[1][c] = Load(acc + (d0 + c) * tk_pad + j0 + kLanes);
       }
-  } else {
-    const int64_t D = DT > 0 ? DT : d_rt;
-    for (int64_t j = 0; j < tk; ++j) {
-      float* a = acc + j * D;
-      const float p0 = p[j], p1 = p[tk_pad + j], p2 = p[2 * tk_pad + j], p3 = p[3 * tk_pad + j];
-      for (int64_t d = 0; d < D; ++d)
-        a[d] += p0 * x[d] + p1 * x[D + d] + p2 * x[2 * D + d] + p3 * x[3 * D + d];
+      for (int64_t r = 0; r < R; ++r) {
+        const Vec p0 = Load(p + r * tk_pad + j0), p1 = Load(p + r * tk_pad + j0 + kLanes);
+        for (int c = 0; c < kRows; ++c) {
+          const float xv = x[r * D + d0 + c];
+          a[0][c] += xv * p0;
+          a[1][c] += xv * p1;
+        }
+      }
+      for (int c = 0; c < kRows; ++c) {
+        Store(acc + (d0 + c) * tk_pad + j0, a[0][c]);
+        Store(acc + (d0 + c) * tk_pad + j0 + kLanes, a[1][c]);
+      }
     }
-  }
+  if constexpr (DT == 0 || DT % kRows != 0)
+    for (; d0 < D; ++d0)  // head sizes that are not a multiple of kRows
+      for (int64_t r = 0; r < R; ++r) {
+        const float xv = x[r * D + d0];
+        for (int64_t j = 0; j < tk_pad; ++j) acc[d0 * tk_pad + j] += xv * p[r * tk_pad + j];
+      }
 }
-static_assert(kRows == 4, "AccumulateOuter is written for 4 rows");
 
 struct Dims {
   int64_t b, tq, tk, h, d;
@@ -216,6 +233,15 @@ inline void Scatter(const float* src, const Dims& s, int64_t t_len, int64_t n, i
   for (int64_t t = 0; t < t_len; ++t) {
     float* dst = x + ((bb * t_len + t) * s.h + hh) * s.d;
     for (int64_t d = 0; d < s.d; ++d) dst[d] = t < n ? src[t * s.d + d] * scale : 0.0f;
+  }
+}
+
+// As Scatter, from a transposed src [D, t_pad].
+inline void ScatterT(const float* src, const Dims& s, int64_t t_len, int64_t t_pad, int64_t n,
+                     int64_t bb, int64_t hh, float* x) {
+  for (int64_t t = 0; t < t_len; ++t) {
+    float* dst = x + ((bb * t_len + t) * s.h + hh) * s.d;
+    for (int64_t d = 0; d < s.d; ++d) dst[d] = t < n ? src[d * t_pad + t] : 0.0f;
   }
 }
 
@@ -247,8 +273,7 @@ inline void SoftmaxRows(float* s, int64_t tk, int64_t tk_pad, float* lse) {
     float mx = part[0];
     for (int l = 1; l < kLanes; ++l) mx = part[l] > mx ? part[l] : mx;
     for (; j < tk; ++j) mx = row[j] > mx ? row[j] : mx;
-    for (j = 0; j < tk; ++j) row[j] = exp_approx(row[j] - mx);
-    for (j = tk; j < tk_pad; ++j) row[j] = 0.0f;
+    ExpShiftedRow(row, mx, tk, tk_pad);
     for (int l = 0; l < kLanes; ++l) part[l] = 0.0f;
     for (j = 0; j < tk_pad; j += kLanes)
       for (int l = 0; l < kLanes; ++l) part[l] += row[j + l];
@@ -288,6 +313,11 @@ void ForwardPair(const float* q, const float* k, const float* v, const int32_t* 
   for (int64_t t = 0; t < s.tq; ++t) lse[(bb * s.h + hh) * s.tq + t] = t < nq ? lb[t] : 0.0f;
 }
 
+// Query rows whose probabilities and dS are kept for one dK / dV accumulation
+// (AccumulateT): [kChunk, tk_pad] twice, 80 KB each at 626 keys, so they stay in L2.
+constexpr int64_t kChunk = 32;
+static_assert(kChunk % kRows == 0, "kChunk must be a multiple of kRows");
+
 template <int DT>
 void BackwardPair(const float* q, const float* k, const float* v, const int32_t* lengths,
                   const float* o, const float* lse, const float* dout, float* dq, float* dk,
@@ -296,28 +326,28 @@ void BackwardPair(const float* q, const float* k, const float* v, const int32_t*
   int64_t nk, nq;
   Lengths(lengths, s, bb, &nk, &nq);
   const int64_t tq_pad = RoundUp(nq, kRows), tk_pad = RoundUp(nk, 2 * kLanes);
-  float* qs = scratch;                // [tq_pad, D] scaled queries
-  float* dob = qs + tq_pad * D;       // [tq_pad, D] output gradient
-  float* km = dob + tq_pad * D;       // [tk, D]
-  float* kt = km + tk_pad * D;        // [D, tk_pad]
-  float* vt = kt + D * tk_pad;        // [D, tk_pad]
-  float* dkb = vt + D * tk_pad;       // [tk, D]
-  float* dvb = dkb + tk_pad * D;      // [tk, D]
-  float* pb = dvb + tk_pad * D;       // [kRows, tk_pad] probabilities
-  float* dsb = pb + kRows * tk_pad;   // [kRows, tk_pad] dP, then dS
-  float* dqb = dsb + kRows * tk_pad;  // [tq_pad, D]
-  float* lb = dqb + tq_pad * D;       // [tq_pad]
-  float* delta = lb + tq_pad;         // [tq_pad]
+  float* qs = scratch;                 // [tq_pad, D] scaled queries
+  float* dob = qs + tq_pad * D;        // [tq_pad, D] output gradient
+  float* km = dob + tq_pad * D;        // [tk, D]
+  float* kt = km + tk_pad * D;         // [D, tk_pad]
+  float* vt = kt + D * tk_pad;         // [D, tk_pad]
+  float* dkt = vt + D * tk_pad;        // [D, tk_pad] dK^T
+  float* dvt = dkt + D * tk_pad;       // [D, tk_pad] dV^T
+  float* pb = dvt + D * tk_pad;        // [kChunk, tk_pad] probabilities
+  float* dsb = pb + kChunk * tk_pad;   // [kChunk, tk_pad] dP, then dS
+  float* dqb = dsb + kChunk * tk_pad;  // [tq_pad, D]
+  float* lb = dqb + tq_pad * D;        // [tq_pad]
+  float* delta = lb + tq_pad;          // [tq_pad]
   Gather(q, s, s.tq, nq, bb, hh, qs, scale);
   Gather(dout, s, s.tq, nq, bb, hh, dob);
   std::fill(qs + nq * D, qs + tq_pad * D, 0.0f);
   std::fill(dob + nq * D, dob + tq_pad * D, 0.0f);
   Gather(k, s, s.tk, nk, bb, hh, km);
   Transpose(km, nk, tk_pad, D, kt);
-  Gather(v, s, s.tk, nk, bb, hh, dvb);  // borrow dvb to transpose v
-  Transpose(dvb, nk, tk_pad, D, vt);
-  std::fill(dkb, dkb + tk_pad * D, 0.0f);
-  std::fill(dvb, dvb + tk_pad * D, 0.0f);
+  Gather(v, s, s.tk, nk, bb, hh, dkt);  // borrow dkt to transpose v
+  Transpose(dkt, nk, tk_pad, D, vt);
+  std::fill(dkt, dkt + D * tk_pad, 0.0f);
+  std::fill(dvt, dvt + D * tk_pad, 0.0f);
   for (int64_t t = 0; t < tq_pad; ++t) {
     const bool real = t < nq;
     lb[t] = real ? lse[(bb * s.h + hh) * s.tq + t] : 0.0f;
@@ -328,32 +358,35 @@ void BackwardPair(const float* q, const float* k, const float* v, const int32_t*
     }
     delta[t] = acc;
   }
-  for (int64_t i = 0; i < tq_pad; i += kRows) {
-    RowsTimesKt<DT>(qs + i * D, kt, pb, tk_pad, D);  // scores
-    for (int r = 0; r < kRows; ++r) {
-      float* row = pb + r * tk_pad;
-      if (i + r < nq) {
-        const float l = lb[i + r];
-        for (int64_t j = 0; j < nk; ++j) row[j] = exp_approx(row[j] - l);
-        for (int64_t j = nk; j < tk_pad; ++j) row[j] = 0.0f;
-      } else {
-        std::fill(row, row + tk_pad, 0.0f);  // padded query rows contribute nothing
+  for (int64_t i0 = 0; i0 < tq_pad; i0 += kChunk) {
+    const int64_t rows = std::min<int64_t>(kChunk, tq_pad - i0);  // a multiple of kRows
+    for (int64_t i = i0; i < i0 + rows; i += kRows) {
+      float* pr = pb + (i - i0) * tk_pad;
+      float* dr = dsb + (i - i0) * tk_pad;
+      RowsTimesKt<DT>(qs + i * D, kt, pr, tk_pad, D);  // scores
+      for (int r = 0; r < kRows; ++r) {
+        float* row = pr + r * tk_pad;
+        if (i + r < nq) {
+          ExpShiftedRow(row, lb[i + r], nk, tk_pad);
+        } else {
+          std::fill(row, row + tk_pad, 0.0f);  // padded query rows contribute nothing
+        }
       }
+      RowsTimesKt<DT>(dob + i * D, vt, dr, tk_pad, D);  // dP = dO V^T
+      for (int r = 0; r < kRows; ++r) {
+        float* ds = dr + r * tk_pad;
+        const float* p = pr + r * tk_pad;
+        const float dl = delta[i + r];
+        for (int64_t j = 0; j < tk_pad; ++j) ds[j] = p[j] * (ds[j] - dl);  // dS
+      }
+      RowsTimesM<DT>(dr, km, dqb + i * D, nk, tk_pad, D);  // dQ = dS K (x scale below)
     }
-    AccumulateOuter<DT>(pb, dob + i * D, dvb, nk, tk_pad, D);  // dV += P^T dO
-    RowsTimesKt<DT>(dob + i * D, vt, dsb, tk_pad, D);            // dP = dO V^T
-    for (int r = 0; r < kRows; ++r) {
-      float* ds = dsb + r * tk_pad;
-      const float* p = pb + r * tk_pad;
-      const float dl = delta[i + r];
-      for (int64_t j = 0; j < tk_pad; ++j) ds[j] = p[j] * (ds[j] - dl);  // dS
-    }
-    RowsTimesM<DT>(dsb, km, dqb + i * D, nk, tk_pad, D);       // dQ = dS K (x scale below)
-    AccumulateOuter<DT>(dsb, qs + i * D, dkb, nk, tk_pad, D);  // dK += dS^T (scale Q)
+    AccumulateT<DT>(dob + i0 * D, pb, dvt, rows, tk_pad, D);  // dV^T += dO^T P
+    AccumulateT<DT>(qs + i0 * D, dsb, dkt, rows, tk_pad, D);  // dK^T += (scale Q)^T dS
   }
   Scatter(dqb, s, s.tq, nq, bb, hh, dq, scale);
-  Scatter(dkb, s, s.tk, nk, bb, hh, dk);
-  Scatter(dvb, s, s.tk, nk, bb, hh, dv);
+  ScatterT(dkt, s, s.tk, tk_pad, nk, bb, hh, dk);
+  ScatterT(dvt, s, s.tk, tk_pad, nk, bb, hh, dv);
 }
 
 ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
@@ -424,7 +457,7 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   Dims s;
   if (ffi::Error err = CheckDims(q, k, v, lengths, &s); err.failure()) return err;
   const int64_t tq_pad = RoundUp(s.tq, kRows), tk_pad = RoundUp(s.tk, 2 * kLanes);
-  const int64_t per = 3 * tq_pad * s.d + 5 * tk_pad * s.d + 2 * kRows * tk_pad + 2 * tq_pad + 64;
+  const int64_t per = 3 * tq_pad * s.d + 5 * tk_pad * s.d + 2 * kChunk * tk_pad + 2 * tq_pad + 64;
   ForEachPair(pool, s, per, [&](auto dt, int64_t pair, float* scratch) {
     BackwardPair<decltype(dt)::value>(q.typed_data(), k.typed_data(), v.typed_data(),
                                       lengths.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(),
