@@ -14,7 +14,8 @@ attention kernel's custom call), so they are the model's FLOPs whatever kernel
 ran. `--attention` times softmax attention alone at the e2e-base decoder shape
 (XLA, the CPU kernel, PyTorch's SDPA); `--compile-cache` measures the first
 step's compile time in fresh processes with an empty and a filled persistent
-compilation cache.
+compilation cache; `--xla-flags 'default=;onednn=--xla_cpu_use_onednn=true'` measures
+every row once per XLA flag set, each in its own process (XLA reads XLA_FLAGS once).
 """
 
 from __future__ import annotations
