@@ -1,7 +1,7 @@
 r"""The decisive experiment's headline tables from everything finished under one protocol root.
 
   python benchmarks/decisive_table.py workdirs/decisive_z1500 [--seeds 0,1] \
-      [--sizes 100,300,1000,3000,all]
+      [--sizes 100,300,1000,3000,all] [--versus workdirs/decisive_small]
 
 A protocol run's report covers the seeds, sizes and stages of that one command; the
 headline mixes several (every size for seed 0, ResNet-15 at some sizes, a second seed at
@@ -11,6 +11,10 @@ test AUC per size and stage (mean over the seeds that ran it, ± their sample st
 seeds, else ± the bootstrap std) and the comparisons the verdict rests on, each in units of
 its uncertainty (paired bootstrap on the same test jets, or the seeds' standard error if
 larger; within 2σ a tie: `protocol.verdict`).
+
+`--versus OTHER_ROOT` (another run of the protocol on the same labelled set, e.g. a larger
+model): a third table with each stage that ran under both roots, OTHER minus ROOT, paired on
+the same test jets, for the seeds and sizes given.
 """
 
 from __future__ import annotations
@@ -85,14 +89,39 @@ def comparison_cell(per_seed, a, b, size):
   return f"{a} − {b}: {c['diff']:+.4f} = {z:+.1f}σ ({verdict.call(c)}{seeds})"
 
 
+def versus_rows(per_seed, other, sizes):
+  """Rows 'stage: OTHER − ROOT' for every stage both roots finished at some size: the two
+  runs' records merged into one per seed (OTHER's stages renamed 'versus:STAGE') so that
+  `verdict.compare` pairs them on the same test jets like any two stages."""
+  merged = []
+  for res, res_o in zip(per_seed, other):
+    m = {"seed": res["seed"], "by_labelled": {}, "workdirs": dict(res["workdirs"])}
+    for key, stages in res["by_labelled"].items():
+      m["by_labelled"][key] = dict(stages)
+      for stage, final in res_o["by_labelled"].get(key, {}).items():
+        m["by_labelled"][key][f"versus:{stage}"] = final
+    for name, workdir in res_o["workdirs"].items():
+      m["workdirs"][f"versus:{name}"] = workdir
+    merged.append(m)
+  rows = []
+  for stage in stages_lib.CLASSIFY_STAGES:
+    cells = [comparison_cell(merged, f"versus:{stage}", stage, s) for s in sizes]
+    if any(c != "–" for c in cells):
+      rows.append((stage, [c.replace(f"versus:{stage} − {stage}: ", "") for c in cells]))
+  return rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("root")
   p.add_argument("--seeds", default="0")
   p.add_argument("--sizes", default="100,300,1000,3000,all")
+  p.add_argument("--versus", default="", metavar="OTHER_ROOT",
+                 help="another protocol root on the same labelled set: OTHER − ROOT per stage")
   a = p.parse_args(argv)
-  if not os.path.isdir(a.root):
-    raise SystemExit(f"decisive_table: {a.root} is not a directory")
+  for root in (a.root, a.versus):
+    if root and not os.path.isdir(root):
+      raise SystemExit(f"decisive_table: {root} is not a directory")
   try:
     seeds = [int(s) for s in a.seeds.split(",")]
     sizes = [s if s == "all" else int(s) for s in a.sizes.split(",")]
@@ -112,6 +141,13 @@ def main(argv=None):
   print("|---" * (len(keys) + 1) + "|")
   for x, y, what in COMPARISONS:
     print(f"| {what} | " + " | ".join(comparison_cell(per_seed, x, y, s) for s in sizes) + " |")
+  if a.versus:
+    other = load(a.versus, seeds, sizes)
+    print()
+    print(f"| stage: {a.versus} − {a.root} | " + " | ".join(f"{k} labelled" for k in keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for stage, cells in versus_rows(per_seed, other, sizes):
+      print(f"| {stage} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The seed study's own experiment: pretrain the sparse-token MAE on an UNLABELLED pool of jets,
 # then train the downstream stages on few LABELLED jets of a separate set, against the same
 # classifier from scratch, ResNet-15 and the simple-observable baseline, per labelled-set size.
-#   POOL=10000 NUM=3000 SIZES=100,1000 SEEDS=0,1,2 OUT=workdirs/label_efficiency \
+#   POOL=10000 NUM=3000 SIZES=100,1000 SEEDS=0,1,2 [VARIANT=tiny] OUT=workdirs/label_efficiency \
 #   bash launch/label_efficiency.sh [--config.FIELD=VALUE ...]
 # Generates (Pythia 8 + FastJet) and converts what data_cache/ lacks: the pool with Pythia seed
 # POOL_SEED (default 1; POOL_SPLIT its fractions), the labelled set with SEED (default 0;
@@ -12,6 +12,7 @@
 # stages (ResNet-15 is the slowest). The finetune/scratch lrs are the quickstart's, chosen on
 # the validation split at 200 labels; --select finetune.lr=...,... re-chooses them per size.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+VARIANT="${VARIANT:-tiny}"  # ViT size (vit.VARIANTS): tiny, small-e2e, ...
 POOL="${POOL:-10000}"   # unlabelled pool (generated with seed 1; ≈ 2.5 min per 10,000 jets here)
 NUM="${NUM:-3000}"      # labelled set (seed 0: the quickstart's jets, 2,400 in train)
 SIZES="${SIZES:-100,1000}"
@@ -38,7 +39,7 @@ if [ ! -d "$POOL_DATA" ]; then
   echo "[data] converted $POOL_DATA"
 fi
 python -m mae_jax.protocol --data "$DATA" --pretrain-data "$POOL_DATA" --root "$OUT" \
-  --variant tiny --seeds "$SEEDS" --labelled "$SIZES" --recon-splits test \
+  --variant "$VARIANT" --seeds "$SEEDS" --labelled "$SIZES" --recon-splits test \
   --stages "$STAGES" --steps "$STEPS" --pretrain.warmup_steps="${WARMUP:-200}" \
   "$@" 2>&1 | grep --line-buffered -v "^I[0-9]\{4\} \|^W[0-9]\{4\} "
 echo "[${RUN_NAME:-label_efficiency}] done in $(( $(date +%s) - start )) s: $OUT/report.md"

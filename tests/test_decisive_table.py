@@ -54,7 +54,32 @@ def test_tables_merge_seeds_and_sizes_and_call_each_comparison(tmp_path, capsys)
   assert "2 seeds" not in rows["finetune vs the same model from scratch"][0]
 
 
+def test_versus_pairs_each_stage_of_two_roots_on_the_same_jets(tmp_path, capsys):
+  """--versus: OTHER − ROOT per stage both ran, paired on the same test jets; a stage only
+  one root ran gets no row."""
+  rng = np.random.default_rng(1)
+  y = np.repeat([0, 1], 1000)
+  base, other = tmp_path / "tiny", tmp_path / "small"
+  score = {}
+  for root, q in ((base, 1.0), (other, 3.0)):
+    for stage in ("finetune", "observables_gbt"):
+      finished(root, 0, 100, stage, y, q if stage == "finetune" else 2.0, rng)
+    workdir = stages_lib.run_dir(str(root), 0, 100, "finetune")
+    score[root] = np.load(os.path.join(workdir, "test_scores.npz"))["score"]
+  finished(base, 0, 100, "scratch", y, 1.0, rng)
+  decisive_table.main([str(base), "--sizes", "100", "--versus", str(other)])
+  out = capsys.readouterr().out
+  table = out[out.index(f"| stage: {other} − {base} |"):].splitlines()
+  rows = {l.split(" | ")[0].strip("| "): l.strip("|").split(" | ")[1] for l in table[2:]}
+  assert set(rows) == {"finetune", "observables_gbt"}  # scratch: only the base root ran it
+  from mae_jax.protocol import verdict
+  diff, sigma = verdict.paired_auc_difference(y, score[other], score[base], seed=0)
+  assert rows["finetune"].strip() == f"{diff:+.4f} = {diff / sigma:+.1f}σ (above)"
+  assert diff > 0.05
+
+
 @pytest.mark.parametrize("args,message", [
+    (["ROOT", "--versus", "/no/such/other"], "/no/such/other is not a directory"),
     (["/no/such/root"], "/no/such/root is not a directory"),
     (["ROOT", "--sizes", "100,x"], "--sizes '100,x': integers"),
     (["ROOT"], "no finished classification stage under"),
