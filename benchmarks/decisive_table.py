@@ -84,8 +84,10 @@ def comparison_cell(per_seed, a, b, size):
   c = verdict.compare(per_seed, a, b, size) if b else None
   if c is None:
     return "–"
-  z = c["diff"] / c["sigma"] if c["sigma"] > 0 else float("nan")
   seeds = f", {c['n_seeds']} seeds" if c["n_seeds"] > 1 else ""
+  if c["sigma"] == 0:  # e.g. the same control fitted twice: identical scores, no spread
+    return f"{a} − {b}: {c['diff']:+.4f} ({verdict.call(c)}{seeds})"
+  z = c["diff"] / c["sigma"]
   return f"{a} − {b}: {c['diff']:+.4f} = {z:+.1f}σ ({verdict.call(c)}{seeds})"
 
 

@@ -72,6 +72,14 @@ def test_versus_pairs_each_stage_of_two_roots_on_the_same_jets(tmp_path, capsys)
   table = out[out.index(f"| stage: {other} − {base} |"):].splitlines()
   rows = {l.split(" | ")[0].strip("| "): l.strip("|").split(" | ")[1] for l in table[2:]}
   assert set(rows) == {"finetune", "observables_gbt"}  # scratch: only the base root ran it
+  # the same control's scores under both roots: no spread, no σ
+  np.savez(os.path.join(stages_lib.run_dir(str(other), 0, 100, "observables_gbt"),
+                        "test_scores.npz"),
+           **np.load(os.path.join(stages_lib.run_dir(str(base), 0, 100, "observables_gbt"),
+                                  "test_scores.npz")))
+  decisive_table.main([str(base), "--sizes", "100", "--versus", str(other)])
+  out = capsys.readouterr().out
+  assert "| observables_gbt | +0.0000 (a tie) |" in out
   from mae_jax.protocol import verdict
   diff, sigma = verdict.paired_auc_difference(y, score[other], score[base], seed=0)
   assert rows["finetune"].strip() == f"{diff:+.4f} = {diff / sigma:+.1f}σ (above)"
