@@ -5,7 +5,9 @@ quickstart, README "Quickstart"), in one place. Every value is a default: a
 Sparse tokens; 1,500 pretraining steps, 300 for each downstream stage; batch 64; lrs
 chosen on the validation split (`--select finetune.lr=2e-3,8e-3 --select
 scratch.lr=2e-3,8e-3`: finetune 8e-3, scratch 2e-3); the MAE decoder's output layer
-zero-initialised (chosen on validation among issue 26's levers).
+zero-initialised (chosen on validation among issue 26's levers). All chosen for the tiny
+variant: small-e2e's finetune at lr 8e-3 fell below its own scratch at 100 labels and 2e-3 won
+on validation (README, "Tiny against a larger encoder").
 """
 
 from __future__ import annotations
@@ -56,4 +58,6 @@ def help_text() -> str:
   flags = " ".join(f"--{stage}.{f}={v}" for stage, fields in FIELDS.items()
                    for f, v in fields.items())
   return (f"defaults (the recipe, protocol/recipe.py): --tokens {TOKENS} --steps {STEPS} "
-          f"{flags}; any --config.FIELD=V / --STAGE.FIELD=V replaces its value")
+          f"{flags}; any --config.FIELD=V / --STAGE.FIELD=V replaces its value. The lrs "
+          "were chosen for --variant tiny: choose them again for another size (--select "
+          "finetune.lr=2e-3,8e-3; small-e2e's finetune lost its pretrained features at 8e-3)")
