@@ -257,3 +257,5 @@ def test_help_shows_overrides_and_defaults(capsys):
   out = " ".join(capsys.readouterr().out.split())
   assert "--config.FIELD=VALUE (every stage)" in out and "--STAGE.FIELD=VALUE (one stage" in out
   assert "(default: sparse)" in out and "--pretrain.lr=0.005" in out and "--probe.lr=0.1" in out
+  # the recipe's lrs are tiny's: another size is told to choose its own
+  assert "The lrs were chosen for --variant tiny" in out and "--select finetune.lr=" in out
