@@ -82,13 +82,15 @@ def comparison_cell(per_seed, a, b, size):
   if b == stages_lib.STRONGEST:
     b = verdict.strongest_control(per_seed, size)
   c = verdict.compare(per_seed, a, b, size) if b else None
-  if c is None:
-    return "–"
+  return "–" if c is None else f"{a} − {b}: {difference(c)}"
+
+
+def difference(c):
+  """'+0.0123 = +3.1σ (above, 2 seeds)' for a `verdict.compare` result."""
   seeds = f", {c['n_seeds']} seeds" if c["n_seeds"] > 1 else ""
   if c["sigma"] == 0:  # e.g. the same control fitted twice: identical scores, no spread
-    return f"{a} − {b}: {c['diff']:+.4f} ({verdict.call(c)}{seeds})"
-  z = c["diff"] / c["sigma"]
-  return f"{a} − {b}: {c['diff']:+.4f} = {z:+.1f}σ ({verdict.call(c)}{seeds})"
+    return f"{c['diff']:+.4f} ({verdict.call(c)}{seeds})"
+  return f"{c['diff']:+.4f} = {c['diff'] / c['sigma']:+.1f}σ ({verdict.call(c)}{seeds})"
 
 
 def versus_rows(per_seed, other, sizes):
@@ -107,10 +109,18 @@ def versus_rows(per_seed, other, sizes):
     merged.append(m)
   rows = []
   for stage in stages_lib.CLASSIFY_STAGES:
-    cells = [comparison_cell(merged, f"versus:{stage}", stage, s) for s in sizes]
-    if any(c != "–" for c in cells):
-      rows.append((stage, [c.replace(f"versus:{stage} − {stage}: ", "") for c in cells]))
+    found = [verdict.compare(merged, f"versus:{stage}", stage, s) for s in sizes]
+    if any(c is not None for c in found):
+      rows.append((stage, ["–" if c is None else difference(c) for c in found]))
   return rows
+
+
+def print_table(title, keys, rows):
+  """A markdown table: one column per labelled-set size, a row per (name, cells)."""
+  print(f"| {title} | " + " | ".join(f"{k} labelled" for k in keys) + " |")
+  print("|---" * (len(keys) + 1) + "|")
+  for name, cells in rows:
+    print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main(argv=None):
@@ -134,22 +144,15 @@ def main(argv=None):
   keys = [stages_lib.size_key(s) for s in sizes]
   stages = [s for s in stages_lib.CLASSIFY_STAGES
             if any(s in r["by_labelled"][k] for r in per_seed for k in keys)]
-  print("| stage | " + " | ".join(f"{k} labelled" for k in keys) + " |")
-  print("|---" * (len(keys) + 1) + "|")
-  for stage in stages:
-    print(f"| {stage} | " + " | ".join(auc_cell(per_seed, stage, k) for k in keys) + " |")
+  print_table("stage", keys, [(stage, [auc_cell(per_seed, stage, k) for k in keys])
+                              for stage in stages])
   print()
-  print("| comparison | " + " | ".join(f"{k} labelled" for k in keys) + " |")
-  print("|---" * (len(keys) + 1) + "|")
-  for x, y, what in COMPARISONS:
-    print(f"| {what} | " + " | ".join(comparison_cell(per_seed, x, y, s) for s in sizes) + " |")
+  print_table("comparison", keys, [(what, [comparison_cell(per_seed, x, y, s) for s in sizes])
+                                   for x, y, what in COMPARISONS])
   if a.versus:
-    other = load(a.versus, seeds, sizes)
     print()
-    print(f"| stage: {a.versus} − {a.root} | " + " | ".join(f"{k} labelled" for k in keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
-    for stage, cells in versus_rows(per_seed, other, sizes):
-      print(f"| {stage} | " + " | ".join(cells) + " |")
+    print_table(f"stage: {a.versus} − {a.root}", keys,
+                versus_rows(per_seed, load(a.versus, seeds, sizes), sizes))
 
 
 if __name__ == "__main__":
